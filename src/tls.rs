@@ -1,0 +1,81 @@
+//! TLS material: the one crypto provider, upstream client configs (webpki
+//! roots plus an account's `ca_file`), and local server configs from PEM.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: cannot read certificates: {reason}")]
+    Certificates { path: PathBuf, reason: String },
+    #[error("{path}: no certificate found (expected PEM \"BEGIN CERTIFICATE\" blocks)")]
+    NoCertificates { path: PathBuf },
+    #[error("{path}: cannot read private key: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// Installs ring as the process-wide rustls provider. Safe to call often.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Reads every certificate in a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError::Certificates {
+            path: path.into(),
+            reason: e.to_string(),
+        })?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Certificates {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificates { path: path.into() });
+    }
+    Ok(certs)
+}
+
+/// Root store for upstream connections: Mozilla's roots (webpki-roots) plus
+/// the certificates in `ca_file`, if any. Verification is never disabled.
+pub fn upstream_roots(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        for cert in load_certs(path)? {
+            roots.add(cert)?;
+        }
+    }
+    Ok(roots)
+}
+
+/// A client config for upstream TLS (IMAP, and anything not going through lettre).
+pub fn upstream_client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    install_crypto_provider();
+    let roots = upstream_roots(ca_file)?;
+    let config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A server config for local TLS listeners (TLS 1.2 and 1.3 only).
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    install_crypto_provider();
+    let certs = load_certs(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+        path: key.into(),
+        reason: e.to_string(),
+    })?;
+    let config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,8 @@
+//! Shared test support: a CA made at test time, in-process TLS upstream
+//! servers (SMTP and IMAP), and helpers to start the real daemon on port 0.
+#![allow(dead_code)]
+
+pub mod ca;
+pub mod daemon;
+pub mod imap_upstream;
+pub mod smtp_upstream;
