@@ -38,7 +38,12 @@ pub struct LocalAuth {
     /// Hash verified for unknown users so they take as long as known ones.
     dummy_hash: String,
     failures: FailureTracker,
+    /// Each argon2 check holds ~19 MiB; a login flood must not multiply that.
+    hashing: tokio::sync::Semaphore,
 }
+
+/// Concurrent argon2 checks at most (beyond it logins wait their turn).
+const MAX_CONCURRENT_HASHES: usize = 2;
 
 impl LocalAuth {
     pub fn new(users: &[User]) -> Self {
@@ -60,6 +65,7 @@ impl LocalAuth {
             pepper: rand::random(),
             dummy_hash,
             failures: FailureTracker::default(),
+            hashing: tokio::sync::Semaphore::new(MAX_CONCURRENT_HASHES),
         }
     }
 
@@ -78,6 +84,7 @@ impl LocalAuth {
             // Same cost as a real check, so timing does not reveal user names.
             let dummy = self.dummy_hash.clone();
             let pw = Secret::new(password);
+            let _permit = self.hashing.acquire().await.ok()?;
             let _ = tokio::task::spawn_blocking(move || check_hash(&dummy, pw.expose())).await;
             return None;
         };
@@ -90,6 +97,7 @@ impl LocalAuth {
         }
         let hash = entry.hash.clone();
         let pw = Secret::new(password);
+        let _permit = self.hashing.acquire().await.ok()?;
         let ok = tokio::task::spawn_blocking(move || check_hash(hash.expose(), pw.expose()))
             .await
             .unwrap_or(false);
@@ -221,8 +229,14 @@ mod tests {
             password_hash: Secret::new(hash),
             account: "gmail".into(),
         }]);
-        assert_eq!(auth.verify("scanner", "s3cret pass").await.as_deref(), Some("gmail"));
-        assert_eq!(auth.verify("scanner", "s3cret pass").await.as_deref(), Some("gmail"));
+        assert_eq!(
+            auth.verify("scanner", "s3cret pass").await.as_deref(),
+            Some("gmail")
+        );
+        assert_eq!(
+            auth.verify("scanner", "s3cret pass").await.as_deref(),
+            Some("gmail")
+        );
         assert_eq!(auth.verify("scanner", "wrong").await, None);
         assert_eq!(auth.verify("nobody", "s3cret pass").await, None);
     }
@@ -241,9 +255,15 @@ mod tests {
                 v => panic!("blocked too early: {v:?}"),
             }
         }
-        assert_eq!(t.record_failure(ip), FailureVerdict::Blocked { first: true });
+        assert_eq!(
+            t.record_failure(ip),
+            FailureVerdict::Blocked { first: true }
+        );
         assert!(t.is_blocked(ip));
-        assert_eq!(t.record_failure(ip), FailureVerdict::Blocked { first: false });
+        assert_eq!(
+            t.record_failure(ip),
+            FailureVerdict::Blocked { first: false }
+        );
         assert!(!t.is_blocked("127.0.0.10".parse().unwrap()));
     }
 }

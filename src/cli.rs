@@ -17,7 +17,13 @@ use crate::config::Config;
 )]
 pub struct Cli {
     /// Configuration file.
-    #[arg(short, long, global = true, default_value = "relay.toml", env = "MAILBRIDGE_CONFIG")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        default_value = "relay.toml",
+        env = "MAILBRIDGE_CONFIG"
+    )]
     pub config: PathBuf,
     /// Log output format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]

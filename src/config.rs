@@ -42,6 +42,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub accounts: Vec<Account>,
     pub users: Vec<User>,
+    /// True when an account's password is written in the file itself.
+    pub has_inline_secrets: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -170,6 +172,14 @@ impl Config {
         raw.validate(path)
     }
 
+    /// A warning if the file holds a password inline and other users may read it.
+    pub fn permission_warning(&self) -> Option<String> {
+        if !self.has_inline_secrets {
+            return None;
+        }
+        mode_warning(&self.path)
+    }
+
     pub fn account(&self, name: &str) -> Option<&Account> {
         self.accounts.iter().find(|a| a.name == name)
     }
@@ -180,8 +190,29 @@ impl Config {
 
     /// The account for clients that do not log in.
     pub fn default_account(&self) -> Option<&Account> {
-        self.default_account.as_deref().and_then(|n| self.account(n))
+        self.default_account
+            .as_deref()
+            .and_then(|n| self.account(n))
     }
+}
+
+#[cfg(unix)]
+fn mode_warning(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{} holds a password and can be read by other users (mode {:o}); run: chmod 600 {}",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        )
+    })
+}
+
+#[cfg(not(unix))]
+fn mode_warning(_path: &Path) -> Option<String> {
+    None
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -356,9 +387,11 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
     let s: Option<String> = Option::deserialize(d)?;
     match s {
         None => Ok(None),
-        Some(s) => humantime::parse_duration(s.trim())
-            .map(Some)
-            .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?} ({e}); use e.g. \"90s\", \"5m\", \"1h\", \"5d\""))),
+        Some(s) => humantime::parse_duration(s.trim()).map(Some).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "bad duration {s:?} ({e}); use e.g. \"90s\", \"5m\", \"1h\", \"5d\""
+            ))
+        }),
     }
 }
 
@@ -374,19 +407,27 @@ impl RawConfig {
         // --- accounts
         let mut accounts = Vec::new();
         let mut names = HashSet::new();
+        let has_inline_secrets = self.accounts.iter().any(|a| a.password.is_some());
         for (i, a) in self.accounts.into_iter().enumerate() {
             let key = |k: &str| format!("accounts[{i}].{k}");
             if a.name.trim().is_empty() {
                 return Err(err(&key("name"), "must not be empty".into()));
             }
             if !names.insert(a.name.clone()) {
-                return Err(err(&key("name"), format!("duplicate account name {:?}", a.name)));
+                return Err(err(
+                    &key("name"),
+                    format!("duplicate account name {:?}", a.name),
+                ));
             }
             let (smtp, imap) = resolve_endpoints(path, i, &a)?;
-            let sources = [a.password.is_some(), a.password_env.is_some(), a.password_file.is_some()]
-                .iter()
-                .filter(|x| **x)
-                .count();
+            let sources = [
+                a.password.is_some(),
+                a.password_env.is_some(),
+                a.password_file.is_some(),
+            ]
+            .iter()
+            .filter(|x| **x)
+            .count();
             if sources > 1 {
                 return Err(err(
                     &key("password"),
@@ -398,16 +439,27 @@ impl RawConfig {
             } else if let Some(var) = &a.password_env {
                 match std::env::var(var) {
                     Ok(p) => normalise_password(&p, &format!("environment variable {var}")),
-                    Err(_) => (None, Some(format!("environment variable {var} (password_env) is not set"))),
+                    Err(_) => (
+                        None,
+                        Some(format!(
+                            "environment variable {var} (password_env) is not set"
+                        )),
+                    ),
                 }
             } else if let Some(file) = a.password_file {
                 let file = resolve(file);
                 match std::fs::read_to_string(&file) {
                     Ok(p) => normalise_password(&p, &format!("file {}", file.display())),
-                    Err(e) => (None, Some(format!("cannot read password_file {}: {e}", file.display()))),
+                    Err(e) => (
+                        None,
+                        Some(format!("cannot read password_file {}: {e}", file.display())),
+                    ),
                 }
             } else {
-                (None, Some("no password, password_env or password_file given".into()))
+                (
+                    None,
+                    Some("no password, password_env or password_file given".into()),
+                )
             };
             if a.username.trim().is_empty() {
                 return Err(err(&key("username"), "must not be empty".into()));
@@ -432,13 +484,19 @@ impl RawConfig {
             });
         }
         if accounts.is_empty() {
-            return Err(err("accounts", "at least one [[accounts]] entry is needed".into()));
+            return Err(err(
+                "accounts",
+                "at least one [[accounts]] entry is needed".into(),
+            ));
         }
 
         // --- default_account
         let default_account = match self.default_account {
             Some(n) if !names.contains(&n) => {
-                return Err(err("default_account", format!("no [[accounts]] entry is named {n:?}")))
+                return Err(err(
+                    "default_account",
+                    format!("no [[accounts]] entry is named {n:?}"),
+                ))
             }
             Some(n) => Some(n),
             None if accounts.len() == 1 => Some(accounts[0].name.clone()),
@@ -454,10 +512,16 @@ impl RawConfig {
                 return Err(err(&key("name"), "must not be empty".into()));
             }
             if !user_names.insert(u.name.clone()) {
-                return Err(err(&key("name"), format!("duplicate user name {:?}", u.name)));
+                return Err(err(
+                    &key("name"),
+                    format!("duplicate user name {:?}", u.name),
+                ));
             }
             if !names.contains(&u.account) {
-                return Err(err(&key("account"), format!("no [[accounts]] entry is named {:?}", u.account)));
+                return Err(err(
+                    &key("account"),
+                    format!("no [[accounts]] entry is named {:?}", u.account),
+                ));
             }
             if argon2::PasswordHash::new(&u.password_hash).is_err() {
                 return Err(err(
@@ -479,11 +543,17 @@ impl RawConfig {
         let require_auth = s.require_auth.unwrap_or(false);
         check_open_relay(path, "smtp", &listen, &allowed, require_auth)?;
         if require_auth && users.is_empty() {
-            return Err(err("smtp.require_auth", "is true but no [[users]] are configured".into()));
+            return Err(err(
+                "smtp.require_auth",
+                "is true but no [[users]] are configured".into(),
+            ));
         }
         let max_message_size = s.max_message_size.unwrap_or(DEFAULT_MAX_MESSAGE_SIZE);
         if max_message_size < 1024 {
-            return Err(err("smtp.max_message_size", "must be at least 1024 bytes".into()));
+            return Err(err(
+                "smtp.max_message_size",
+                "must be at least 1024 bytes".into(),
+            ));
         }
         let max_recipients = s.max_recipients.unwrap_or(DEFAULT_MAX_RECIPIENTS);
         if max_recipients == 0 {
@@ -496,7 +566,10 @@ impl RawConfig {
             mode: s.mode.unwrap_or(SmtpMode::Spool),
             max_message_size,
             max_recipients,
-            max_client_recipients: s.max_client_recipients.unwrap_or(DEFAULT_MAX_CLIENT_RECIPIENTS).max(1),
+            max_client_recipients: s
+                .max_client_recipients
+                .unwrap_or(DEFAULT_MAX_CLIENT_RECIPIENTS)
+                .max(1),
             allowed_networks: allowed,
             require_auth,
             hostname,
@@ -506,7 +579,8 @@ impl RawConfig {
         if default_account.is_none() && !smtp.require_auth {
             return Err(err(
                 "default_account",
-                "several accounts are configured: name the one for clients that do not log in".into(),
+                "several accounts are configured: name the one for clients that do not log in"
+                    .into(),
             ));
         }
 
@@ -533,10 +607,16 @@ impl RawConfig {
             concurrency: d.concurrency.unwrap_or(4).clamp(1, 64),
         };
         if delivery.retry_initial.is_zero() {
-            return Err(err("delivery.retry_initial", "must be greater than 0".into()));
+            return Err(err(
+                "delivery.retry_initial",
+                "must be greater than 0".into(),
+            ));
         }
         if delivery.retry_max < delivery.retry_initial {
-            return Err(err("delivery.retry_max", "must not be shorter than retry_initial".into()));
+            return Err(err(
+                "delivery.retry_max",
+                "must not be shorter than retry_initial".into(),
+            ));
         }
         if delivery.timeout.is_zero() {
             return Err(err("delivery.timeout", "must be greater than 0".into()));
@@ -550,6 +630,7 @@ impl RawConfig {
             delivery,
             accounts,
             users,
+            has_inline_secrets,
         })
     }
 }
@@ -577,7 +658,11 @@ fn normalise_password(p: &str, source: &str) -> (Option<Secret>, Option<String>)
     }
 }
 
-fn resolve_endpoints(path: &Path, i: usize, a: &RawAccount) -> Result<(Endpoint, Endpoint), ConfigError> {
+fn resolve_endpoints(
+    path: &Path,
+    i: usize,
+    a: &RawAccount,
+) -> Result<(Endpoint, Endpoint), ConfigError> {
     let preset = if a.provider == "custom" {
         None
     } else {
@@ -587,12 +672,19 @@ fn resolve_endpoints(path: &Path, i: usize, a: &RawAccount) -> Result<(Endpoint,
                 return Err(ConfigError::new(
                     path,
                     format!("accounts[{i}].provider"),
-                    format!("unknown provider {:?}; one of: {}", a.provider, PROVIDERS.join(", ")),
+                    format!(
+                        "unknown provider {:?}; one of: {}",
+                        a.provider,
+                        PROVIDERS.join(", ")
+                    ),
                 ))
             }
         }
     };
-    let one = |proto: &str, raw: &Option<RawEndpoint>, preset: Option<Endpoint>| -> Result<Endpoint, ConfigError> {
+    let one = |proto: &str,
+               raw: &Option<RawEndpoint>,
+               preset: Option<Endpoint>|
+     -> Result<Endpoint, ConfigError> {
         let key = format!("accounts[{i}].{proto}");
         let e = |m: String| ConfigError::new(path, key.clone(), m);
         match (raw, preset) {
@@ -647,7 +739,11 @@ fn parse_listen(
     raw.iter()
         .map(|s| {
             s.trim().parse::<SocketAddr>().map_err(|_| {
-                ConfigError::new(path, key, format!("{s:?} is not an address:port such as \"127.0.0.1:2525\""))
+                ConfigError::new(
+                    path,
+                    key,
+                    format!("{s:?} is not an address:port such as \"127.0.0.1:2525\""),
+                )
             })
         })
         .collect()
@@ -663,11 +759,21 @@ fn parse_nets(path: &Path, key: &str, raw: Option<Vec<String>>) -> Result<Vec<Ip
             let s = s.trim();
             s.parse::<IpNet>()
                 .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| ConfigError::new(path, key, format!("{s:?} is not a network such as \"192.168.1.0/24\"")))
+                .map_err(|_| {
+                    ConfigError::new(
+                        path,
+                        key,
+                        format!("{s:?} is not a network such as \"192.168.1.0/24\""),
+                    )
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
     if nets.is_empty() {
-        return Err(ConfigError::new(path, key, "is empty: no client could connect"));
+        return Err(ConfigError::new(
+            path,
+            key,
+            "is empty: no client could connect",
+        ));
     }
     Ok(nets)
 }
@@ -723,10 +829,20 @@ password = "wxyz efgh ijkl mnop"
         let c = parse(MIN).unwrap();
         let a = &c.accounts[0];
         assert_eq!(a.password.as_ref().unwrap().expose(), "wxyzefghijklmnop");
-        assert_eq!(a.smtp, Endpoint { host: "smtp.gmail.com".into(), port: 465, tls: TlsMode::Implicit });
+        assert_eq!(
+            a.smtp,
+            Endpoint {
+                host: "smtp.gmail.com".into(),
+                port: 465,
+                tls: TlsMode::Implicit
+            }
+        );
         assert_eq!(a.imap.port, 993);
         assert_eq!(c.default_account.as_deref(), Some("gmail"));
-        assert_eq!(c.smtp.listen, vec!["127.0.0.1:2525".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            c.smtp.listen,
+            vec!["127.0.0.1:2525".parse::<SocketAddr>().unwrap()]
+        );
         assert_eq!(c.smtp.spool_dir, PathBuf::from("/etc/mailbridge/spool"));
         assert_eq!(c.smtp.max_message_size, 26214400);
         assert_eq!(c.delivery.retry_initial, Duration::from_secs(60));
@@ -738,14 +854,24 @@ password = "wxyz efgh ijkl mnop"
         let c = Config::load(&path).unwrap();
         assert_eq!(c.default_account.as_deref(), Some("gmail"));
         assert_eq!(c.smtp.mode, SmtpMode::Spool);
-        assert_eq!(c.imap.listen, vec!["127.0.0.1:1143".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            c.imap.listen,
+            vec!["127.0.0.1:1143".parse::<SocketAddr>().unwrap()]
+        );
     }
 
     #[test]
     fn smtp_override_keeps_preset_host() {
         let t = format!("{MIN}smtp = {{ port = 587 }}\n");
         let c = parse(&t).unwrap();
-        assert_eq!(c.accounts[0].smtp, Endpoint { host: "smtp.gmail.com".into(), port: 587, tls: TlsMode::Starttls });
+        assert_eq!(
+            c.accounts[0].smtp,
+            Endpoint {
+                host: "smtp.gmail.com".into(),
+                port: 587,
+                tls: TlsMode::Starttls
+            }
+        );
     }
 
     #[test]
@@ -754,7 +880,9 @@ password = "wxyz efgh ijkl mnop"
             + "smtp = { host = \"mail.example.com\", port = 465 }\n";
         let e = parse(&t).unwrap_err();
         assert_eq!(e.key, "accounts[0].imap");
-        assert!(e.to_string().starts_with("/etc/mailbridge/relay.toml: accounts[0].imap:"));
+        assert!(e
+            .to_string()
+            .starts_with("/etc/mailbridge/relay.toml: accounts[0].imap:"));
     }
 
     #[test]
@@ -766,10 +894,14 @@ password = "wxyz efgh ijkl mnop"
 
     #[test]
     fn open_relay_refused() {
-        let t = format!("[smtp]\nlisten = [\"0.0.0.0:2525\"]\nallowed_networks = [\"0.0.0.0/0\"]\n{MIN}");
+        let t = format!(
+            "[smtp]\nlisten = [\"0.0.0.0:2525\"]\nallowed_networks = [\"0.0.0.0/0\"]\n{MIN}"
+        );
         let e = parse(&t).unwrap_err();
         assert_eq!(e.key, "smtp.allowed_networks");
-        let t = format!("[smtp]\nlisten = [\"0.0.0.0:2525\"]\nallowed_networks = [\"192.168.1.0/24\"]\n{MIN}");
+        let t = format!(
+            "[smtp]\nlisten = [\"0.0.0.0:2525\"]\nallowed_networks = [\"192.168.1.0/24\"]\n{MIN}"
+        );
         assert!(parse(&t).is_ok());
     }
 
@@ -781,15 +913,22 @@ password = "wxyz efgh ijkl mnop"
 
     #[test]
     fn missing_password_env_is_a_problem_not_an_error() {
-        let t = MIN.replace("password = \"wxyz efgh ijkl mnop\"", "password_env = \"MAILBRIDGE_TEST_UNSET_VAR\"");
+        let t = MIN.replace(
+            "password = \"wxyz efgh ijkl mnop\"",
+            "password_env = \"MAILBRIDGE_TEST_UNSET_VAR\"",
+        );
         let c = parse(&t).unwrap();
         assert!(c.accounts[0].password.is_none());
-        assert!(c.accounts[0].password_problem.as_ref().unwrap().contains("MAILBRIDGE_TEST_UNSET_VAR"));
+        assert!(c.accounts[0]
+            .password_problem
+            .as_ref()
+            .unwrap()
+            .contains("MAILBRIDGE_TEST_UNSET_VAR"));
     }
 
     #[test]
     fn errors_never_contain_the_password() {
-        let t = MIN.replace("you@gmail.com", "nobody") ;
+        let t = MIN.replace("you@gmail.com", "nobody");
         let e = parse(&t).unwrap_err();
         assert!(!e.to_string().contains("wxyz"));
     }
@@ -799,5 +938,20 @@ password = "wxyz efgh ijkl mnop"
         let nets = default_allowed();
         assert!(ip_allowed(&nets, "::ffff:127.0.0.1".parse().unwrap()));
         assert!(!ip_allowed(&nets, "10.0.0.1".parse().unwrap()));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn world_readable_file_with_password_warns() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, MIN).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let w = Config::load(&path).unwrap().permission_warning().unwrap();
+        assert!(w.contains("chmod 600"), "{w}");
+        assert!(!w.contains("wxyz"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Config::load(&path).unwrap().permission_warning().is_none());
     }
 }

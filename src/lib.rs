@@ -80,6 +80,9 @@ impl Daemon {
     pub async fn start(config: Config) -> Result<Daemon, StartError> {
         tls::install_crypto_provider();
         let config = Arc::new(config);
+        if let Some(w) = config.permission_warning() {
+            warn!("{w}");
+        }
         for a in &config.accounts {
             if let Some(problem) = &a.password_problem {
                 warn!(account = %a.name, "NO USABLE PASSWORD: {problem}; mail for this account is held in the spool until it is fixed");
@@ -90,7 +93,8 @@ impl Daemon {
             auth: auth::LocalAuth::new(&config.users),
             spool,
             wake_delivery: Notify::new(),
-            upstream: delivery::Upstream::new(&config).map_err(|e| StartError::Upstream(e.to_string()))?,
+            upstream: delivery::Upstream::new(&config)
+                .map_err(|e| StartError::Upstream(e.to_string()))?,
             imap: imap::ImapState::new(&config).map_err(|e| StartError::Upstream(e.to_string()))?,
             config: config.clone(),
         });
@@ -100,11 +104,13 @@ impl Daemon {
 
         let mut smtp_addrs = Vec::new();
         for addr in &config.smtp.listen {
-            let l = TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
-                proto: "smtp",
-                addr: *addr,
-                source,
-            })?;
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    proto: "smtp",
+                    addr: *addr,
+                    source,
+                })?;
             let local = l.local_addr().map_err(|source| StartError::Bind {
                 proto: "smtp",
                 addr: *addr,
@@ -119,17 +125,23 @@ impl Daemon {
                 max_connections: config.smtp.max_connections,
                 busy_reply: b"421 4.7.0 Too many connections, try again later\r\n",
             };
-            sessions.spawn(accept_loop(l, spec, shutdown.clone(), sessions.clone(), move |s, p| {
-                smtp::handle_connection(s, p, ctx2.clone(), sd.clone())
-            }));
+            sessions.spawn(accept_loop(
+                l,
+                spec,
+                shutdown.clone(),
+                sessions.clone(),
+                move |s, p| smtp::handle_connection(s, p, ctx2.clone(), sd.clone()),
+            ));
         }
         let mut imap_addrs = Vec::new();
         for addr in &config.imap.listen {
-            let l = TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
-                proto: "imap",
-                addr: *addr,
-                source,
-            })?;
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    proto: "imap",
+                    addr: *addr,
+                    source,
+                })?;
             let local = l.local_addr().map_err(|source| StartError::Bind {
                 proto: "imap",
                 addr: *addr,
@@ -144,9 +156,13 @@ impl Daemon {
                 max_connections: config.imap.max_connections,
                 busy_reply: b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
             };
-            sessions.spawn(accept_loop(l, spec, shutdown.clone(), sessions.clone(), move |s, p| {
-                imap::handle_connection(s, p, ctx2.clone(), sd.clone())
-            }));
+            sessions.spawn(accept_loop(
+                l,
+                spec,
+                shutdown.clone(),
+                sessions.clone(),
+                move |s, p| imap::handle_connection(s, p, ctx2.clone(), sd.clone()),
+            ));
         }
         worker.spawn(delivery::run(ctx.clone(), shutdown.clone()));
         Ok(Daemon {
@@ -176,7 +192,10 @@ impl Daemon {
 }
 
 /// Runs the daemon until `stop` completes, then shuts down cleanly.
-pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> Result<(), StartError> {
+pub async fn run(
+    config: Config,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
     let daemon = Daemon::start(config).await?;
     stop.await;
     info!("shutting down");

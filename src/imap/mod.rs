@@ -1,20 +1,334 @@
-//! IMAP proxy. (Stub.)
+//! IMAP proxy: legacy clients log in here in plaintext with a local user;
+//! we log in upstream over verified TLS with the account's real credentials
+//! and then pass bytes through untouched.
+//!
+//! - [`framing`]: bounded line/literal reading; [`parser`]: the nom grammar;
+//!   [`session`]: the pre-login state machine (no I/O); [`responses`]: every text.
+//! - [`login`]: one login attempt; [`upstream`]: connect/TLS/LOGIN upstream;
+//!   [`pump`]: the post-login byte pump.
 
-use std::net::SocketAddr;
+pub mod framing;
+pub mod login;
+pub mod parser;
+pub mod pump;
+pub mod responses;
+pub mod session;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use rustls::ClientConfig;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, Instrument};
 
-use crate::config::Config;
+use crate::config::{ip_allowed, Account, Config};
 use crate::Context;
+use framing::{FrameError, LineBuffer};
+use login::{LoggedIn, Outcome};
+use pump::PumpEnd;
+use session::{Session, Step};
 
-pub struct ImapState {}
+/// Writes to a client outside the pre-login deadline get this long.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Per-account upstream TLS configs (built once) and connection counters.
+pub struct ImapState {
+    accounts: HashMap<String, AccountState>,
+    max_per_account: usize,
+}
+
+struct AccountState {
+    tls: Arc<ClientConfig>,
+    connections: Arc<AtomicUsize>,
+}
 
 impl ImapState {
-    pub fn new(_config: &Config) -> Result<ImapState, String> {
-        Ok(ImapState {})
+    pub fn new(config: &Config) -> Result<ImapState, String> {
+        let mut accounts = HashMap::new();
+        for a in &config.accounts {
+            let tls = crate::tls::upstream_client_config(a.ca_file.as_deref())
+                .map_err(|e| format!("account {}: IMAP upstream TLS: {e}", a.name))?;
+            accounts.insert(
+                a.name.clone(),
+                AccountState {
+                    tls,
+                    connections: Arc::new(AtomicUsize::new(0)),
+                },
+            );
+        }
+        Ok(ImapState {
+            accounts,
+            max_per_account: config.imap.max_connections_per_account,
+        })
+    }
+
+    /// Takes one of the account's connection slots, if one is free.
+    pub fn acquire(&self, account: &str) -> Option<AccountSlot> {
+        let counter = &self.accounts.get(account)?.connections;
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_per_account).then_some(n + 1)
+            })
+            .ok()?;
+        Some(AccountSlot(counter.clone()))
+    }
+
+    /// Upstream connections currently held for `account`.
+    pub fn connections(&self, account: &str) -> usize {
+        self.accounts
+            .get(account)
+            .map_or(0, |a| a.connections.load(Ordering::Acquire))
+    }
+
+    fn tls_for(&self, account: &str) -> Option<Arc<ClientConfig>> {
+        self.accounts.get(account).map(|a| a.tls.clone())
     }
 }
 
-pub async fn handle_connection(_stream: TcpStream, _peer: SocketAddr, _ctx: Arc<Context>, _shutdown: CancellationToken) {}
+/// One held per-account connection slot; released on drop, whatever the path.
+pub struct AccountSlot(Arc<AtomicUsize>);
+
+impl Drop for AccountSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves one client connection from greeting to close.
+pub async fn handle_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+) {
+    if !ip_allowed(&ctx.config.imap.allowed_networks, peer.ip()) {
+        info!("address not in imap.allowed_networks; refused");
+        say_and_close(&mut stream, responses::NOT_ALLOWED).await;
+        return;
+    }
+    let mut buf = LineBuffer::default();
+    let deadline = tokio::time::Instant::now() + ctx.config.imap.login_timeout;
+    let pre = async {
+        stream.write_all(&responses::greeting()).await.ok()?;
+        pre_login(&mut stream, &mut buf, &ctx, peer.ip()).await
+    };
+    let (user, logged) = tokio::select! {
+        r = tokio::time::timeout_at(deadline, pre) => match r {
+            Ok(Some(x)) => x,
+            Ok(None) => {
+                upstream::close(&mut stream).await;
+                return;
+            }
+            Err(_) => {
+                debug!("no login before the pre-login timeout");
+                say_and_close(&mut stream, responses::LOGIN_TIMEOUT).await;
+                return;
+            }
+        },
+        _ = shutdown.cancelled() => {
+            say_and_close(&mut stream, responses::SHUTTING_DOWN).await;
+            return;
+        }
+    };
+    let client_rest = buf.take_rest();
+    drop(buf);
+    let span = info_span!("imap", user = %user, account = %logged.account);
+    proxy(stream, *logged, client_rest, &ctx, &shutdown)
+        .instrument(span)
+        .await;
+}
+
+/// The pre-login loop. `Some` once logged in upstream; `None` to close.
+async fn pre_login(
+    stream: &mut TcpStream,
+    buf: &mut LineBuffer,
+    ctx: &Arc<Context>,
+    ip: IpAddr,
+) -> Option<(String, Box<LoggedIn>)> {
+    let mut session = Session::new();
+    loop {
+        let input = if session.expects_sasl_response() {
+            buf.read_line(stream, framing::MAX_LINE).await
+        } else {
+            framing::read_command(buf, stream).await
+        };
+        let input = match input {
+            Ok(i) => i,
+            Err(FrameError::Closed) => return None,
+            Err(FrameError::Io(e)) => {
+                debug!(error = %e, "client read failed");
+                return None;
+            }
+            Err(FrameError::TooLong { tag }) => {
+                let _ = stream
+                    .write_all(&responses::line_too_long(tag.as_deref().unwrap_or("*")))
+                    .await;
+                return None;
+            }
+            Err(FrameError::LiteralTooLarge { tag }) => {
+                let _ = stream
+                    .write_all(&responses::literal_too_large(tag.as_deref().unwrap_or("*")))
+                    .await;
+                return None;
+            }
+        };
+        let step = if session.expects_sasl_response() {
+            session.on_sasl_response(&input)
+        } else {
+            session.on_command(&input)
+        };
+        match step {
+            Step::Reply(b) | Step::Continue(b) => stream.write_all(&b).await.ok()?,
+            Step::Close(b) => {
+                let _ = stream.write_all(&b).await;
+                return None;
+            }
+            Step::Login(req) => {
+                let user = req.user.clone();
+                match login::attempt(req, ctx, ip).await {
+                    Outcome::LoggedIn(l) => return Some((user, l)),
+                    Outcome::Refused(b) => stream.write_all(&b).await.ok()?,
+                }
+            }
+        }
+    }
+}
+
+/// After login: answer the client, pass on anything read ahead, pump bytes.
+async fn proxy(
+    mut client: TcpStream,
+    logged: LoggedIn,
+    client_rest: Vec<u8>,
+    ctx: &Context,
+    shutdown: &CancellationToken,
+) {
+    let LoggedIn {
+        mut upstream,
+        reply,
+        slot,
+        account: _,
+        passthrough,
+    } = logged;
+    info!(passthrough, "logged in upstream");
+    let upstream_rest = upstream.buffer.take_rest();
+    let mut stream = upstream.stream;
+    let handover = async {
+        client.write_all(&reply).await?;
+        client.write_all(&upstream_rest).await?;
+        stream.write_all(&client_rest).await?;
+        stream.flush().await
+    };
+    if !matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, handover).await,
+        Ok(Ok(()))
+    ) {
+        debug!("connection lost right after login");
+        upstream::close(&mut stream).await;
+        return;
+    }
+    drop((reply, upstream_rest, client_rest));
+    let stats = pump::run(
+        &mut client,
+        &mut stream,
+        ctx.config.imap.idle_timeout,
+        shutdown,
+    )
+    .await;
+    match &stats.end {
+        PumpEnd::Idle => say(&mut client, responses::IDLE_TIMEOUT).await,
+        PumpEnd::Shutdown => say(&mut client, responses::SHUTTING_DOWN).await,
+        PumpEnd::Closed | PumpEnd::Error(_) => {}
+    }
+    upstream::close(&mut stream).await;
+    upstream::close(&mut client).await;
+    drop(slot);
+    let end = match &stats.end {
+        PumpEnd::Closed => "closed".to_string(),
+        PumpEnd::Idle => "idle timeout".to_string(),
+        PumpEnd::Shutdown => "shutdown".to_string(),
+        PumpEnd::Error(e) => format!("error: {e}"),
+    };
+    info!(
+        bytes_from_client = stats.client_to_upstream,
+        bytes_to_client = stats.upstream_to_client,
+        end = %end,
+        "IMAP session ended"
+    );
+}
+
+async fn say<S: AsyncWrite + Unpin>(s: &mut S, text: &[u8]) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.write_all(text)).await;
+}
+
+async fn say_and_close(s: &mut TcpStream, text: &[u8]) {
+    say(s, text).await;
+    upstream::close(s).await;
+}
+
+/// `mailbridge check`: connects with the account's TLS mode, logs in with
+/// its real credentials and logs out. `Ok` is a one-line summary, `Err` a
+/// message with a hint. Neither ever contains the password.
+pub async fn check_login(account: &Account, timeout: Duration) -> Result<String, String> {
+    let ep = &account.imap;
+    let Some(password) = account.password.as_ref() else {
+        return Err(format!(
+            "IMAP {ep}: no usable password: {}",
+            account
+                .password_problem
+                .as_deref()
+                .unwrap_or("none configured")
+        ));
+    };
+    let tls = crate::tls::upstream_client_config(account.ca_file.as_deref())
+        .map_err(|e| format!("IMAP {ep}: {e}"))?;
+    let run = async {
+        let mut conn = upstream::connect(ep, &tls, timeout).await?;
+        let reply = upstream::login(&mut conn, &account.username, password, timeout).await?;
+        upstream::logout(&mut conn).await;
+        Ok::<_, upstream::UpstreamError>(reply)
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(reply)) => {
+            let caps = reply
+                .code
+                .as_deref()
+                .and_then(|c| c.strip_prefix("CAPABILITY "))
+                .map(|c| format!("; {} capabilities", c.split_whitespace().count()))
+                .unwrap_or_default();
+            Ok(format!("IMAP {ep}: logged in as {}{caps}", account.username))
+        }
+        Ok(Err(e)) => Err(format!("IMAP {ep}: {}", explain(&e, account))),
+        Err(_) => Err(format!(
+            "IMAP {ep}: timed out after {}; is the host reachable, and is the TLS mode right for port {} (993 = implicit, 143 = starttls)?",
+            humantime::format_duration(timeout),
+            ep.port
+        )),
+    }
+}
+
+fn explain(e: &upstream::UpstreamError, account: &Account) -> String {
+    use upstream::UpstreamError as E;
+    let port = account.imap.port;
+    match e {
+        E::Rejected { text } => format!("{} (server said: {text})", responses::CHECK_AUTH_HINT),
+        E::Tls { .. } if e.is_certificate() => format!(
+            "{e}; the server's certificate is not trusted for {}: if the server uses a private CA, set ca_file = \"/path/to/ca.pem\" in this account{}",
+            account.imap.host,
+            account.ca_file.as_ref().map(|p| format!(" (now {})", p.display())).unwrap_or_default()
+        ),
+        E::Tls { .. } => format!(
+            "{e}; is the TLS mode right for port {port}? (993 is implicit TLS, 143 is STARTTLS)"
+        ),
+        E::Timeout(_) | E::Closed(_) => format!(
+            "{e}; is the TLS mode right for port {port}? (993 is implicit TLS, 143 is STARTTLS)"
+        ),
+        E::Connect { .. } | E::Resolve(_) => format!("{e}; is the host name right and the server reachable (DNS, firewall, port)?"),
+        E::Protocol(_) | E::Io(_) => e.to_string(),
+    }
+}

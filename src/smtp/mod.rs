@@ -1,4 +1,14 @@
-//! Inbound SMTP. (Stub.)
+//! Inbound SMTP: the session state machine ([`session`], no I/O), the tokio
+//! connection loop ([`connection`]), the DATA reader ([`data`]), SASL
+//! decoding ([`sasl`]), message fix-ups ([`message`]) and every reply text
+//! ([`replies`]).
+
+pub mod connection;
+pub mod data;
+pub mod message;
+pub mod replies;
+pub mod sasl;
+pub mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,4 +18,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Context;
 
-pub async fn handle_connection(_stream: TcpStream, _peer: SocketAddr, _ctx: Arc<Context>, _shutdown: CancellationToken) {}
+/// Serves one inbound SMTP connection (the listener has entered its span).
+pub async fn handle_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+) {
+    connection::serve(stream, peer, ctx, shutdown).await
+}

@@ -1,11 +1,193 @@
-//! `mailbridge queue ...`: list, show, retry, delete on the spool directory. (Stub.)
+//! `mailbridge queue list | show | retry | delete`: plain file operations on
+//! the spool directory, safe while the daemon runs (every change is an atomic
+//! rename; the worker re-reads the queue every few seconds and tolerates
+//! entries that vanish under it).
 
 use std::process::ExitCode;
+use std::time::SystemTime;
 
+use serde::Serialize;
+
+use super::{EntryState, QueueEntry, QueueId, Spool, SpoolError};
 use crate::cli::QueueCommand;
 use crate::config::Config;
 
-pub fn run(_config: &Config, _command: QueueCommand) -> ExitCode {
-    eprintln!("not yet");
+/// One entry as `--json` prints it.
+#[derive(Serialize)]
+struct EntryView<'a> {
+    id: &'a str,
+    state: EntryState,
+    account: &'a str,
+    mail_from: &'a str,
+    recipients: &'a [String],
+    remaining: &'a [String],
+    size: u64,
+    attempts: u32,
+    received_at: String,
+    next_attempt: Option<String>,
+    failed_at: Option<String>,
+    last_error: Option<&'a str>,
+    client: &'a str,
+    helo: &'a str,
+    local_user: Option<&'a str>,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn view(e: &QueueEntry) -> EntryView<'_> {
+    EntryView {
+        id: &e.id.0,
+        state: e.state,
+        account: &e.envelope.account,
+        mail_from: &e.envelope.mail_from,
+        recipients: &e.envelope.recipients,
+        remaining: &e.remaining,
+        size: e.size,
+        attempts: e.attempts,
+        received_at: rfc3339(e.received_at),
+        next_attempt: e.next_attempt.map(rfc3339),
+        failed_at: e.failed_at.map(rfc3339),
+        last_error: e.last_error.as_deref(),
+        client: &e.envelope.client,
+        helo: &e.envelope.helo,
+        local_user: e.envelope.local_user.as_deref(),
+    }
+}
+
+/// Runs one `queue` subcommand; prints to stdout, errors to stderr.
+pub fn run(config: &Config, command: QueueCommand) -> ExitCode {
+    let spool = match Spool::open(&config.smtp.spool_dir) {
+        Ok(s) => s,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let result = match command {
+        QueueCommand::List { json } => list(&spool, json),
+        QueueCommand::Show { id, json } => show(&spool, &QueueId(id), json),
+        QueueCommand::Retry { id: Some(id) } => spool
+            .retry(&QueueId(id.clone()))
+            .map(|()| println!("{id}: will be retried now")),
+        QueueCommand::Retry { id: None } => retry_all(&spool),
+        QueueCommand::Delete { id } => spool
+            .delete(&QueueId(id.clone()))
+            .map(|()| println!("{id}: deleted")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("mailbridge queue: {msg}");
     ExitCode::from(1)
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<String, SpoolError> {
+    serde_json::to_string_pretty(v).map_err(|e| SpoolError::Task(e.to_string()))
+}
+
+fn list(spool: &Spool, json: bool) -> Result<(), SpoolError> {
+    let entries = spool.list()?;
+    if json {
+        let views: Vec<EntryView> = entries.iter().map(view).collect();
+        println!("{}", to_json(&views)?);
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!("spool is empty ({})", spool.dir().display());
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<9} {:>9} {:>4} {:<20} {:<24} LAST ERROR",
+        "ID", "STATE", "SIZE", "TRY", "RECEIVED", "RECIPIENTS"
+    );
+    for e in &entries {
+        let rcpts = match e.remaining.len() {
+            0 => String::new(),
+            1 => e.remaining[0].clone(),
+            n => format!("{} (+{})", e.remaining[0], n - 1),
+        };
+        let received = rfc3339(e.received_at);
+        println!(
+            "{:<24} {:<9} {:>9} {:>4} {:<20} {:<24} {}",
+            e.id.0,
+            e.state.to_string(),
+            e.size,
+            e.attempts,
+            received.get(..19).unwrap_or(&received),
+            rcpts,
+            e.last_error.as_deref().unwrap_or("")
+        );
+    }
+    let failed = entries
+        .iter()
+        .filter(|e| e.state == EntryState::Failed)
+        .count();
+    println!("{} queued, {failed} failed", entries.len() - failed);
+    Ok(())
+}
+
+fn show(spool: &Spool, id: &QueueId, json: bool) -> Result<(), SpoolError> {
+    let e = spool.entry(id)?;
+    if json {
+        println!("{}", to_json(&view(&e))?);
+        return Ok(());
+    }
+    let v = view(&e);
+    println!("id:           {}", v.id);
+    println!("state:        {}", e.state);
+    println!("account:      {}", v.account);
+    println!("from:         <{}>", v.mail_from);
+    println!("recipients:   {}", v.recipients.join(", "));
+    if v.remaining != v.recipients {
+        println!("remaining:    {}", v.remaining.join(", "));
+    }
+    println!("size:         {} bytes", v.size);
+    println!(
+        "received:     {} from {} (HELO {})",
+        v.received_at, v.client, v.helo
+    );
+    if let Some(u) = v.local_user {
+        println!("local user:   {u}");
+    }
+    println!("attempts:     {}", v.attempts);
+    if let Some(n) = &v.next_attempt {
+        println!("next attempt: {n}");
+    }
+    if let Some(f) = &v.failed_at {
+        println!("failed at:    {f}");
+    }
+    if let Some(err) = v.last_error {
+        println!("last error:   {err}");
+    }
+    // The header section, to recognise the message (bodies can be large).
+    if let Ok(msg) = spool.read_message(id) {
+        let end = msg
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or(msg.len())
+            .min(8192);
+        println!("headers:");
+        for line in String::from_utf8_lossy(&msg[..end]).lines() {
+            println!("  {line}");
+        }
+    }
+    Ok(())
+}
+
+fn retry_all(spool: &Spool) -> Result<(), SpoolError> {
+    let mut n = 0;
+    for e in spool.list_queued()? {
+        match spool.retry(&e.id) {
+            Ok(()) => n += 1,
+            Err(SpoolError::NotFound(_)) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    println!("{n} queued message(s) will be retried now");
+    Ok(())
 }

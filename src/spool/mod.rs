@@ -1,10 +1,26 @@
-//! The durable on-disk queue. (Stub: owned by the spool/delivery work.)
+//! The durable on-disk queue: enqueue (fsynced before the SMTP 250), list,
+//! read, and the state changes the delivery worker and `mailbridge queue` make
+//! (defer, hold, complete, fail, retry, delete, move damaged entries aside).
+//!
+//! Layout under `spool_dir`: `queue/` (waiting mail), `failed/` (permanently
+//! failed or expired, kept with the upstream's reply), `corrupt/` (damaged
+//! entries moved aside), `tmp/` (files being written). See [`store`] for the
+//! file format. Every change is a rename, so the daemon and `mailbridge queue`
+//! can work on the same directory at once.
 
 pub mod admin;
+mod store;
 
+use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use store::{io_err, msg_path, state_path, Header, State};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -13,6 +29,12 @@ pub enum SpoolError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path}: damaged spool entry: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("no message with id {0} in the spool")]
+    NotFound(String),
+    #[error("spool task failed: {0}")]
+    Task(String),
 }
 
 /// What the SMTP session hands to the spool with the message bytes.
@@ -40,13 +62,125 @@ impl std::fmt::Display for QueueId {
     }
 }
 
+/// Where an entry stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryState {
+    /// Waiting for its first attempt.
+    Queued,
+    /// Tried, failed temporarily, waiting for `next_attempt`.
+    Deferred,
+    /// Not tried because of a configuration problem (`last_error` says which).
+    Held,
+    /// Failed permanently or expired; kept in the failed area.
+    Failed,
+}
+
+impl std::fmt::Display for EntryState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EntryState::Queued => "queued",
+            EntryState::Deferred => "deferred",
+            EntryState::Held => "held",
+            EntryState::Failed => "failed",
+        })
+    }
+}
+
+/// One message in the spool as `list`/`entry` report it.
+#[derive(Debug, Clone)]
+pub struct QueueEntry {
+    pub id: QueueId,
+    pub envelope: Envelope,
+    pub state: EntryState,
+    pub attempts: u32,
+    /// When the worker will try next (`None`: now, or never for failed entries).
+    pub next_attempt: Option<SystemTime>,
+    /// The last upstream reply or error (or why it is held / failed).
+    pub last_error: Option<String>,
+    pub received_at: SystemTime,
+    /// Message size in bytes.
+    pub size: u64,
+    /// Recipients still to deliver (all of the envelope's until some are done).
+    pub remaining: Vec<String>,
+    pub failed_at: Option<SystemTime>,
+}
+
+/// How a deferral or hold is recorded.
+#[derive(Debug, Clone)]
+pub struct Deferral {
+    pub attempts: u32,
+    pub next_attempt: SystemTime,
+    pub reason: String,
+    /// `true` for a configuration problem (shown as "held").
+    pub held: bool,
+    /// Recipients still to deliver, if fewer than the envelope's.
+    pub remaining: Option<Vec<String>>,
+}
+
 pub struct Spool {
     dir: PathBuf,
+    queue: PathBuf,
+    failed: PathBuf,
+    corrupt: PathBuf,
+    tmp: PathBuf,
+    /// Ids (and accounts) enqueued by this process that the worker has not picked up yet.
+    fresh: Mutex<Vec<(QueueId, String)>>,
+    /// Shared fsyncs of `queue/` for concurrent enqueues.
+    queue_sync: Arc<store::DirSync>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    to_ms(SystemTime::now())
+}
+
+pub(crate) fn to_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn from_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// A suffix unique within this process (for ids and temp names).
+pub(crate) fn unique_suffix() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{:04x}{:04x}", n & 0xffff, rand::random::<u16>())
+}
+
+/// Ids are hex digits and '-' only (they become file names).
+pub(crate) fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+/// A new id: receipt time in microseconds (so ids sort by age) and a unique suffix.
+fn new_id() -> QueueId {
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    QueueId(format!("{micros:014x}{}", unique_suffix()))
 }
 
 impl Spool {
+    /// Opens (creating if needed) the spool directory and its subdirectories.
     pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
-        Ok(Spool { dir: dir.to_path_buf() })
+        let spool = Spool {
+            dir: dir.to_path_buf(),
+            queue: dir.join("queue"),
+            failed: dir.join("failed"),
+            corrupt: dir.join("corrupt"),
+            tmp: dir.join("tmp"),
+            fresh: Mutex::new(Vec::new()),
+            queue_sync: Arc::new(store::DirSync::new(&dir.join("queue"))),
+        };
+        for d in [&spool.queue, &spool.failed, &spool.corrupt, &spool.tmp] {
+            fs::create_dir_all(d).map_err(io_err(d))?;
+        }
+        Ok(spool)
     }
 
     pub fn dir(&self) -> &Path {
@@ -55,7 +189,311 @@ impl Spool {
 
     /// Stores `message` (final bytes, CRLF line ends, not dot-stuffed) and its
     /// envelope durably; returns only once both are fsynced and renamed into place.
-    pub async fn enqueue(&self, _envelope: &Envelope, _message: &[u8]) -> Result<QueueId, SpoolError> {
-        todo!("spool")
+    pub async fn enqueue(
+        &self,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> Result<QueueId, SpoolError> {
+        let id = new_id();
+        let header = Header {
+            v: 1,
+            id: id.0.clone(),
+            received_at_ms: now_ms(),
+            size: message.len() as u64,
+            envelope: envelope.clone(),
+        };
+        let (tmp, queue, queue_sync) = (
+            self.tmp.clone(),
+            self.queue.clone(),
+            self.queue_sync.clone(),
+        );
+        let message = message.to_vec();
+        tokio::task::spawn_blocking(move || {
+            store::write_entry(&tmp, &queue, &header, &message, None)?;
+            queue_sync.after_rename()
+        })
+        .await
+        .map_err(|e| SpoolError::Task(e.to_string()))??;
+        if let Ok(mut fresh) = self.fresh.lock() {
+            fresh.push((id.clone(), envelope.account.clone()));
+        }
+        Ok(id)
+    }
+
+    /// Ids and accounts enqueued since the last call (for the worker; avoids a
+    /// directory scan per message).
+    pub fn take_fresh(&self) -> Vec<(QueueId, String)> {
+        self.fresh
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default()
+    }
+
+    /// Every queued and failed message, oldest first. Damaged entries are moved aside.
+    pub fn list(&self) -> Result<Vec<QueueEntry>, SpoolError> {
+        let mut all = self.list_queued()?;
+        all.extend(self.list_area(&self.failed, true)?);
+        all.sort_by(|a, b| (a.received_at, &a.id).cmp(&(b.received_at, &b.id)));
+        Ok(all)
+    }
+
+    /// Messages waiting for delivery (queued, deferred, held), oldest first.
+    pub fn list_queued(&self) -> Result<Vec<QueueEntry>, SpoolError> {
+        self.list_area(&self.queue, false)
+    }
+
+    /// Failed messages, oldest first.
+    pub fn list_failed(&self) -> Result<Vec<QueueEntry>, SpoolError> {
+        self.list_area(&self.failed, true)
+    }
+
+    fn list_area(&self, dir: &Path, failed: bool) -> Result<Vec<QueueEntry>, SpoolError> {
+        let mut out = Vec::new();
+        for id in store::list_ids(dir)? {
+            match store::read_header(&msg_path(dir, &id)) {
+                Ok((h, _)) => out.push(make_entry(h, store::read_state(dir, &id), failed)),
+                Err(SpoolError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e @ SpoolError::Corrupt { .. }) => self.quarantine(dir, &id, &e.to_string()),
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| (a.received_at, &a.id).cmp(&(b.received_at, &b.id)));
+        Ok(out)
+    }
+
+    /// One message's entry, queued or failed.
+    pub fn entry(&self, id: &QueueId) -> Result<QueueEntry, SpoolError> {
+        let (dir, failed) = self.locate(id)?;
+        let (h, _) = store::read_header(&msg_path(dir, &id.0))?;
+        Ok(make_entry(h, store::read_state(dir, &id.0), failed))
+    }
+
+    /// The message bytes exactly as accepted (queued or failed).
+    pub fn read_message(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
+        let (dir, _) = self.locate(id)?;
+        Ok(store::read_message(&msg_path(dir, &id.0))?.1)
+    }
+
+    /// A queued entry and its bytes, for delivery. Damaged entries are moved aside
+    /// (and reported as `Corrupt`).
+    pub fn load_queued(&self, id: &QueueId) -> Result<(QueueEntry, Vec<u8>), SpoolError> {
+        if !valid_id(&id.0) {
+            return Err(SpoolError::NotFound(id.0.clone()));
+        }
+        match store::read_message(&msg_path(&self.queue, &id.0)) {
+            Ok((h, msg)) => Ok((
+                make_entry(h, store::read_state(&self.queue, &id.0), false),
+                msg,
+            )),
+            Err(SpoolError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Err(SpoolError::NotFound(id.0.clone()))
+            }
+            Err(e @ SpoolError::Corrupt { .. }) => {
+                self.quarantine(&self.queue, &id.0, &e.to_string());
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn locate(&self, id: &QueueId) -> Result<(&Path, bool), SpoolError> {
+        if valid_id(&id.0) {
+            if msg_path(&self.queue, &id.0).exists() {
+                return Ok((&self.queue, false));
+            }
+            if msg_path(&self.failed, &id.0).exists() {
+                return Ok((&self.failed, true));
+            }
+        }
+        Err(SpoolError::NotFound(id.0.clone()))
+    }
+
+    /// Delivered to every recipient: remove it.
+    pub fn complete(&self, id: &QueueId) -> Result<(), SpoolError> {
+        let p = msg_path(&self.queue, &id.0);
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&p)(e)),
+        }
+        let _ = fs::remove_file(state_path(&self.queue, &id.0));
+        Ok(())
+    }
+
+    /// Records a temporary failure (or a hold) and when to try again.
+    /// A no-op if the entry was deleted meanwhile.
+    pub fn defer(&self, id: &QueueId, d: &Deferral) -> Result<(), SpoolError> {
+        if !msg_path(&self.queue, &id.0).exists() {
+            return Ok(());
+        }
+        let state = State {
+            attempts: d.attempts,
+            next_attempt_ms: to_ms(d.next_attempt),
+            last_error: Some(d.reason.clone()),
+            held: d.held.then(|| d.reason.clone()),
+            remaining: d.remaining.clone(),
+            failed_at_ms: None,
+        };
+        store::write_state(&self.tmp, &self.queue, &id.0, &state, true)
+    }
+
+    /// Moves a queued entry to the failed area with `reason` (the upstream's reply).
+    pub fn fail(
+        &self,
+        id: &QueueId,
+        attempts: u32,
+        reason: &str,
+        remaining: Option<Vec<String>>,
+    ) -> Result<(), SpoolError> {
+        let src = msg_path(&self.queue, &id.0);
+        if !src.exists() {
+            return Ok(());
+        }
+        let state = State {
+            attempts,
+            last_error: Some(reason.to_string()),
+            remaining,
+            failed_at_ms: Some(now_ms()),
+            ..State::default()
+        };
+        store::write_state(&self.tmp, &self.failed, &id.0, &state, true)?;
+        fs::rename(&src, msg_path(&self.failed, &id.0)).map_err(io_err(&src))?;
+        store::sync_dir(&self.failed)?;
+        let _ = fs::remove_file(state_path(&self.queue, &id.0));
+        Ok(())
+    }
+
+    /// Records recipients that failed permanently (with the upstream's reply) as a
+    /// new entry in the failed area holding a copy of the message. Used when only
+    /// some recipients are rejected (spool and direct mode).
+    pub fn record_failed(
+        &self,
+        envelope: &Envelope,
+        message: &[u8],
+        failures: &[(String, String)],
+    ) -> Result<QueueId, SpoolError> {
+        let id = new_id();
+        let mut env = envelope.clone();
+        env.recipients = failures.iter().map(|(r, _)| r.clone()).collect();
+        let reason = failures
+            .iter()
+            .map(|(r, reply)| format!("<{r}>: {reply}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let header = Header {
+            v: 1,
+            id: id.0.clone(),
+            received_at_ms: now_ms(),
+            size: message.len() as u64,
+            envelope: env,
+        };
+        let state = State {
+            attempts: 1,
+            last_error: Some(reason),
+            failed_at_ms: Some(now_ms()),
+            ..State::default()
+        };
+        store::write_entry(&self.tmp, &self.failed, &header, message, Some(&state))?;
+        store::sync_dir(&self.failed)?;
+        Ok(id)
+    }
+
+    /// Makes an entry due now: a queued one keeps its attempts; a failed one goes
+    /// back to the queue (its remaining recipients) with attempts reset.
+    pub fn retry(&self, id: &QueueId) -> Result<(), SpoolError> {
+        let (dir, failed) = self.locate(id)?;
+        let mut state = store::read_state(dir, &id.0);
+        state.next_attempt_ms = 0;
+        state.held = None;
+        if failed {
+            state.attempts = 0;
+            state.failed_at_ms = None;
+            store::write_state(&self.tmp, &self.queue, &id.0, &state, true)?;
+            let src = msg_path(&self.failed, &id.0);
+            fs::rename(&src, msg_path(&self.queue, &id.0)).map_err(io_err(&src))?;
+            store::sync_dir(&self.queue)?;
+            let _ = fs::remove_file(state_path(&self.failed, &id.0));
+        } else {
+            store::write_state(&self.tmp, &self.queue, &id.0, &state, false)?;
+        }
+        Ok(())
+    }
+
+    /// Removes an entry (queued or failed). A delivery in progress finishes or
+    /// fails harmlessly; its later state update is ignored.
+    pub fn delete(&self, id: &QueueId) -> Result<(), SpoolError> {
+        let (dir, _) = self.locate(id)?;
+        let p = msg_path(dir, &id.0);
+        fs::remove_file(&p).map_err(io_err(&p))?;
+        let _ = fs::remove_file(state_path(dir, &id.0));
+        Ok(())
+    }
+
+    /// Moves a damaged entry to `corrupt/` and logs it.
+    fn quarantine(&self, dir: &Path, id: &str, why: &str) {
+        warn!(queue_id = %id, "damaged spool entry moved to {}: {why}", self.corrupt.display());
+        for p in [msg_path(dir, id), state_path(dir, id)] {
+            if let Some(name) = p.file_name() {
+                let _ = fs::rename(&p, self.corrupt.join(name));
+            }
+        }
+    }
+
+    /// Start-up clean-up: stale temp files and state files without a message.
+    pub fn recover(&self) {
+        let stale = Duration::from_secs(60);
+        let old = |p: &Path| {
+            fs::metadata(p)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > stale)
+        };
+        if let Ok(rd) = fs::read_dir(&self.tmp) {
+            for e in rd.flatten() {
+                if old(&e.path()) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        for dir in [&self.queue, &self.failed] {
+            let Ok(rd) = fs::read_dir(dir) else { continue };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(id) = name.strip_suffix(&format!(".{}", store::STATE_EXT)) {
+                    if !msg_path(dir, id).exists() && old(&e.path()) {
+                        let _ = fs::remove_file(e.path());
+                    }
+                }
+            }
+        }
     }
 }
+
+fn make_entry(h: Header, s: State, failed: bool) -> QueueEntry {
+    let state = if failed {
+        EntryState::Failed
+    } else if s.held.is_some() {
+        EntryState::Held
+    } else if s.attempts > 0 {
+        EntryState::Deferred
+    } else {
+        EntryState::Queued
+    };
+    QueueEntry {
+        id: QueueId(h.id),
+        remaining: s.remaining.unwrap_or_else(|| h.envelope.recipients.clone()),
+        envelope: h.envelope,
+        state,
+        attempts: s.attempts,
+        next_attempt: (!failed && s.next_attempt_ms > 0).then(|| from_ms(s.next_attempt_ms)),
+        last_error: s.last_error,
+        received_at: from_ms(h.received_at_ms),
+        size: h.size,
+        failed_at: s.failed_at_ms.map(from_ms),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -42,6 +42,8 @@ pub async fn start_in(toml: &str, dir: tempfile::TempDir) -> TestDaemon {
     let path = dir.path().join("relay.toml");
     std::fs::write(&path, toml).expect("write relay.toml");
     let config = Config::load(&path).unwrap_or_else(|e| panic!("test config: {e}"));
-    let daemon = Daemon::start(config).await.unwrap_or_else(|e| panic!("daemon start: {e}"));
+    let daemon = Daemon::start(config)
+        .await
+        .unwrap_or_else(|e| panic!("daemon start: {e}"));
     TestDaemon { daemon, dir }
 }

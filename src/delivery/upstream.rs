@@ -1,0 +1,404 @@
+//! The upstream SMTP client: per-account TLS parameters built once, connect
+//! (implicit TLS or STARTTLS, never AUTH in plaintext), AUTH, a small pool of
+//! authenticated idle connections per account, and one message transaction
+//! with per-recipient verdicts, recipients split into chunks.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::AsyncSmtpConnection;
+use lettre::transport::smtp::commands::{Data, Rset};
+use lettre::transport::smtp::extension::{ClientId, Extension};
+use lettre::transport::smtp::response::Response;
+
+use super::outcome::{
+    classify, describe, reply_text, ConnectFailure, DeliveryReport, Verdict, AUTH_HINT,
+};
+use super::transport::{self, account_tls, AccountTls};
+use crate::config::{Account, Config, TlsMode};
+use crate::spool::Envelope;
+
+/// An idle connection older than this is closed rather than reused.
+const IDLE_MAX: Duration = Duration::from_secs(30);
+/// How long a reused connection may take to answer the RSET that checks it.
+const RSET_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Upstream SMTP clients, one per account, with their idle connections.
+pub struct Upstream {
+    tls: HashMap<String, AccountTls>,
+    hello: ClientId,
+    max_recipients: usize,
+    timeout: Duration,
+    pool_size: usize,
+    idle: Mutex<HashMap<String, Vec<(AsyncSmtpConnection, Instant)>>>,
+}
+
+/// A raw SMTP command line (MAIL/RCPT with our own parameters).
+struct Line(String);
+
+impl fmt::Display for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}\r\n", self.0)
+    }
+}
+
+fn hello_name(hostname: &str) -> ClientId {
+    match hostname.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => ClientId::Ipv4(a),
+        Ok(std::net::IpAddr::V6(a)) => ClientId::Ipv6(a),
+        Err(_) if !hostname.is_empty() && hostname.contains('.') => {
+            ClientId::Domain(hostname.to_string())
+        }
+        Err(_) => ClientId::Domain("localhost.localdomain".into()),
+    }
+}
+
+/// Opens a connection to `account`'s SMTP server: TLS as configured, EHLO, AUTH.
+/// Credentials are only ever sent over a verified TLS connection.
+pub(crate) async fn connect(
+    account: &Account,
+    tls: &AccountTls,
+    hello: &ClientId,
+    connect_timeout: Duration,
+) -> Result<AsyncSmtpConnection, ConnectFailure> {
+    let ep = &account.smtp;
+    let tcp = transport::tcp(ep, connect_timeout)
+        .await
+        .map_err(ConnectFailure::Temporary)?;
+    let greeting =
+        |e: lettre::transport::smtp::Error| connect_error(&e, &format!("greeting/EHLO from {ep}"));
+    let (mut conn, encrypted) = match ep.tls {
+        TlsMode::Implicit => {
+            let stream = transport::implicit_tls(tcp, ep, tls.rustls.clone())
+                .await
+                .map_err(ConnectFailure::Temporary)?;
+            let c = AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello)
+                .await
+                .map_err(greeting)?;
+            (c, true)
+        }
+        TlsMode::Starttls => {
+            let mut c = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), hello)
+                .await
+                .map_err(greeting)?;
+            if !c.can_starttls() {
+                c.abort().await;
+                return Err(ConnectFailure::Config(format!(
+                    "{ep}: the server does not offer STARTTLS; refusing to send credentials in plaintext"
+                )));
+            }
+            c.starttls(tls.lettre.clone(), hello)
+                .await
+                .map_err(|e| connect_error(&e, &format!("STARTTLS with {ep}")))?;
+            let encrypted = c.is_encrypted();
+            (c, encrypted)
+        }
+    };
+    if !encrypted {
+        conn.abort().await;
+        return Err(ConnectFailure::Config(format!(
+            "{ep}: connection is not encrypted; refusing to authenticate"
+        )));
+    }
+    let Some(password) = &account.password else {
+        conn.abort().await;
+        return Err(ConnectFailure::Config(no_password(account)));
+    };
+    let creds = Credentials::new(account.username.clone(), password.expose().to_string());
+    if let Err(e) = conn
+        .auth(&[Mechanism::Plain, Mechanism::Login], &creds)
+        .await
+    {
+        conn.abort().await;
+        let reason = match reply_text(&e) {
+            Some(r) => format!("AUTH as {} at {ep}: {r}; {AUTH_HINT}", account.username),
+            None => describe(&e, &format!("AUTH as {} at {ep}", account.username)),
+        };
+        return Err(ConnectFailure::Config(reason));
+    }
+    Ok(conn)
+}
+
+pub(crate) fn no_password(account: &Account) -> String {
+    format!(
+        "account {:?} has no usable password: {}",
+        account.name,
+        account
+            .password_problem
+            .as_deref()
+            .unwrap_or("not configured")
+    )
+}
+
+fn connect_error(e: &lettre::transport::smtp::Error, stage: &str) -> ConnectFailure {
+    ConnectFailure::Temporary(match reply_text(e) {
+        Some(r) => format!("{stage}: {r}"),
+        None => describe(e, stage),
+    })
+}
+
+pub(crate) fn positive_text(r: &Response) -> String {
+    let lines: Vec<&str> = r.message().collect();
+    format!("{} {}", r.code(), lines.join(" "))
+        .trim_end()
+        .to_string()
+}
+
+/// Removes one trailing CRLF: lettre's codec appends `CRLF.CRLF` itself.
+fn strip_final_crlf(message: &[u8]) -> &[u8] {
+    message.strip_suffix(b"\r\n").unwrap_or(message)
+}
+
+impl Upstream {
+    /// Builds the TLS parameters of every account once.
+    pub fn new(config: &Config) -> Result<Upstream, String> {
+        let mut tls = HashMap::new();
+        for a in &config.accounts {
+            tls.insert(a.name.clone(), account_tls(a)?);
+        }
+        Ok(Upstream {
+            tls,
+            hello: hello_name(&config.smtp.hostname),
+            max_recipients: config.smtp.max_recipients.max(1),
+            timeout: config.delivery.timeout,
+            pool_size: config.delivery.concurrency.max(1),
+            idle: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The whole-transaction timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Delivers `message` to `recipients` for `account`, within the delivery
+    /// timeout. Every recipient ends up in exactly one list of the report.
+    pub async fn deliver(
+        &self,
+        account: &Account,
+        envelope: &Envelope,
+        recipients: &[String],
+        message: &[u8],
+    ) -> DeliveryReport {
+        let mut report = DeliveryReport::default();
+        let mut connected = false;
+        let fut = self.deliver_inner(
+            account,
+            envelope,
+            recipients,
+            message,
+            &mut report,
+            &mut connected,
+        );
+        if tokio::time::timeout(self.timeout, fut).await.is_err() {
+            let reason = format!(
+                "timed out after {} talking to {}",
+                humantime::format_duration(self.timeout),
+                account.smtp
+            );
+            settle_rest(&mut report, recipients, &reason);
+            if !connected {
+                report.connect_failure = Some(ConnectFailure::Temporary(reason));
+            }
+        }
+        report
+    }
+
+    async fn deliver_inner(
+        &self,
+        account: &Account,
+        envelope: &Envelope,
+        recipients: &[String],
+        message: &[u8],
+        report: &mut DeliveryReport,
+        connected: &mut bool,
+    ) {
+        let mut conn = match self.checkout(account).await {
+            Ok(c) => c,
+            Err(f) => {
+                for r in recipients {
+                    report.temporary.push((r.clone(), f.reason().to_string()));
+                }
+                report.connect_failure = Some(f);
+                return;
+            }
+        };
+        *connected = true;
+        let mut params = String::new();
+        let eight_bit = envelope.body_8bit || !message.is_ascii();
+        if eight_bit && conn.server_info().supports_feature(Extension::EightBitMime) {
+            params.push_str(" BODY=8BITMIME");
+        }
+        let utf8 = envelope.smtputf8 || recipients.iter().any(|r| !r.is_ascii());
+        if utf8 && conn.server_info().supports_feature(Extension::SmtpUtfEight) {
+            params.push_str(" SMTPUTF8");
+        }
+        let body = strip_final_crlf(message);
+        for chunk in recipients.chunks(self.max_recipients) {
+            match transaction(&mut conn, &account.address, &params, chunk, body, report).await {
+                Ok(()) => {}
+                Err(reason) => {
+                    // The connection is broken: close it without a QUIT that could hang.
+                    drop(conn);
+                    settle_rest(report, recipients, &reason);
+                    return;
+                }
+            }
+        }
+        self.checkin(&account.name, conn);
+    }
+
+    /// An authenticated connection: a reused idle one (checked with RSET) or a new one.
+    async fn checkout(&self, account: &Account) -> Result<AsyncSmtpConnection, ConnectFailure> {
+        loop {
+            let idle = self
+                .idle
+                .lock()
+                .ok()
+                .and_then(|mut m| m.get_mut(&account.name).and_then(Vec::pop));
+            let Some((mut conn, since)) = idle else { break };
+            if since.elapsed() < IDLE_MAX {
+                let check = tokio::time::timeout(RSET_TIMEOUT, conn.command(Rset)).await;
+                if matches!(check, Ok(Ok(_))) {
+                    return Ok(conn);
+                }
+            }
+            // Stale or silently dropped: close without waiting for the server.
+            drop(conn);
+        }
+        let tls = self.tls.get(&account.name).ok_or_else(|| {
+            ConnectFailure::Config(format!("account {:?} is not configured", account.name))
+        })?;
+        connect(account, tls, &self.hello, self.timeout).await
+    }
+
+    fn checkin(&self, account: &str, conn: AsyncSmtpConnection) {
+        if conn.has_broken() {
+            return;
+        }
+        if let Ok(mut m) = self.idle.lock() {
+            let v = m.entry(account.to_string()).or_default();
+            if v.len() < self.pool_size {
+                v.push((conn, Instant::now()));
+            }
+        }
+    }
+
+    /// Closes every idle connection (at shutdown).
+    pub async fn close_idle(&self) {
+        let all: Vec<_> = self
+            .idle
+            .lock()
+            .map(|mut m| m.drain().flat_map(|(_, v)| v).collect())
+            .unwrap_or_default();
+        for (mut c, _) in all {
+            let _ = tokio::time::timeout(Duration::from_secs(2), c.quit()).await;
+        }
+    }
+}
+
+/// Marks every recipient not yet in the report as temporarily failed with `reason`.
+fn settle_rest(report: &mut DeliveryReport, recipients: &[String], reason: &str) {
+    for r in recipients {
+        let known = report.delivered.contains(r)
+            || report.permanent.iter().any(|(x, _)| x == r)
+            || report.temporary.iter().any(|(x, _)| x == r);
+        if !known {
+            report.temporary.push((r.clone(), reason.to_string()));
+        }
+    }
+}
+
+/// One MAIL/RCPT.../DATA transaction. `Err` means the connection is unusable
+/// (the caller settles the rest); replies are recorded per recipient.
+async fn transaction(
+    conn: &mut AsyncSmtpConnection,
+    from: &str,
+    params: &str,
+    rcpts: &[String],
+    body: &[u8],
+    report: &mut DeliveryReport,
+) -> Result<(), String> {
+    let all = |report: &mut DeliveryReport, perm: bool, reply: &str, list: &[String]| {
+        for r in list {
+            let entry = (r.clone(), reply.to_string());
+            if perm {
+                report.permanent.push(entry);
+            } else {
+                report.temporary.push(entry);
+            }
+        }
+    };
+    if let Err(e) = conn
+        .command(Line(format!("MAIL FROM:<{from}>{params}")))
+        .await
+    {
+        return match classify(&e, "MAIL FROM") {
+            Verdict::Permanent(r) => {
+                all(report, true, &format!("MAIL FROM: {r}"), rcpts);
+                rset(conn).await
+            }
+            Verdict::Temporary(r) => {
+                all(report, false, &format!("MAIL FROM: {r}"), rcpts);
+                rset(conn).await
+            }
+            Verdict::Broken(r) => Err(r),
+        };
+    }
+    let mut accepted = Vec::new();
+    for r in rcpts {
+        if r.contains(['\r', '\n', '<', '>']) {
+            report
+                .permanent
+                .push((r.clone(), "553 5.1.3 invalid recipient address".into()));
+            continue;
+        }
+        match conn.command(Line(format!("RCPT TO:<{r}>"))).await {
+            Ok(_) => accepted.push(r.clone()),
+            Err(e) => match classify(&e, "RCPT TO") {
+                Verdict::Permanent(reply) => report
+                    .permanent
+                    .push((r.clone(), format!("RCPT TO: {reply}"))),
+                Verdict::Temporary(reply) => report
+                    .temporary
+                    .push((r.clone(), format!("RCPT TO: {reply}"))),
+                Verdict::Broken(reason) => return Err(reason),
+            },
+        }
+    }
+    if accepted.is_empty() {
+        return rset(conn).await;
+    }
+    let result = match conn.command(Data).await {
+        Ok(_) => conn.message(body).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(resp) => {
+            report.last_reply = Some(positive_text(&resp));
+            report.delivered.extend(accepted);
+            Ok(())
+        }
+        Err(e) => match classify(&e, "DATA") {
+            Verdict::Permanent(r) => {
+                all(report, true, &format!("DATA: {r}"), &accepted);
+                rset(conn).await
+            }
+            Verdict::Temporary(r) => {
+                all(report, false, &format!("DATA: {r}"), &accepted);
+                rset(conn).await
+            }
+            Verdict::Broken(r) => Err(r),
+        },
+    }
+}
+
+async fn rset(conn: &mut AsyncSmtpConnection) -> Result<(), String> {
+    conn.command(Rset)
+        .await
+        .map(|_| ())
+        .map_err(|e| describe(&e, "RSET"))
+}

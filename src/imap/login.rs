@@ -1,0 +1,132 @@
+//! One login attempt: local check (argon2, failure slowdown) or passthrough,
+//! the per-account connection slot, then connect and log in upstream. The
+//! outcome is either a ready upstream session or the reply refusing it.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::session::LoginRequest;
+use super::upstream::{self, Connection, UpstreamError};
+use super::{responses, AccountSlot};
+use crate::auth::FailureVerdict;
+use crate::config::Account;
+use crate::secret::Secret;
+use crate::Context;
+
+/// Connect, TLS and greeting together must finish within this.
+pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// The upstream's answer to LOGIN (Gmail can take a few seconds).
+pub const UPSTREAM_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct LoggedIn {
+    pub upstream: Connection,
+    /// Untagged lines and the client-tagged OK to send the client.
+    pub reply: Vec<u8>,
+    pub slot: AccountSlot,
+    pub account: String,
+    pub passthrough: bool,
+}
+
+pub enum Outcome {
+    LoggedIn(Box<LoggedIn>),
+    Refused(Vec<u8>),
+}
+
+/// Runs the whole login for `req` from `ip`.
+pub async fn attempt(req: LoginRequest, ctx: &Arc<Context>, ip: IpAddr) -> Outcome {
+    let tag = req.tag.as_str();
+    let failures = ctx.auth.failures();
+    if failures.is_blocked(ip) {
+        return Outcome::Refused(responses::auth_blocked(tag));
+    }
+    let passthrough = ctx.config.imap.passthrough && !ctx.auth.has_user(&req.user);
+    let (account, username, password): (&Account, &str, &Secret) = if passthrough {
+        let Some(account) = ctx.config.default_account() else {
+            warn!("passthrough login but no default_account is configured");
+            return Outcome::Refused(responses::no_account(tag));
+        };
+        (account, req.user.as_str(), &req.password)
+    } else {
+        let Some(name) = ctx.auth.verify(&req.user, req.password.expose()).await else {
+            return Outcome::Refused(
+                local_failure(ctx, ip, tag, "wrong local user name or password").await,
+            );
+        };
+        let Some(account) = ctx.config.account(&name) else {
+            warn!(account = %name, "local user points at an unknown account");
+            return Outcome::Refused(responses::no_account(tag));
+        };
+        let Some(password) = account.password.as_ref() else {
+            warn!(
+                account = %account.name,
+                "login refused: the account has no usable password ({})",
+                account.password_problem.as_deref().unwrap_or("unknown reason")
+            );
+            return Outcome::Refused(responses::account_unusable(tag));
+        };
+        (account, account.username.as_str(), password)
+    };
+    let Some(slot) = ctx.imap.acquire(&account.name) else {
+        warn!(account = %account.name, limit = ctx.config.imap.max_connections_per_account, "login refused: per-account connection limit reached");
+        return Outcome::Refused(responses::too_many_connections(tag));
+    };
+    let Some(tls) = ctx.imap.tls_for(&account.name) else {
+        return Outcome::Refused(responses::upstream_unavailable(tag));
+    };
+    let mut conn = match upstream::connect(&account.imap, &tls, UPSTREAM_CONNECT_TIMEOUT).await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(account = %account.name, upstream = %account.imap, error = %e, "upstream IMAP unavailable");
+            return Outcome::Refused(responses::upstream_unavailable(tag));
+        }
+    };
+    match upstream::login(&mut conn, username, password, UPSTREAM_LOGIN_TIMEOUT).await {
+        Ok(reply) => {
+            failures.record_success(ip);
+            let mut bytes = reply.untagged;
+            bytes.extend(responses::login_ok(tag, reply.code.as_deref()));
+            Outcome::LoggedIn(Box::new(LoggedIn {
+                upstream: conn,
+                reply: bytes,
+                slot,
+                account: account.name.clone(),
+                passthrough,
+            }))
+        }
+        Err(UpstreamError::Rejected { text }) => {
+            upstream::close(&mut conn.stream).await;
+            if passthrough {
+                Outcome::Refused(
+                    local_failure(ctx, ip, tag, "upstream refused passthrough credentials").await,
+                )
+            } else {
+                warn!(account = %account.name, upstream_reply = %text, "upstream refused the account's credentials; check the app password (mailbridge check)");
+                Outcome::Refused(responses::upstream_auth_failed(tag))
+            }
+        }
+        Err(e) => {
+            warn!(account = %account.name, upstream = %account.imap, error = %e, "upstream IMAP login failed");
+            Outcome::Refused(responses::upstream_unavailable(tag))
+        }
+    }
+}
+
+/// Records a failed login from `ip`, waits the growing delay, and says how to answer.
+async fn local_failure(ctx: &Context, ip: IpAddr, tag: &str, why: &str) -> Vec<u8> {
+    match ctx.auth.failures().record_failure(ip) {
+        FailureVerdict::Delay(d) => {
+            info!(reason = why, "login failed");
+            tokio::time::sleep(d).await;
+            responses::auth_failed(tag)
+        }
+        FailureVerdict::Blocked { first } => {
+            if first {
+                warn!(%ip, "too many failed logins; refusing this address for a while");
+            }
+            responses::auth_blocked(tag)
+        }
+    }
+}

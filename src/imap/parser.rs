@@ -1,0 +1,541 @@
+//! The pre-login command grammar (RFC 3501/9051 subset) in nom 8: tag,
+//! CAPABILITY, NOOP, LOGOUT, ID, STARTTLS, LOGIN with astrings (atom, quoted
+//! with escapes, `{n}`/`{n+}` literals) and AUTHENTICATE with SASL-IR.
+//! Input is one whole command as framed by [`super::framing`], literals
+//! inline, ending in CRLF.
+
+use nom::branch::alt;
+use nom::bytes::complete::{tag, tag_no_case, take, take_while1, take_while_m_n};
+use nom::combinator::{all_consuming, map, opt, value};
+use nom::sequence::{delimited, preceded, terminated};
+use nom::{IResult, Parser};
+
+use crate::secret::Secret;
+
+/// A parsed pre-login command.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parsed {
+    pub tag: String,
+    pub command: Command,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Capability,
+    Noop,
+    Logout,
+    Id,
+    StartTls,
+    Login {
+        user: String,
+        password: Secret,
+    },
+    /// `initial` is the SASL-IR argument as sent (base64 or `=`).
+    Authenticate {
+        mechanism: String,
+        initial: Option<Vec<u8>>,
+    },
+    /// A real IMAP command that is only valid after login (upper-cased name).
+    NotBeforeLogin(String),
+    Unknown,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not even a tag could be found: answer with `* BAD`.
+    NoTag,
+    /// A tag was found but the rest is wrong.
+    Syntax { tag: String, what: &'static str },
+}
+
+/// Commands a client may legitimately send once logged in; before login they
+/// get a "log in first" instead of "unknown command".
+const AFTER_LOGIN: &[&str] = &[
+    "SELECT",
+    "EXAMINE",
+    "CREATE",
+    "DELETE",
+    "RENAME",
+    "SUBSCRIBE",
+    "UNSUBSCRIBE",
+    "LIST",
+    "LSUB",
+    "STATUS",
+    "APPEND",
+    "CHECK",
+    "CLOSE",
+    "EXPUNGE",
+    "SEARCH",
+    "FETCH",
+    "STORE",
+    "COPY",
+    "MOVE",
+    "UID",
+    "IDLE",
+    "ENABLE",
+    "NAMESPACE",
+    "GETQUOTA",
+    "GETQUOTAROOT",
+    "GETACL",
+    "UNSELECT",
+    "COMPRESS",
+    "XLIST",
+    "SETQUOTA",
+    "SETACL",
+    "MYRIGHTS",
+    "LISTRIGHTS",
+    "GETMETADATA",
+    "SETMETADATA",
+    "SORT",
+    "THREAD",
+    "ESEARCH",
+    "UNAUTHENTICATE",
+];
+
+/// Parses one complete command (literals inline, final CRLF included).
+pub fn parse_command(input: &[u8]) -> Result<Parsed, ParseError> {
+    let Ok((rest, t)) = imap_tag(input) else {
+        return Err(ParseError::NoTag);
+    };
+    let tg = String::from_utf8_lossy(t).into_owned();
+    let err = |what| ParseError::Syntax {
+        tag: tg.clone(),
+        what,
+    };
+    if input.contains(&0) {
+        return Err(err("NUL byte in command"));
+    }
+    if !input.ends_with(b"\r\n") {
+        return Err(err("command must end with CRLF"));
+    }
+    let Ok((rest, name)) = command_name(rest) else {
+        return Err(err("expected a command name after the tag"));
+    };
+    let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+    let no_args = |cmd: Command| match crlf_only(rest) {
+        Ok(_) => Ok(cmd),
+        Err(_) => Err(err("this command takes no arguments")),
+    };
+    let command = match name.as_str() {
+        "CAPABILITY" => no_args(Command::Capability)?,
+        "NOOP" => no_args(Command::Noop)?,
+        "LOGOUT" => no_args(Command::Logout)?,
+        "STARTTLS" => no_args(Command::StartTls)?,
+        "ID" => match all_consuming(terminated(preceded(tag(" "), id_params), tag("\r\n")))
+            .parse(rest)
+        {
+            Ok(_) => Command::Id,
+            Err(_) => return Err(err("ID takes NIL or a list of field/value strings")),
+        },
+        "LOGIN" => {
+            let args = all_consuming(terminated(
+                (preceded(tag(" "), astring), preceded(tag(" "), astring)),
+                tag("\r\n"),
+            ))
+            .parse(rest);
+            let Ok((_, (user, password))) = args else {
+                return Err(err("LOGIN needs a user name and a password"));
+            };
+            let (Ok(user), Ok(password)) = (String::from_utf8(user), String::from_utf8(password))
+            else {
+                return Err(err("user name and password must be UTF-8"));
+            };
+            Command::Login {
+                user,
+                password: Secret::new(password),
+            }
+        }
+        "AUTHENTICATE" => {
+            let args = all_consuming(terminated(
+                (
+                    preceded(tag(" "), take_while1(is_atom_char)),
+                    opt(preceded(tag(" "), sasl_initial)),
+                ),
+                tag("\r\n"),
+            ))
+            .parse(rest);
+            let Ok((_, (mech, initial))) = args else {
+                return Err(err(
+                    "AUTHENTICATE needs a mechanism name and optionally a base64 initial response",
+                ));
+            };
+            Command::Authenticate {
+                mechanism: String::from_utf8_lossy(mech).to_ascii_uppercase(),
+                initial: initial.map(<[u8]>::to_vec),
+            }
+        }
+        n if AFTER_LOGIN.contains(&n) => Command::NotBeforeLogin(name),
+        _ => Command::Unknown,
+    };
+    Ok(Parsed { tag: tg, command })
+}
+
+/// An AUTHENTICATE response that is not valid base64.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadBase64;
+
+/// Decodes one AUTHENTICATE response line (without CRLF): `Ok(None)` is the
+/// `*` cancel, `Ok(Some(bytes))` the decoded response (`=` or empty line: empty).
+pub fn parse_sasl_response(line: &[u8]) -> Result<Option<Vec<u8>>, BadBase64> {
+    use base64::Engine;
+    match line {
+        b"*" => Ok(None),
+        b"" | b"=" => Ok(Some(Vec::new())),
+        b => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map(Some)
+            .map_err(|_| BadBase64),
+    }
+}
+
+/// Splits a SASL PLAIN message `authzid NUL authcid NUL password`.
+pub fn split_plain(msg: &[u8]) -> Option<(String, String, Secret)> {
+    let mut parts = msg.split(|b| *b == 0);
+    let authz = parts.next()?;
+    let authc = parts.next()?;
+    let pass = parts.next()?;
+    if parts.next().is_some() || authc.is_empty() {
+        return None;
+    }
+    Some((
+        String::from_utf8(authz.to_vec()).ok()?,
+        String::from_utf8(authc.to_vec()).ok()?,
+        Secret::new(String::from_utf8(pass.to_vec()).ok()?),
+    ))
+}
+
+/// The tag of a command, if its first token is a valid one (for replies to
+/// lines that cannot be parsed further).
+pub fn tag_of(input: &[u8]) -> Option<String> {
+    let (rest, t) = imap_tag(input).ok()?;
+    (rest.first() == Some(&b' ')).then(|| String::from_utf8_lossy(t).into_owned())
+}
+
+fn command_name(i: &[u8]) -> IResult<&[u8], &[u8]> {
+    preceded(
+        tag(" "),
+        take_while1(|c: u8| c.is_ascii_alphanumeric() || c == b'-'),
+    )
+    .parse(i)
+}
+
+fn crlf_only(i: &[u8]) -> IResult<&[u8], &[u8]> {
+    all_consuming(tag("\r\n")).parse(i)
+}
+
+fn is_atom_char(c: u8) -> bool {
+    (0x21..0x7f).contains(&c) && !b"(){%*\"\\]".contains(&c)
+}
+
+fn is_astring_char(c: u8) -> bool {
+    is_atom_char(c) || c == b']'
+}
+
+fn is_tag_char(c: u8) -> bool {
+    is_astring_char(c) && c != b'+'
+}
+
+fn imap_tag(i: &[u8]) -> IResult<&[u8], &[u8]> {
+    take_while1(is_tag_char).parse(i)
+}
+
+/// quoted = DQUOTE *(QUOTED-CHAR / "\" quoted-specials) DQUOTE; 8-bit
+/// (UTF-8) text is accepted as RFC 9051 allows.
+fn quoted(i: &[u8]) -> IResult<&[u8], Vec<u8>> {
+    let fail = |i| {
+        Err(nom::Err::Error(nom::error::Error::new(
+            i,
+            nom::error::ErrorKind::Char,
+        )))
+    };
+    let Some((&b'"', mut rest)) = i.split_first() else {
+        return fail(i);
+    };
+    let mut out = Vec::new();
+    loop {
+        match rest {
+            [b'"', tail @ ..] => return Ok((tail, out)),
+            [b'\\', c @ (b'"' | b'\\'), tail @ ..] => {
+                out.push(*c);
+                rest = tail;
+            }
+            [b'\\', ..] | [b'\r' | b'\n' | 0, ..] | [] => return fail(rest),
+            [c, tail @ ..] => {
+                out.push(*c);
+                rest = tail;
+            }
+        }
+    }
+}
+
+/// literal = "{" number ["+"] "}" CRLF *CHAR8 (the framer already read the data).
+fn literal(i: &[u8]) -> IResult<&[u8], Vec<u8>> {
+    let (i, n) = delimited(
+        tag("{"),
+        terminated(
+            take_while_m_n(1, 10, |c: u8| c.is_ascii_digit()),
+            opt(tag("+")),
+        ),
+        tag("}\r\n"),
+    )
+    .parse(i)?;
+    let n: usize = std::str::from_utf8(n)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| nom::Err::Error(nom::error::Error::new(i, nom::error::ErrorKind::Digit)))?;
+    let (i, data) = take(n).parse(i)?;
+    Ok((i, data.to_vec()))
+}
+
+fn string(i: &[u8]) -> IResult<&[u8], Vec<u8>> {
+    alt((quoted, literal)).parse(i)
+}
+
+/// Atoms also take 8-bit bytes: old clients send UTF-8 or Latin-1 user names
+/// unquoted, and they are re-encoded before going anywhere.
+fn astring(i: &[u8]) -> IResult<&[u8], Vec<u8>> {
+    alt((
+        map(
+            take_while1(|c| is_astring_char(c) || c >= 0x80),
+            <[u8]>::to_vec,
+        ),
+        string,
+    ))
+    .parse(i)
+}
+
+fn nstring(i: &[u8]) -> IResult<&[u8], ()> {
+    alt((value((), tag_no_case("NIL")), value((), string))).parse(i)
+}
+
+/// "NIL" / "(" [string SP nstring *(SP string SP nstring)] ")"
+fn id_params(i: &[u8]) -> IResult<&[u8], ()> {
+    fn pairs(mut i: &[u8]) -> IResult<&[u8], ()> {
+        let mut first = true;
+        loop {
+            let start = i;
+            let step = (
+                |x| {
+                    if first {
+                        Ok((x, ()))
+                    } else {
+                        value((), tag(" ")).parse(x)
+                    }
+                },
+                string,
+                tag(" "),
+                nstring,
+            )
+                .parse(i);
+            match step {
+                Ok((rest, _)) => {
+                    i = rest;
+                    first = false;
+                }
+                Err(_) => return Ok((start, ())),
+            }
+        }
+    }
+    alt((
+        value((), tag_no_case("NIL")),
+        value((), delimited(tag("("), pairs, tag(")"))),
+    ))
+    .parse(i)
+}
+
+fn sasl_initial(i: &[u8]) -> IResult<&[u8], &[u8]> {
+    take_while1(|c: u8| c.is_ascii_alphanumeric() || c == b'+' || c == b'/' || c == b'=').parse(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn login(input: &[u8]) -> (String, String) {
+        match parse_command(input).unwrap().command {
+            Command::Login { user, password } => (user, password.expose().to_string()),
+            c => panic!("not a login: {c:?}"),
+        }
+    }
+
+    #[test]
+    fn simple_commands() {
+        let p = parse_command(b"a1 capability\r\n").unwrap();
+        assert_eq!(
+            p,
+            Parsed {
+                tag: "a1".into(),
+                command: Command::Capability
+            }
+        );
+        assert_eq!(parse_command(b"x NOOP\r\n").unwrap().command, Command::Noop);
+        assert_eq!(
+            parse_command(b"x LOGOUT\r\n").unwrap().command,
+            Command::Logout
+        );
+        assert_eq!(
+            parse_command(b"x STARTTLS\r\n").unwrap().command,
+            Command::StartTls
+        );
+        assert_eq!(parse_command(b"x ID NIL\r\n").unwrap().command, Command::Id);
+        assert_eq!(
+            parse_command(b"x ID (\"name\" \"Thunderbird\" \"version\" NIL)\r\n")
+                .unwrap()
+                .command,
+            Command::Id
+        );
+        assert_eq!(parse_command(b"x ID ()\r\n").unwrap().command, Command::Id);
+        assert_eq!(
+            parse_command(b"x select INBOX\r\n").unwrap().command,
+            Command::NotBeforeLogin("SELECT".into())
+        );
+        assert_eq!(
+            parse_command(b"x FROB\r\n").unwrap().command,
+            Command::Unknown
+        );
+    }
+
+    #[test]
+    fn login_argument_forms() {
+        assert_eq!(
+            login(b"a LOGIN joe secret\r\n"),
+            ("joe".into(), "secret".into())
+        );
+        assert_eq!(
+            login(b"a LOGIN \"joe\" \"a b\\\"c\\\\d{\"\r\n"),
+            ("joe".into(), "a b\"c\\d{".into())
+        );
+        assert_eq!(
+            login(b"a LOGIN {3}\r\njoe {5}\r\np w\"d\r\n"),
+            ("joe".into(), "p w\"d".into())
+        );
+        assert_eq!(
+            login(b"a LOGIN joe {5+}\r\np\xc3\xa4ss\r\n"),
+            ("joe".into(), "p\u{e4}ss".into())
+        );
+        assert_eq!(login(b"a LOGIN \"\" \"\"\r\n"), ("".into(), "".into()));
+        assert_eq!(
+            login("a LOGIN jo\u{e9} \"p\u{e4}\"\r\n".as_bytes()).1,
+            "p\u{e4}"
+        );
+    }
+
+    #[test]
+    fn bad_input_is_syntax_error_with_tag() {
+        let e = |i: &[u8]| parse_command(i).unwrap_err();
+        assert_eq!(e(b"\r\n"), ParseError::NoTag);
+        assert_eq!(e(b"\x00\x01\x02\r\n"), ParseError::NoTag);
+        assert!(matches!(e(b"a LOGIN joe\r\n"), ParseError::Syntax { tag, .. } if tag == "a"));
+        assert!(matches!(
+            e(b"a LOGIN joe \"unterminated\r\n"),
+            ParseError::Syntax { .. }
+        ));
+        assert!(matches!(
+            e(b"a LOGIN joe p\x00w\r\n"),
+            ParseError::Syntax { .. }
+        ));
+        assert!(matches!(
+            e(b"a LOGIN joe {5}\r\nab\r\n"),
+            ParseError::Syntax { .. }
+        ));
+        assert!(matches!(e(b"a NOOP extra\r\n"), ParseError::Syntax { .. }));
+        assert!(matches!(e(b"a NOOP\n"), ParseError::Syntax { .. }));
+        assert!(matches!(
+            e(b"a LOGIN joe \"bad\\x\"\r\n"),
+            ParseError::Syntax { .. }
+        ));
+        assert!(matches!(
+            e(b"a LOGIN joe {3}\r\n\xff\xfe\xfd\r\n"),
+            ParseError::Syntax { .. }
+        ));
+    }
+
+    #[test]
+    fn authenticate_forms() {
+        let p = parse_command(b"a AUTHENTICATE plain AGpvZQBzZWNyZXQ=\r\n").unwrap();
+        assert_eq!(
+            p.command,
+            Command::Authenticate {
+                mechanism: "PLAIN".into(),
+                initial: Some(b"AGpvZQBzZWNyZXQ=".to_vec())
+            }
+        );
+        let p = parse_command(b"a AUTHENTICATE PLAIN\r\n").unwrap();
+        assert_eq!(
+            p.command,
+            Command::Authenticate {
+                mechanism: "PLAIN".into(),
+                initial: None
+            }
+        );
+        let p = parse_command(b"a AUTHENTICATE PLAIN =\r\n").unwrap();
+        assert_eq!(
+            p.command,
+            Command::Authenticate {
+                mechanism: "PLAIN".into(),
+                initial: Some(b"=".to_vec())
+            }
+        );
+        assert_eq!(parse_sasl_response(b"*"), Ok(None));
+        assert_eq!(parse_sasl_response(b"="), Ok(Some(vec![])));
+        assert!(parse_sasl_response(b"!!").is_err());
+        let (z, c, p) = split_plain(b"\0joe\0secret").unwrap();
+        assert_eq!((z.as_str(), c.as_str(), p.expose()), ("", "joe", "secret"));
+        assert!(split_plain(b"joe\0secret").is_none());
+    }
+
+    /// Random and mutated inputs never panic, and every result is a reply-able outcome.
+    #[test]
+    fn random_input_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let pieces: &[&[u8]] = &[
+            b"a",
+            b" ",
+            b"LOGIN",
+            b"AUTHENTICATE",
+            b"PLAIN",
+            b"ID",
+            b"(",
+            b")",
+            b"\"",
+            b"\\",
+            b"{",
+            b"}",
+            b"{3}\r\n",
+            b"{99999999999}\r\n",
+            b"+",
+            b"=",
+            b"*",
+            b"NIL",
+            b"\r\n",
+            b"\n",
+            b"\0",
+            b"\xff",
+            b"]",
+        ];
+        for _ in 0..20_000 {
+            let mut input = Vec::new();
+            for _ in 0..rng.gen_range(0..12) {
+                if rng.gen_bool(0.8) {
+                    input.extend_from_slice(pieces[rng.gen_range(0..pieces.len())]);
+                } else {
+                    input.push(rng.gen());
+                }
+            }
+            if rng.gen_bool(0.7) {
+                input.extend_from_slice(b"\r\n");
+            }
+            let _ = parse_command(&input);
+            let _ = tag_of(&input);
+            let _ = parse_sasl_response(&input);
+            let _ = split_plain(&input);
+        }
+    }
+
+    #[test]
+    fn tag_of_finds_tags() {
+        assert_eq!(tag_of(b"a1 LOGIN {99999}\r\n").as_deref(), Some("a1"));
+        assert_eq!(tag_of(b"+x LOGIN"), None);
+    }
+}

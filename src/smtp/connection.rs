@@ -1,0 +1,390 @@
+//! The tokio loop of one inbound SMTP connection: access check, banner,
+//! a capped line reader (pipelining: every complete command in the buffer is
+//! answered, replies are flushed before blocking on a read), the DATA
+//! reader, idle timeout, shutdown, AUTH checks with brute-force slowdown, and
+//! handing accepted messages to the spool (or upstream in direct mode).
+//!
+//! Command lines are never logged: AUTH lines carry credentials.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::data::{DataOutcome, DataReader};
+use super::message::{self, TraceInfo};
+use super::replies;
+use super::session::{Session, SessionConfig, Step, Transaction};
+use crate::auth::FailureVerdict;
+use crate::config::{ip_allowed, SmtpMode};
+use crate::secret::Secret;
+use crate::spool::Envelope;
+use crate::Context;
+
+/// Longest command line, CRLF included.
+pub const MAX_LINE: usize = 4096;
+/// How long a message already in DATA may take to finish once shutdown starts.
+const SHUTDOWN_DATA_GRACE: Duration = Duration::from_secs(30);
+/// Bytes read per call; also the idle buffer size.
+const READ_CHUNK: usize = 4096;
+
+/// Why a read did not return bytes.
+enum Stop {
+    Eof,
+    Idle,
+    Shutdown,
+    Io(std::io::Error),
+}
+
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    rbuf: BytesMut,
+    wbuf: Vec<u8>,
+    idle: Duration,
+    /// Set when shutdown arrives during DATA: the message must end by then.
+    data_deadline: Option<Instant>,
+}
+
+/// Serves one client until QUIT, an error, idle timeout or shutdown.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+) {
+    let host = ctx.config.smtp.hostname.clone();
+    let mut conn = Conn {
+        stream,
+        peer,
+        rbuf: BytesMut::new(),
+        wbuf: Vec::new(),
+        idle: ctx.config.smtp.idle_timeout,
+        data_deadline: None,
+    };
+    if !ip_allowed(&ctx.config.smtp.allowed_networks, peer.ip()) {
+        info!("refused: client address not in smtp.allowed_networks");
+        conn.close_with(replies::ACCESS_DENIED).await;
+        return;
+    }
+    debug!("connected");
+    conn.wbuf
+        .extend_from_slice(replies::banner(&host).as_bytes());
+    let mut session = Session::new(SessionConfig::from_config(&ctx.config));
+    match run(&mut conn, &mut session, &ctx, &shutdown).await {
+        Ok(()) => debug!("closed"),
+        Err(Stop::Eof) => debug!("client closed the connection"),
+        Err(Stop::Idle) => {
+            info!("idle timeout");
+            conn.close_with(&replies::idle_timeout(&host)).await;
+        }
+        Err(Stop::Shutdown) => {
+            debug!("closing for shutdown");
+            conn.close_with(&replies::shutting_down(&host)).await;
+        }
+        Err(Stop::Io(e)) => debug!(error = %e, "connection error"),
+    }
+}
+
+/// The command loop; `Ok` when the session ended with a reply already sent.
+async fn run(
+    conn: &mut Conn,
+    session: &mut Session,
+    ctx: &Context,
+    shutdown: &CancellationToken,
+) -> Result<(), Stop> {
+    loop {
+        let Some(line) = conn.next_line(shutdown).await? else {
+            // An over-long line was discarded.
+            let step = session.line_too_long();
+            if conn.act_simple(step).await? {
+                return Ok(());
+            }
+            continue;
+        };
+        let step = session.handle_line(&line);
+        drop(line);
+        let step = match step {
+            Step::Authenticate { user, password } => {
+                authenticate(conn, session, ctx, shutdown, user, password).await?
+            }
+            Step::Data(reply) => {
+                conn.wbuf.extend_from_slice(reply.as_bytes());
+                let reply = receive_message(conn, session, ctx, shutdown).await?;
+                session.reply(reply)
+            }
+            other => other,
+        };
+        if conn.act_simple(step).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// Checks credentials with the brute-force tracker around it.
+async fn authenticate(
+    conn: &mut Conn,
+    session: &mut Session,
+    ctx: &Context,
+    shutdown: &CancellationToken,
+    user: String,
+    password: Secret,
+) -> Result<Step, Stop> {
+    let host = &ctx.config.smtp.hostname;
+    let ip = conn.peer.ip();
+    let failures = ctx.auth.failures();
+    if failures.is_blocked(ip) {
+        return Ok(Step::Close(replies::auth_blocked(host)));
+    }
+    if let Some(account) = ctx.auth.verify(&user, password.expose()).await {
+        failures.record_success(ip);
+        info!(account = %account, "client authenticated");
+        return Ok(session.auth_succeeded(user, account));
+    }
+    match failures.record_failure(ip) {
+        FailureVerdict::Delay(d) => {
+            debug!("authentication failed");
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = shutdown.cancelled() => return Err(Stop::Shutdown),
+            }
+            Ok(session.auth_failed())
+        }
+        FailureVerdict::Blocked { first } => {
+            if first {
+                warn!(client = %ip, "too many failed logins; refusing logins from this address for a while");
+            }
+            Ok(Step::Close(replies::auth_blocked(host)))
+        }
+    }
+}
+
+/// Reads the message after 354 and answers it (the final DATA reply).
+async fn receive_message(
+    conn: &mut Conn,
+    session: &mut Session,
+    ctx: &Context,
+    shutdown: &CancellationToken,
+) -> Result<String, Stop> {
+    let mut reader = DataReader::new(ctx.config.smtp.max_message_size);
+    let outcome = loop {
+        let (used, outcome) = reader.ingest(&conn.rbuf);
+        conn.rbuf.advance(used);
+        if let Some(o) = outcome {
+            break o;
+        }
+        conn.read_data(shutdown).await?;
+    };
+    conn.shrink();
+    let Some(txn) = session.take_transaction() else {
+        return Ok(replies::NEED_MAIL.into());
+    };
+    let body = match outcome {
+        DataOutcome::TooBig => {
+            info!(account = %txn.account, "message refused: over max_message_size");
+            return Ok(replies::MESSAGE_TOO_BIG.into());
+        }
+        DataOutcome::Complete(body) => body,
+    };
+    let trace_id = message::unique_id();
+    let smtputf8 = txn.smtputf8;
+    let message = message::fix_up(
+        &body,
+        &TraceInfo {
+            helo: session.helo(),
+            peer: conn.peer.ip(),
+            hostname: &ctx.config.smtp.hostname,
+            protocol: session.protocol(smtputf8),
+            id: &trace_id,
+        },
+    );
+    drop(body);
+    let envelope = envelope(&txn, session, conn.peer, reader.eight_bit());
+    Ok(hand_over(ctx, &envelope, &message).await)
+}
+
+fn envelope(txn: &Transaction, session: &Session, peer: SocketAddr, eight_bit: bool) -> Envelope {
+    Envelope {
+        account: txn.account.clone(),
+        mail_from: txn.mail_from.clone(),
+        recipients: txn.recipients.clone(),
+        client: peer.ip().to_string(),
+        helo: session.helo().to_string(),
+        local_user: session.local_user().map(str::to_string),
+        smtputf8: txn.smtputf8,
+        body_8bit: txn.body_8bit || eight_bit,
+    }
+}
+
+/// Spools the message (or sends it upstream in direct mode); returns the reply.
+async fn hand_over(ctx: &Context, envelope: &Envelope, message: &[u8]) -> String {
+    if ctx.config.smtp.mode == SmtpMode::Direct {
+        let Some(account) = ctx.config.account(&envelope.account) else {
+            return replies::NO_DIRECT_UPSTREAM.into();
+        };
+        let r = ctx
+            .upstream
+            .send_direct(account, envelope, message, &ctx.spool)
+            .await;
+        debug!(
+            size = message.len(),
+            recipients = envelope.recipients.len(),
+            account = %envelope.account,
+            code = r.code,
+            "direct mode reply"
+        );
+        return replies::relayed(r.code, r.enhanced.as_deref(), &r.text);
+    }
+    match ctx.spool.enqueue(envelope, message).await {
+        Ok(id) => {
+            info!(
+                queue_id = %id,
+                size = message.len(),
+                recipients = envelope.recipients.len(),
+                account = %envelope.account,
+                "message accepted"
+            );
+            ctx.wake_delivery.notify_one();
+            replies::queued(&id.to_string())
+        }
+        Err(e) => {
+            warn!(error = %e, "spool write failed; message not accepted");
+            replies::SPOOL_ERROR.into()
+        }
+    }
+}
+
+impl Conn {
+    /// Queues a reply; on `Close` flushes and closes. Returns true when closed.
+    async fn act_simple(&mut self, step: Step) -> Result<bool, Stop> {
+        match step {
+            Step::Reply(r) | Step::Data(r) => {
+                self.wbuf.extend_from_slice(r.as_bytes());
+                Ok(false)
+            }
+            Step::Close(r) => {
+                self.close_with(&r).await;
+                Ok(true)
+            }
+            Step::Authenticate { .. } => Ok(false),
+        }
+    }
+
+    /// The next complete command line, or `None` if one was too long (its
+    /// bytes are discarded up to its LF without being buffered). A line must
+    /// be complete within the idle timeout of its first byte (slow clients).
+    async fn next_line(&mut self, shutdown: &CancellationToken) -> Result<Option<BytesMut>, Stop> {
+        let mut discarding = false;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if let Some(pos) = self.rbuf.iter().position(|b| *b == b'\n') {
+                if discarding || pos + 1 > MAX_LINE {
+                    self.rbuf.advance(pos + 1);
+                    return Ok(None);
+                }
+                return Ok(Some(self.rbuf.split_to(pos + 1)));
+            }
+            if discarding || self.rbuf.len() > MAX_LINE {
+                discarding = true;
+                self.rbuf.clear();
+            }
+            if deadline.is_none() && (discarding || !self.rbuf.is_empty()) {
+                deadline = Some(Instant::now() + self.idle);
+            }
+            self.read_command(shutdown, deadline).await?;
+        }
+    }
+
+    /// Flushes pending replies, then waits for more command bytes (until
+    /// the idle timeout or `deadline`, whichever is first).
+    async fn read_command(
+        &mut self,
+        shutdown: &CancellationToken,
+        deadline: Option<Instant>,
+    ) -> Result<(), Stop> {
+        self.flush().await?;
+        if shutdown.is_cancelled() {
+            return Err(Stop::Shutdown);
+        }
+        self.rbuf.reserve(READ_CHUNK);
+        let idle_end = Instant::now() + self.idle;
+        let end = deadline.map_or(idle_end, |d| d.min(idle_end));
+        let n = tokio::select! {
+            _ = shutdown.cancelled() => return Err(Stop::Shutdown),
+            r = tokio::time::timeout_at(end, self.stream.read_buf(&mut self.rbuf)) => match r {
+                Err(_) => return Err(Stop::Idle),
+                Ok(Err(e)) => return Err(Stop::Io(e)),
+                Ok(Ok(n)) => n,
+            },
+        };
+        if n == 0 {
+            return Err(Stop::Eof);
+        }
+        Ok(())
+    }
+
+    /// Waits for more message bytes. Shutdown does not cut a message short
+    /// at once: it gets [`SHUTDOWN_DATA_GRACE`] to finish.
+    async fn read_data(&mut self, shutdown: &CancellationToken) -> Result<(), Stop> {
+        self.flush().await?;
+        self.rbuf.reserve(READ_CHUNK);
+        loop {
+            let idle_end = Instant::now() + self.idle;
+            let end = self.data_deadline.map_or(idle_end, |d| d.min(idle_end));
+            let r = tokio::select! {
+                _ = shutdown.cancelled(), if self.data_deadline.is_none() => {
+                    self.data_deadline = Some(Instant::now() + SHUTDOWN_DATA_GRACE);
+                    continue;
+                }
+                r = tokio::time::timeout_at(end, self.stream.read_buf(&mut self.rbuf)) => r,
+            };
+            return match r {
+                Err(_) if self.data_deadline.is_some_and(|d| d <= Instant::now()) => {
+                    Err(Stop::Shutdown)
+                }
+                Err(_) => Err(Stop::Idle),
+                Ok(Err(e)) => Err(Stop::Io(e)),
+                Ok(Ok(0)) => Err(Stop::Eof),
+                Ok(Ok(_)) => Ok(()),
+            };
+        }
+    }
+
+    /// Frees a buffer that grew while reading a large message.
+    fn shrink(&mut self) {
+        if self.rbuf.capacity() > 4 * READ_CHUNK && self.rbuf.len() <= READ_CHUNK {
+            let mut fresh = BytesMut::with_capacity(READ_CHUNK);
+            fresh.extend_from_slice(&self.rbuf);
+            self.rbuf = fresh;
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Stop> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let r = tokio::time::timeout(self.idle, self.stream.write_all(&self.wbuf)).await;
+        self.wbuf.clear();
+        if self.wbuf.capacity() > 4 * READ_CHUNK {
+            self.wbuf = Vec::new();
+        }
+        match r {
+            Err(_) => Err(Stop::Idle),
+            Ok(Err(e)) => Err(Stop::Io(e)),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    /// Sends pending replies plus `last`, then closes (bounded in time).
+    async fn close_with(&mut self, last: &str) {
+        self.wbuf.extend_from_slice(last.as_bytes());
+        let _ = self.flush().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.stream.shutdown()).await;
+    }
+}

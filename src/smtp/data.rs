@@ -1,0 +1,347 @@
+//! The DATA phase reader (no I/O): finds the end of the message, removes the
+//! client's dot-stuffing, normalises every line end to CRLF and enforces the
+//! size limit without buffering beyond it.
+//!
+//! SMTP smuggling defence: only CRLF "." CRLF ends the message (or "." CRLF
+//! as the very first line). A "." line that starts or ends with a bare LF or
+//! bare CR (`\n.\n`, `\r\n.\r`, `\n.\r\n`) is content: it is stored as a
+//! "." line, which the upstream client dot-stuffs on send, so it round-trips.
+//!
+//! smtp-proto's `DataReceiver` was not used: it keeps bare LF and bare CR
+//! as they are and has no size limit.
+
+/// Where the reader is inside the current line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// At the start of a line; `crlf` says whether the line before ended
+    /// with a real CRLF (or this is the first line).
+    LineStart { crlf: bool },
+    /// A leading "." was seen (not yet stored).
+    Dot { crlf: bool },
+    /// "." then CR at the start of a line.
+    DotCr { crlf: bool },
+    /// Inside a line.
+    Mid,
+    /// A CR inside a line, not yet known to be followed by LF.
+    Cr,
+}
+
+/// What the body looked like once the end was found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DataOutcome {
+    /// The message, CRLF line ends, dot-stuffing removed.
+    Complete(Vec<u8>),
+    /// The message was over the limit; its bytes were read and discarded.
+    TooBig,
+}
+
+pub struct DataReader {
+    state: State,
+    out: Vec<u8>,
+    max: usize,
+    too_big: bool,
+    /// Did the body contain bytes above 0x7f (8-bit content)?
+    eight_bit: bool,
+}
+
+impl DataReader {
+    pub fn new(max_size: u64) -> Self {
+        DataReader {
+            state: State::LineStart { crlf: true },
+            out: Vec::new(),
+            max: usize::try_from(max_size).unwrap_or(usize::MAX),
+            too_big: false,
+            eight_bit: false,
+        }
+    }
+
+    pub fn eight_bit(&self) -> bool {
+        self.eight_bit
+    }
+
+    /// Feeds `input`; returns how many bytes were used and, once the final
+    /// "." line was seen, the outcome. Bytes after the end are not consumed
+    /// (they are pipelined commands).
+    pub fn ingest(&mut self, input: &[u8]) -> (usize, Option<DataOutcome>) {
+        let mut i = 0;
+        while i < input.len() {
+            if self.state == State::Mid {
+                // Fast path: copy up to the next CR or LF in one go.
+                let rest = &input[i..];
+                let run = rest
+                    .iter()
+                    .position(|&b| b == b'\r' || b == b'\n')
+                    .unwrap_or(rest.len());
+                if run > 0 {
+                    self.push(&rest[..run]);
+                    i += run;
+                    continue;
+                }
+            }
+            let b = input[i];
+            i += 1;
+            if self.step(b) {
+                let outcome = if self.too_big {
+                    DataOutcome::TooBig
+                } else {
+                    DataOutcome::Complete(std::mem::take(&mut self.out))
+                };
+                return (i, Some(outcome));
+            }
+        }
+        (i, None)
+    }
+
+    /// One byte; true at the end of the message.
+    fn step(&mut self, b: u8) -> bool {
+        match self.state {
+            State::LineStart { crlf } => {
+                if b == b'.' {
+                    self.state = State::Dot { crlf };
+                } else {
+                    self.mid(b);
+                }
+            }
+            State::Dot { crlf } => match b {
+                b'\r' => self.state = State::DotCr { crlf },
+                b'\n' => {
+                    // "." ended by a bare LF: content, kept as a "." line.
+                    self.push(b".\r\n");
+                    self.state = State::LineStart { crlf: false };
+                }
+                _ => {
+                    // A stuffed leading dot: drop it, keep the rest of the line.
+                    self.state = State::Mid;
+                    self.mid(b);
+                }
+            },
+            State::DotCr { crlf } => {
+                if b == b'\n' {
+                    if crlf {
+                        return true;
+                    }
+                    // "\n.\r\n": a "." line after a bare LF is content.
+                    self.push(b".\r\n");
+                    self.state = State::LineStart { crlf: true };
+                } else {
+                    // ".\r" then something else: a "." line ended by a bare CR.
+                    self.push(b".\r\n");
+                    self.state = State::LineStart { crlf: false };
+                    return self.step(b);
+                }
+            }
+            State::Mid => self.mid(b),
+            State::Cr => match b {
+                b'\n' => {
+                    self.push(b"\r\n");
+                    self.state = State::LineStart { crlf: true };
+                }
+                b'\r' => {
+                    // The first CR was bare; this one may start a CRLF.
+                    self.push(b"\r\n");
+                    self.state = State::Cr;
+                }
+                _ => {
+                    self.push(b"\r\n");
+                    self.state = State::LineStart { crlf: false };
+                    return self.step(b);
+                }
+            },
+        }
+        false
+    }
+
+    /// A byte inside a line (or the first byte of a line that is not ".").
+    fn mid(&mut self, b: u8) {
+        match b {
+            b'\r' => self.state = State::Cr,
+            b'\n' => {
+                // Bare LF: normalised to CRLF, but it is not a real line end for the terminator.
+                self.push(b"\r\n");
+                self.state = State::LineStart { crlf: false };
+            }
+            _ => {
+                self.push(&[b]);
+                self.state = State::Mid;
+            }
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if !self.eight_bit && bytes.iter().any(|b| *b >= 0x80) {
+            self.eight_bit = true;
+        }
+        if self.too_big {
+            return;
+        }
+        if self.out.len() + bytes.len() > self.max {
+            self.too_big = true;
+            self.out = Vec::new();
+            return;
+        }
+        self.out.extend_from_slice(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `chunks` one by one; returns the outcome and the unconsumed tail.
+    fn run(chunks: &[&[u8]], max: u64) -> (Option<DataOutcome>, Vec<u8>) {
+        let mut r = DataReader::new(max);
+        for (n, c) in chunks.iter().enumerate() {
+            let (used, outcome) = r.ingest(c);
+            if let Some(o) = outcome {
+                let mut tail = c[used..].to_vec();
+                for rest in &chunks[n + 1..] {
+                    tail.extend_from_slice(rest);
+                }
+                return (Some(o), tail);
+            }
+            assert_eq!(used, c.len());
+        }
+        (None, Vec::new())
+    }
+
+    fn complete(input: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        match run(&[input], 1 << 20) {
+            (Some(DataOutcome::Complete(m)), tail) => (m, tail),
+            other => panic!("not complete: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plain_message_and_pipelined_tail() {
+        let (m, tail) = complete(b"Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n");
+        assert_eq!(m, b"Subject: x\r\n\r\nhello\r\n");
+        assert_eq!(tail, b"QUIT\r\n");
+    }
+
+    #[test]
+    fn empty_message() {
+        let (m, tail) = complete(b".\r\n");
+        assert!(m.is_empty());
+        assert!(tail.is_empty());
+    }
+
+    #[test]
+    fn dot_unstuffing_and_dot_line() {
+        let (m, _) = complete(b"a\r\n..\r\n..b\r\n.c\r\n\r\n.\r\n");
+        assert_eq!(m, b"a\r\n.\r\n.b\r\nc\r\n\r\n");
+    }
+
+    #[test]
+    fn bare_lf_and_cr_normalised() {
+        let (m, _) = complete(b"a\nb\rc\r\r\nd\r\n.\r\n");
+        assert_eq!(m, b"a\r\nb\r\nc\r\n\r\nd\r\n");
+    }
+
+    #[test]
+    fn bare_lf_only_message_needs_crlf_dot_crlf() {
+        // A client using bare LF throughout never ends with "\n.\n".
+        let (o, _) = run(&[b"a\nb\n.\n"], 1 << 20);
+        assert!(o.is_none());
+        let (m, _) = complete(b"a\nb\n.\nc\r\n.\r\n");
+        assert_eq!(m, b"a\r\nb\r\n.\r\nc\r\n");
+    }
+
+    #[test]
+    fn smuggling_payloads_are_content() {
+        let smuggled: &[&[u8]] = &[b"\n.\n", b"\r\n.\r", b"\n.\r\n", b"\r.\r\n"];
+        for s in smuggled {
+            let mut input = b"Subject: s\r\n\r\nbody".to_vec();
+            input.extend_from_slice(s);
+            input.extend_from_slice(b"MAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\nDATA\r\n\r\n.\r\n");
+            let (m, tail) = complete(&input);
+            assert!(tail.is_empty(), "{s:?}");
+            let text = String::from_utf8(m.clone()).unwrap();
+            assert!(
+                text.contains("\r\n.\r\nMAIL FROM:<evil@x>\r\n"),
+                "{s:?}: {text:?}"
+            );
+            // No bare CR or LF anywhere.
+            for (i, b) in m.iter().enumerate() {
+                if *b == b'\n' {
+                    assert_eq!(m[i - 1], b'\r', "{s:?}");
+                }
+                if *b == b'\r' {
+                    assert_eq!(m[i + 1], b'\n', "{s:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn end_split_across_chunks() {
+        let chunks: &[&[u8]] = &[b"abc\r", b"\n", b".", b"\r", b"\nNOOP\r\n"];
+        let (o, tail) = run(chunks, 1 << 20);
+        assert_eq!(o, Some(DataOutcome::Complete(b"abc\r\n".to_vec())));
+        assert_eq!(tail, b"NOOP\r\n");
+        // Byte by byte.
+        let input = b"x\r\n..y\n.\r\n\r\n.\r\n";
+        let chunks: Vec<&[u8]> = input.chunks(1).collect();
+        let (o, _) = run(&chunks, 1 << 20);
+        assert_eq!(
+            o,
+            Some(DataOutcome::Complete(b"x\r\n.y\r\n.\r\n\r\n".to_vec()))
+        );
+    }
+
+    #[test]
+    fn too_big_is_read_to_the_end_and_discarded() {
+        let mut r = DataReader::new(10);
+        let (used, o) = r.ingest(b"0123456789abcdef\r\nmore\r\n");
+        assert!(o.is_none());
+        assert_eq!(used, 24);
+        assert!(r.out.capacity() <= 16);
+        let (used, o) = r.ingest(b".\r\nQUIT\r\n");
+        assert_eq!((used, o), (3, Some(DataOutcome::TooBig)));
+        // Exactly at the limit is fine.
+        let (o, _) = run(&[b"12345678\r\n.\r\n"], 10);
+        assert_eq!(o, Some(DataOutcome::Complete(b"12345678\r\n".to_vec())));
+    }
+
+    #[test]
+    fn eight_bit_detected_and_kept() {
+        let mut r = DataReader::new(100);
+        let (_, o) = r.ingest("Subject: é\r\n\r\n\u{1F600}\r\n.\r\n".as_bytes());
+        assert!(r.eight_bit());
+        assert_eq!(
+            o,
+            Some(DataOutcome::Complete(
+                "Subject: é\r\n\r\n\u{1F600}\r\n".as_bytes().to_vec()
+            ))
+        );
+    }
+
+    #[test]
+    fn random_chunking_gives_the_same_result() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let alphabet = b"\r\n.a\xff";
+        for _ in 0..5_000 {
+            let mut input: Vec<u8> = (0..rng.gen_range(0..60))
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect();
+            input.extend_from_slice(b"\r\n.\r\nTAIL");
+            let max = rng.gen_range(10..80);
+            let whole = run(&[&input], max);
+            let mut chunks = Vec::new();
+            let mut rest = &input[..];
+            while !rest.is_empty() {
+                let n = rng.gen_range(1..=rest.len().min(7));
+                chunks.push(&rest[..n]);
+                rest = &rest[n..];
+            }
+            assert_eq!(run(&chunks, max), whole, "{input:?}");
+            if let (Some(DataOutcome::Complete(m)), _) = &whole {
+                assert!(m.len() as u64 <= max);
+                for (i, b) in m.iter().enumerate() {
+                    assert!(*b != b'\n' || (i > 0 && m[i - 1] == b'\r'), "{input:?}");
+                    assert!(*b != b'\r' || m.get(i + 1) == Some(&b'\n'), "{input:?}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Unit tests of the SMTP session state machine (no sockets).
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+
+use super::*;
+
+fn cfg() -> SessionConfig {
+    SessionConfig {
+        hostname: "relay.test".into(),
+        max_message_size: 1000,
+        max_client_recipients: 3,
+        require_auth: false,
+        auth_offered: true,
+        default_account: Some("gmail".into()),
+    }
+}
+
+fn reply(s: &mut Session, line: &str) -> String {
+    match s.handle_line(line.as_bytes()) {
+        Step::Reply(r) => r,
+        other => panic!("{line:?}: expected a reply, got {other:?}"),
+    }
+}
+
+fn code(s: &mut Session, line: &str) -> String {
+    reply(s, line)[..9].to_string()
+}
+
+fn b64(s: &str) -> String {
+    STANDARD.encode(s)
+}
+
+#[test]
+fn full_transaction_with_tolerant_syntax() {
+    let mut s = Session::new(cfg());
+    let ehlo = reply(&mut s, "EHLO printer\r\n");
+    assert!(
+        ehlo.contains("250-PIPELINING\r\n")
+            && ehlo.contains("SIZE 1000")
+            && ehlo.contains("AUTH PLAIN LOGIN")
+    );
+    assert_eq!(
+        code(
+            &mut s,
+            "MAIL FROM: <a@b.c> SIZE=10 BODY=8BITMIME AUTH=<>\r\n"
+        ),
+        "250 2.1.0"
+    );
+    assert_eq!(code(&mut s, "RCPT TO: <x@y.z>\r\n"), "250 2.1.5");
+    assert_eq!(code(&mut s, "rcpt to:<\u{e9}@y.z>\n"), "250 2.1.5");
+    assert_eq!(
+        s.handle_line(b"DATA\r\n"),
+        Step::Data(replies::START_DATA.into())
+    );
+    let t = s.take_transaction().unwrap();
+    assert_eq!(t.account, "gmail");
+    assert_eq!(t.mail_from, "a@b.c");
+    assert_eq!(
+        t.recipients,
+        vec!["x@y.z".to_string(), "\u{e9}@y.z".to_string()]
+    );
+    assert!(t.body_8bit && t.smtputf8);
+    assert_eq!(s.protocol(false), "ESMTP");
+    // Ready for the next transaction.
+    assert_eq!(code(&mut s, "MAIL FROM:<>\r\n"), "250 2.1.0");
+    assert_eq!(s.take_transaction().unwrap().mail_from, "");
+}
+
+#[test]
+fn simple_commands() {
+    let mut s = Session::new(cfg());
+    assert_eq!(reply(&mut s, "HELO dev\r\n"), "250 relay.test\r\n");
+    assert_eq!(s.protocol(false), "SMTP");
+    assert_eq!(code(&mut s, "NOOP\r\n"), "250 2.0.0");
+    assert_eq!(code(&mut s, "RSET\r\n"), "250 2.0.0");
+    assert_eq!(code(&mut s, "VRFY bob\r\n"), "252 2.5.0");
+    assert_eq!(code(&mut s, "HELP\r\n"), "214 2.0.0");
+    assert_eq!(code(&mut s, "STARTTLS\r\n"), "502 5.5.1");
+    assert_eq!(code(&mut s, "XYZZY\r\n"), "502 5.5.2");
+    assert_eq!(s.handle_line(b"QUIT\r\n"), Step::Close(replies::BYE.into()));
+}
+
+#[test]
+fn sequence_and_syntax_errors() {
+    let mut s = Session::new(cfg());
+    assert_eq!(code(&mut s, "RCPT TO:<a@b>\r\n"), "503 5.5.1");
+    assert_eq!(code(&mut s, "DATA\r\n"), "503 5.5.1");
+    assert_eq!(code(&mut s, "MAIL FROM:<a b@c>\r\n"), "501 5.1.7");
+    assert_eq!(code(&mut s, "MAIL FROM:a@b\r\n"), "501 5.5.4");
+    assert_eq!(code(&mut s, "MAIL FROM:<a@>\r\n"), "501 5.1.7");
+    assert_eq!(code(&mut s, "MAIL FROM:<a@b> BODY=9BIT\r\n"), "501 5.5.4");
+    assert_eq!(code(&mut s, "MAIL FROM:<a@b> SIZE=abc\r\n"), "501 5.5.4");
+    assert_eq!(code(&mut s, "MAIL FROM:<a@b> FOO=BAR\r\n"), "555 5.5.4");
+    assert_eq!(code(&mut s, "MAIL FROM:<a@b>\r\n"), "250 2.1.0");
+    assert_eq!(code(&mut s, "MAIL FROM:<a@b>\r\n"), "503 5.5.1");
+    assert_eq!(code(&mut s, "DATA\r\n"), "503 5.5.1");
+    assert_eq!(code(&mut s, "RCPT TO:<postmaster>\r\n"), "501 5.1.3");
+    assert_eq!(code(&mut s, "RCPT TO:<a@>\r\n"), "501 5.1.3");
+    assert_eq!(code(&mut s, "EHLO\r\n"), "501 5.5.4");
+    // RSET clears the transaction.
+    assert_eq!(code(&mut s, "RSET\r\n"), "250 2.0.0");
+    assert_eq!(code(&mut s, "RCPT TO:<a@b>\r\n"), "503 5.5.1");
+}
+
+#[test]
+fn nul_and_invalid_utf8_are_refused() {
+    let mut s = Session::new(cfg());
+    for bad in [
+        &b"NOOP \0\r\n"[..],
+        b"MAIL FROM:<\xff@b>\r\n",
+        b"\xc3\r\n",
+        b"\0\0\0\n",
+    ] {
+        match s.handle_line(bad) {
+            Step::Reply(r) => assert!(r.starts_with("500 5.5.2"), "{bad:?}: {r}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn size_limit_at_mail() {
+    let mut s = Session::new(cfg());
+    assert_eq!(code(&mut s, "MAIL FROM:<a@b> SIZE=1001\r\n"), "552 5.3.4");
+    assert_eq!(
+        code(
+            &mut s,
+            "MAIL FROM:<a@b> size=99999999999999999999999999\r\n"
+        ),
+        "552 5.3.4"
+    );
+    assert_eq!(code(&mut s, "MAIL FROM:<a@b> SIZE=1000\r\n"), "250 2.1.0");
+}
+
+#[test]
+fn recipient_limit() {
+    let mut s = Session::new(cfg());
+    code(&mut s, "MAIL FROM:<a@b>\r\n");
+    for i in 0..3 {
+        assert_eq!(code(&mut s, &format!("RCPT TO:<r{i}@b>\r\n")), "250 2.1.5");
+    }
+    assert_eq!(code(&mut s, "RCPT TO:<r4@b>\r\n"), "452 4.5.3");
+    assert_eq!(s.take_transaction().unwrap().recipients.len(), 3);
+}
+
+#[test]
+fn auth_plain_initial_and_challenge() {
+    let mut s = Session::new(cfg());
+    let line = format!("AUTH PLAIN {}\r\n", b64("\0scanner\0pw"));
+    match s.handle_line(line.as_bytes()) {
+        Step::Authenticate { user, password } => {
+            assert_eq!(user, "scanner");
+            assert_eq!(password.expose(), "pw");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.auth_failed(), Step::Reply(replies::AUTH_FAILED.into()));
+    assert_eq!(reply(&mut s, "AUTH PLAIN\r\n"), "334 \r\n");
+    assert!(s.in_auth_exchange());
+    let resp = format!("{}\r\n", b64("\0scanner\0pw2"));
+    assert!(matches!(
+        s.handle_line(resp.as_bytes()),
+        Step::Authenticate { .. }
+    ));
+    assert_eq!(
+        s.auth_succeeded("scanner".into(), "work".into()),
+        Step::Reply(replies::AUTH_OK.into())
+    );
+    assert_eq!(s.local_user(), Some("scanner"));
+    assert_eq!(s.protocol(false), "SMTPA");
+    assert_eq!(code(&mut s, "AUTH PLAIN\r\n"), "503 5.5.1");
+    code(&mut s, "MAIL FROM:<a@b>\r\n");
+    assert_eq!(s.take_transaction().unwrap().account, "work");
+}
+
+#[test]
+fn auth_login_and_cancel() {
+    let mut s = Session::new(cfg());
+    assert_eq!(
+        reply(&mut s, "AUTH LOGIN\r\n"),
+        replies::AUTH_LOGIN_USERNAME
+    );
+    assert_eq!(
+        reply(&mut s, &format!("{}\r\n", b64("scanner"))),
+        replies::AUTH_LOGIN_PASSWORD
+    );
+    match s.handle_line(format!("{}\r\n", b64("secret")).as_bytes()) {
+        Step::Authenticate { user, password } => {
+            assert_eq!((user.as_str(), password.expose()), ("scanner", "secret"))
+        }
+        other => panic!("{other:?}"),
+    }
+    // Initial response carries the user name.
+    let line = format!("AUTH LOGIN {}\r\n", b64("scanner"));
+    assert_eq!(reply(&mut s, &line), replies::AUTH_LOGIN_PASSWORD);
+    assert_eq!(code(&mut s, "*\r\n"), "501 5.7.0");
+    assert!(!s.in_auth_exchange());
+    assert_eq!(reply(&mut s, "AUTH PLAIN\r\n"), "334 \r\n");
+    assert_eq!(code(&mut s, "!!!notbase64\r\n"), "501 5.5.2");
+    assert_eq!(code(&mut s, "AUTH CRAM-MD5\r\n"), "504 5.5.4");
+    // A debug print of the step never shows the password.
+    let step = s.handle_line(format!("AUTH PLAIN {}\r\n", b64("\0u\0hunter2")).as_bytes());
+    assert!(!format!("{step:?}").contains("hunter2"));
+}
+
+#[test]
+fn require_auth_and_no_account() {
+    let mut s = Session::new(SessionConfig {
+        require_auth: true,
+        ..cfg()
+    });
+    assert_eq!(code(&mut s, "MAIL FROM:<a@b>\r\n"), "530 5.7.0");
+    let mut s = Session::new(SessionConfig {
+        default_account: None,
+        ..cfg()
+    });
+    assert_eq!(code(&mut s, "MAIL FROM:<a@b>\r\n"), "530 5.7.0");
+    let mut s = Session::new(SessionConfig {
+        auth_offered: false,
+        ..cfg()
+    });
+    assert!(!reply(&mut s, "EHLO x\r\n").contains("AUTH"));
+    assert_eq!(code(&mut s, "AUTH PLAIN\r\n"), "502 5.5.1");
+}
+
+#[test]
+fn too_many_errors_closes() {
+    let mut s = Session::new(cfg());
+    for _ in 0..MAX_ERRORS - 1 {
+        code(&mut s, "BOGUS\r\n");
+    }
+    match s.handle_line(b"BOGUS\r\n") {
+        Step::Close(r) => assert!(
+            r.ends_with("421 4.7.0 relay.test Error: too many errors\r\n"),
+            "{r}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn declared_size_parsing() {
+    assert_eq!(declared_size(b"MAIL FROM:<a@b>\r\n"), Ok(None));
+    assert_eq!(declared_size(b"MAIL FROM:<a@b> SIZE=12\r\n"), Ok(Some(12)));
+    assert_eq!(
+        declared_size(b"MAIL FROM:<a@b> BODY=7BIT size=12 SMTPUTF8\r\n"),
+        Ok(Some(12))
+    );
+    assert_eq!(
+        declared_size(b"MAIL FROM:<a@b> SIZE=99999999999999999999999\r\n"),
+        Ok(Some(u64::MAX))
+    );
+    assert_eq!(declared_size(b"MAIL FROM:<a@b> SIZE=\r\n"), Err(()));
+}
+
+#[test]
+fn random_lines_never_panic_and_always_get_a_reply() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let words: &[&[u8]] = &[
+        b"EHLO",
+        b"HELO",
+        b"MAIL",
+        b"RCPT",
+        b"FROM:",
+        b"TO:",
+        b"<",
+        b">",
+        b"<>",
+        b"@",
+        b"DATA",
+        b"AUTH",
+        b"PLAIN",
+        b"LOGIN",
+        b"=",
+        b"*",
+        b"SIZE=",
+        b"BODY=",
+        b"8BITMIME",
+        b"SMTPUTF8",
+        b"AUTH=<>",
+        b"99999999999999999999",
+        b" ",
+        b"\r",
+        b"\0",
+        b"\xff",
+        b"\xc3\xa9",
+        b"a@b.c",
+        b"\"",
+        b"\\",
+        b"RSET",
+        b"QUIT",
+        b"BDAT",
+        b"AGZvbwBiYXI=",
+    ];
+    for _ in 0..20_000 {
+        let mut s = Session::new(cfg());
+        for _ in 0..rng.gen_range(1..6) {
+            let mut line = Vec::new();
+            for _ in 0..rng.gen_range(0..12) {
+                if rng.gen_bool(0.2) {
+                    line.push(rng.gen());
+                } else {
+                    line.extend_from_slice(words[rng.gen_range(0..words.len())]);
+                }
+            }
+            line.retain(|b| *b != b'\n');
+            line.extend_from_slice(if rng.gen_bool(0.5) { b"\r\n" } else { b"\n" });
+            let reply = match s.handle_line(&line) {
+                Step::Reply(r) | Step::Close(r) => r,
+                Step::Data(r) => {
+                    assert!(s.take_transaction().is_some());
+                    r
+                }
+                Step::Authenticate { .. } => match s.auth_failed() {
+                    Step::Reply(r) | Step::Close(r) => r,
+                    other => panic!("{other:?}"),
+                },
+            };
+            assert!(
+                reply.len() >= 5 && reply.as_bytes()[..3].iter().all(u8::is_ascii_digit),
+                "{line:?}: {reply:?}"
+            );
+            assert!(reply.ends_with("\r\n"));
+        }
+    }
+}

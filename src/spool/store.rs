@@ -1,0 +1,265 @@
+//! On-disk format of one spool entry and the durable file operations under it.
+//!
+//! An entry is `<id>.msg`: one line of JSON ([`Header`]: id, receipt time,
+//! size, envelope), a `\n`, then the message bytes exactly as accepted. It is
+//! written once (temp file, fsync, rename, fsync dir) and never modified. Its
+//! mutable delivery state lives beside it in `<id>.state` ([`State`], JSON),
+//! replaced atomically by rename; a missing state file means "fresh".
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Envelope, SpoolError};
+
+pub(crate) const MSG_EXT: &str = "msg";
+pub(crate) const STATE_EXT: &str = "state";
+/// Longest header line we accept (an envelope with 1000 long recipients fits).
+const MAX_HEADER: u64 = 4 * 1024 * 1024;
+
+/// The first line of a `.msg` file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Header {
+    pub v: u32,
+    pub id: String,
+    pub received_at_ms: u64,
+    pub size: u64,
+    pub envelope: Envelope,
+}
+
+/// Delivery state of an entry (the `.state` file).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct State {
+    #[serde(default)]
+    pub attempts: u32,
+    /// Unix ms; 0 or absent means "due now".
+    #[serde(default)]
+    pub next_attempt_ms: u64,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Why the entry is held (e.g. the account has no usable password).
+    #[serde(default)]
+    pub held: Option<String>,
+    /// Recipients still to deliver to; `None` means all of the envelope's.
+    #[serde(default)]
+    pub remaining: Option<Vec<String>>,
+    /// When it was moved to the failed area (unix ms).
+    #[serde(default)]
+    pub failed_at_ms: Option<u64>,
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub(crate) fn msg_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}.{MSG_EXT}"))
+}
+
+pub(crate) fn state_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}.{STATE_EXT}"))
+}
+
+/// fsync a directory so a rename inside it is durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Writes `parts` to a new file in `tmp`, fsyncs it and renames it to `dest`.
+/// The caller fsyncs `dest`'s directory when durability is needed.
+pub(crate) fn write_atomic(
+    tmp: &Path,
+    dest: &Path,
+    parts: &[&[u8]],
+    sync: bool,
+) -> Result<(), SpoolError> {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp_path = tmp.join(format!("{name}.{}.tmp", super::unique_suffix()));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp_path)
+            .map_err(io_err(&tmp_path))?;
+        for p in parts {
+            f.write_all(p).map_err(io_err(&tmp_path))?;
+        }
+        if sync {
+            f.sync_all().map_err(io_err(&tmp_path))?;
+        }
+        drop(f);
+        fs::rename(&tmp_path, dest).map_err(io_err(dest))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp_path);
+    }
+    result
+}
+
+/// Writes a complete entry (message with header, optional state) into `dir`;
+/// the caller fsyncs the directory (directly or through [`DirSync`]).
+pub(crate) fn write_entry(
+    tmp: &Path,
+    dir: &Path,
+    header: &Header,
+    message: &[u8],
+    state: Option<&State>,
+) -> Result<(), SpoolError> {
+    let mut line = serde_json::to_vec(header).map_err(|e| SpoolError::Corrupt {
+        path: dir.to_path_buf(),
+        reason: format!("cannot encode header: {e}"),
+    })?;
+    line.push(b'\n');
+    if let Some(state) = state {
+        write_state(tmp, dir, &header.id, state, true)?;
+    }
+    write_atomic(tmp, &msg_path(dir, &header.id), &[&line, message], true)
+}
+
+/// Group commit of directory fsyncs: every caller returns only after an fsync
+/// of the directory that started after its own rename, but concurrent callers
+/// share one fsync (the known way to accept messages arriving together at the
+/// rate of the disk's flushes, not one flush per message).
+pub(crate) struct DirSync {
+    dir: PathBuf,
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// Renames announced so far.
+    renamed: u64,
+    /// All renames up to this number are durable.
+    synced: u64,
+    syncing: bool,
+}
+
+impl DirSync {
+    pub fn new(dir: &Path) -> DirSync {
+        DirSync {
+            dir: dir.to_path_buf(),
+            state: Mutex::new(SyncState::default()),
+            done: Condvar::new(),
+        }
+    }
+
+    /// Call after a rename into the directory; returns once it is durable.
+    pub fn after_rename(&self) -> Result<(), SpoolError> {
+        let poisoned = |_| SpoolError::Task("spool sync lock poisoned".into());
+        let mut s = self.state.lock().map_err(poisoned)?;
+        s.renamed += 1;
+        let mine = s.renamed;
+        loop {
+            if s.synced >= mine {
+                return Ok(());
+            }
+            if !s.syncing {
+                s.syncing = true;
+                let target = s.renamed;
+                drop(s);
+                let result = sync_dir(&self.dir);
+                s = self.state.lock().map_err(poisoned)?;
+                s.syncing = false;
+                if result.is_ok() {
+                    s.synced = s.synced.max(target);
+                }
+                self.done.notify_all();
+                result?;
+            } else {
+                s = self.done.wait(s).map_err(poisoned)?;
+            }
+        }
+    }
+}
+
+pub(crate) fn write_state(
+    tmp: &Path,
+    dir: &Path,
+    id: &str,
+    state: &State,
+    sync: bool,
+) -> Result<(), SpoolError> {
+    let bytes = serde_json::to_vec(state).map_err(|e| SpoolError::Corrupt {
+        path: state_path(dir, id),
+        reason: format!("cannot encode state: {e}"),
+    })?;
+    write_atomic(tmp, &state_path(dir, id), &[&bytes], sync)
+}
+
+/// Reads and checks the header of a `.msg` file; returns it and the offset of the message.
+pub(crate) fn read_header(path: &Path) -> Result<(Header, u64), SpoolError> {
+    let f = File::open(path).map_err(io_err(path))?;
+    let file_len = f.metadata().map_err(io_err(path))?.len();
+    let mut r = BufReader::new(f.take(MAX_HEADER));
+    let mut line = Vec::new();
+    r.read_until(b'\n', &mut line).map_err(io_err(path))?;
+    let corrupt = |reason: String| SpoolError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if line.last() != Some(&b'\n') {
+        return Err(corrupt("no complete header line".into()));
+    }
+    let header: Header = serde_json::from_slice(&line[..line.len() - 1])
+        .map_err(|e| corrupt(format!("bad header: {e}")))?;
+    let offset = line.len() as u64;
+    if offset + header.size != file_len {
+        return Err(corrupt(format!(
+            "truncated or padded: header says {} message bytes, file holds {}",
+            header.size,
+            file_len.saturating_sub(offset)
+        )));
+    }
+    Ok((header, offset))
+}
+
+/// Reads the message bytes of a `.msg` file (after checking its header).
+pub(crate) fn read_message(path: &Path) -> Result<(Header, Vec<u8>), SpoolError> {
+    let (header, offset) = read_header(path)?;
+    let mut msg = fs::read(path).map_err(io_err(path))?;
+    msg.drain(..(offset as usize).min(msg.len()));
+    if msg.len() as u64 != header.size {
+        return Err(SpoolError::Corrupt {
+            path: path.to_path_buf(),
+            reason: "changed while reading".into(),
+        });
+    }
+    Ok((header, msg))
+}
+
+/// Reads a state file; a missing file is the default state. A garbled one is
+/// treated as default too (the message itself is intact; worst case it is retried early).
+pub(crate) fn read_state(dir: &Path, id: &str) -> State {
+    match fs::read(state_path(dir, id)) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+        Err(_) => State::default(),
+    }
+}
+
+/// Ids of the `.msg` files in `dir`.
+pub(crate) fn list_ids(dir: &Path) -> Result<Vec<String>, SpoolError> {
+    let mut ids = Vec::new();
+    for e in fs::read_dir(dir).map_err(io_err(dir))? {
+        let e = e.map_err(io_err(dir))?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if let Some(id) = name.strip_suffix(&format!(".{MSG_EXT}")) {
+            if super::valid_id(id) {
+                ids.push(id.to_string());
+            }
+        }
+    }
+    Ok(ids)
+}

@@ -1,0 +1,155 @@
+//! Unit tests of the spool on a temporary directory.
+
+use super::*;
+
+fn env(rcpts: &[&str]) -> Envelope {
+    Envelope {
+        account: "test".into(),
+        mail_from: "dev@local".into(),
+        recipients: rcpts.iter().map(|s| s.to_string()).collect(),
+        client: "127.0.0.1:5000".into(),
+        helo: "printer".into(),
+        local_user: None,
+        smtputf8: false,
+        body_8bit: false,
+    }
+}
+
+fn tempdir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mailbridge-spool-test-{}", new_id()));
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[tokio::test]
+async fn enqueue_list_read_complete() {
+    let dir = tempdir();
+    let s = Spool::open(&dir).unwrap();
+    let a = s
+        .enqueue(&env(&["a@x"]), b"Subject: a\r\n\r\nhi\r\n")
+        .await
+        .unwrap();
+    let b = s
+        .enqueue(&env(&["b@x", "c@x"]), b"Subject: b\r\n\r\n.\r\n")
+        .await
+        .unwrap();
+    assert!(a < b);
+    let l = s.list().unwrap();
+    assert_eq!(l.len(), 2);
+    assert_eq!(l[0].id, a);
+    assert_eq!(l[0].state, EntryState::Queued);
+    assert_eq!(l[1].remaining, vec!["b@x", "c@x"]);
+    assert_eq!(l[1].size, 17);
+    assert_eq!(s.read_message(&b).unwrap(), b"Subject: b\r\n\r\n.\r\n");
+    let fresh: Vec<QueueId> = s.take_fresh().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(fresh, vec![a.clone(), b.clone()]);
+    assert!(s.take_fresh().is_empty());
+    s.complete(&a).unwrap();
+    assert_eq!(s.list().unwrap().len(), 1);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn defer_fail_retry_delete() {
+    let dir = tempdir();
+    let s = Spool::open(&dir).unwrap();
+    let a = s.enqueue(&env(&["a@x"]), b"x\r\n").await.unwrap();
+    let when = SystemTime::now() + Duration::from_secs(60);
+    s.defer(
+        &a,
+        &Deferral {
+            attempts: 1,
+            next_attempt: when,
+            reason: "451 4.3.0 try later".into(),
+            held: false,
+            remaining: None,
+        },
+    )
+    .unwrap();
+    let e = s.entry(&a).unwrap();
+    assert_eq!(e.state, EntryState::Deferred);
+    assert_eq!(e.last_error.as_deref(), Some("451 4.3.0 try later"));
+    assert!(e.next_attempt.is_some());
+    s.fail(&a, 2, "554 5.7.0 no", None).unwrap();
+    let e = s.entry(&a).unwrap();
+    assert_eq!(e.state, EntryState::Failed);
+    assert_eq!(e.attempts, 2);
+    assert!(s.list_queued().unwrap().is_empty());
+    s.retry(&a).unwrap();
+    let e = s.entry(&a).unwrap();
+    assert_eq!(e.state, EntryState::Queued);
+    assert_eq!(e.next_attempt, None);
+    s.delete(&a).unwrap();
+    assert!(matches!(s.entry(&a), Err(SpoolError::NotFound(_))));
+    assert!(matches!(
+        s.delete(&QueueId("../etc".into())),
+        Err(SpoolError::NotFound(_))
+    ));
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn damaged_entries_are_moved_aside() {
+    let dir = tempdir();
+    let s = Spool::open(&dir).unwrap();
+    let good = s.enqueue(&env(&["a@x"]), b"hello\r\n").await.unwrap();
+    let bad = s.enqueue(&env(&["a@x"]), b"hello world\r\n").await.unwrap();
+    let p = msg_path(&dir.join("queue"), &bad.0);
+    let len = fs::metadata(&p).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    fs::write(dir.join("queue/0123abcd.msg"), b"garbage").unwrap();
+    let l = s.list_queued().unwrap();
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].id, good);
+    assert!(dir.join("corrupt").join(format!("{bad}.msg")).exists());
+    assert!(dir.join("corrupt/0123abcd.msg").exists());
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn partial_failures_are_recorded() {
+    let dir = tempdir();
+    let s = Spool::open(&dir).unwrap();
+    let id = s
+        .record_failed(
+            &env(&["a@x", "b@x"]),
+            b"m\r\n",
+            &[("b@x".into(), "550 5.1.1 unknown".into())],
+        )
+        .unwrap();
+    let e = s.entry(&id).unwrap();
+    assert_eq!(e.state, EntryState::Failed);
+    assert_eq!(e.envelope.recipients, vec!["b@x"]);
+    assert!(e.last_error.unwrap().contains("550 5.1.1"));
+    assert_eq!(s.read_message(&id).unwrap(), b"m\r\n");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enqueues_share_directory_syncs() {
+    let dir = tempdir();
+    let s = std::sync::Arc::new(Spool::open(&dir).unwrap());
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.enqueue(&env(&["a@x"]), format!("m{i}\r\n").as_bytes())
+                .await
+                .unwrap()
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 40);
+    assert_eq!(s.list_queued().unwrap().len(), 40);
+    fs::remove_dir_all(dir).unwrap();
+}

@@ -1,0 +1,115 @@
+//! Helpers for delivery tests (shared by tests/delivery*.rs and tests/queue_cli.rs): a daemon config pointing at a test SMTP
+//! upstream, feeding messages into the spool, and polling with a deadline.
+
+#![allow(dead_code)]
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use mailbridge::spool::{Envelope, QueueId};
+
+use crate::common::daemon::TestDaemon;
+
+/// Knobs for [`config`].
+pub struct Opts<'a> {
+    pub port: u16,
+    pub tls: &'a str,
+    pub ca_file: &'a Path,
+    /// The account's password line (e.g. `password = "app pass word"`).
+    pub password_line: &'a str,
+    pub smtp_extra: &'a str,
+    pub delivery_extra: &'a str,
+}
+
+impl<'a> Opts<'a> {
+    pub fn new(port: u16, tls: &'a str, ca_file: &'a Path) -> Opts<'a> {
+        Opts {
+            port,
+            tls,
+            ca_file,
+            password_line: "password = \"app pass word\"",
+            smtp_extra: "",
+            delivery_extra: "",
+        }
+    }
+}
+
+/// The upstream password after spaces are removed from `app pass word`.
+pub const PASSWORD: &str = "apppassword";
+pub const USER: &str = "relay@example.com";
+
+pub fn config(o: &Opts) -> String {
+    format!(
+        r#"
+[smtp]
+listen = ["127.0.0.1:0"]
+{smtp_extra}
+
+[imap]
+listen = ["127.0.0.1:0"]
+
+[delivery]
+retry_initial = "100ms"
+retry_max = "400ms"
+timeout = "5s"
+{delivery_extra}
+
+[[accounts]]
+name = "test"
+provider = "custom"
+username = "{USER}"
+{password_line}
+ca_file = "{ca}"
+smtp = {{ host = "127.0.0.1", port = {port}, tls = "{tls}" }}
+imap = {{ host = "127.0.0.1", port = 1, tls = "implicit" }}
+"#,
+        smtp_extra = o.smtp_extra,
+        delivery_extra = o.delivery_extra,
+        password_line = o.password_line,
+        ca = o.ca_file.display(),
+        port = o.port,
+        tls = o.tls,
+    )
+}
+
+pub fn envelope(rcpts: &[&str]) -> Envelope {
+    Envelope {
+        account: "test".into(),
+        mail_from: "scanner@local".into(),
+        recipients: rcpts.iter().map(|s| s.to_string()).collect(),
+        client: "127.0.0.1:40000".into(),
+        helo: "scanner".into(),
+        local_user: None,
+        smtputf8: false,
+        body_8bit: false,
+    }
+}
+
+/// A message with lines that need dot-stuffing.
+pub const DOTTY: &[u8] = b"From: scanner@local\r\nTo: a@example.org\r\nSubject: dots\r\nMessage-ID: <1@local>\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nend\r\n";
+
+/// Puts a message in the daemon's spool and wakes the worker.
+pub async fn feed(d: &TestDaemon, rcpts: &[&str], message: &[u8]) -> QueueId {
+    let ctx = &d.daemon.context;
+    let id = ctx.spool.enqueue(&envelope(rcpts), message).await.unwrap();
+    ctx.wake_delivery.notify_one();
+    id
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

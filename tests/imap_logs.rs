@@ -1,0 +1,73 @@
+//! Secrets never reach the logs: the IMAP proxy at trace level through
+//! failed, passthrough and successful logins. Its own test binary, because
+//! a thread-scoped tracing subscriber misses events while other tests run
+//! in parallel threads of the same process.
+
+mod common;
+#[path = "imap_support/mod.rs"]
+mod imap_support;
+
+use base64::Engine;
+use imap_support::*;
+
+fn b64(s: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Collects every log line (all levels) written while the test runs.
+#[derive(Clone, Default)]
+struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn passwords_never_appear_in_logs() {
+    let logs = LogBuf::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let env = setup(Setup {
+        passthrough: true,
+        ..Setup::default()
+    })
+    .await;
+    let mut c = env.client().await;
+    c.send(format!("a LOGIN {DEV} wrongpass1\r\n").as_bytes())
+        .await;
+    assert!(c.tagged("a").await.last().unwrap().starts_with("a NO"));
+    c.send(format!("b LOGIN {REAL_USER} wrongpass2\r\n").as_bytes())
+        .await;
+    assert!(c.tagged("b").await.last().unwrap().starts_with("b NO"));
+    let creds = b64(format!("\0{ODD}\0{ODD_PW}").as_bytes());
+    c.send(format!("c AUTHENTICATE PLAIN {creds}\r\n").as_bytes())
+        .await;
+    assert!(c.tagged("c").await.last().unwrap().starts_with("c OK"));
+    c.send(b"d LOGOUT\r\n").await;
+    c.read_to_eof().await;
+    // Stopping waits for every session to finish (and log its end).
+    env.daemon.stop().await;
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(text.contains("logged in upstream"), "{text}");
+    assert!(text.contains("IMAP session ended"), "{text}");
+    for secret in [
+        "wrongpass1",
+        "wrongpass2",
+        ODD_PW,
+        "upstreamsecret",
+        creds.as_str(),
+    ] {
+        assert!(!text.contains(secret), "{secret:?} in logs:\n{text}");
+    }
+}

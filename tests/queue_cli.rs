@@ -1,0 +1,134 @@
+//! `mailbridge queue ...` run as the real binary against a spool directory,
+//! alone and while the daemon is delivering from it.
+
+mod common;
+mod delivery_common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::ca::TestCa;
+use common::daemon::start_in;
+use common::smtp_upstream::{Mode, SmtpUpstream};
+use delivery_common::{config, envelope, eventually, feed, Opts, PASSWORD, USER};
+use mailbridge::spool::{EntryState, QueueId, Spool};
+
+fn queue(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mailbridge"))
+        .arg("-c")
+        .arg(dir.join("relay.toml"))
+        .arg("queue")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A spool with one queued and one failed message, and a relay.toml pointing at it.
+async fn prepared() -> (tempfile::TempDir, QueueId, QueueId) {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("relay.toml"),
+        config(&Opts::new(1, "implicit", &ca.ca_file)),
+    )
+    .unwrap();
+    let spool = Spool::open(&dir.path().join("spool")).unwrap();
+    let queued = spool
+        .enqueue(
+            &envelope(&["a@example.org"]),
+            b"Subject: first\r\n\r\nbody\r\n",
+        )
+        .await
+        .unwrap();
+    let failed = spool
+        .enqueue(
+            &envelope(&["b@example.org"]),
+            b"Subject: second\r\n\r\nbody\r\n",
+        )
+        .await
+        .unwrap();
+    spool.fail(&failed, 1, "554 5.7.0 rejected", None).unwrap();
+    (dir, queued, failed)
+}
+
+#[tokio::test]
+async fn list_and_show() {
+    let (dir, queued, failed) = prepared().await;
+    let o = queue(dir.path(), &["list"]);
+    assert!(o.status.success(), "{o:?}");
+    let out = stdout(&o);
+    assert!(out.contains(&queued.0) && out.contains(&failed.0), "{out}");
+    assert!(out.contains("554 5.7.0 rejected"), "{out}");
+    assert!(out.contains("1 queued, 1 failed"), "{out}");
+
+    let o = queue(dir.path(), &["list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let arr = v.as_array().unwrap();
+    assert_eq!(arr.len(), 2);
+    assert_eq!(arr[0]["id"], queued.0.as_str());
+    assert_eq!(arr[0]["state"], "queued");
+    assert_eq!(arr[1]["state"], "failed");
+    assert_eq!(arr[1]["last_error"], "554 5.7.0 rejected");
+
+    let o = queue(dir.path(), &["show", &failed.0]);
+    let out = stdout(&o);
+    assert!(out.contains("state:        failed"), "{out}");
+    assert!(out.contains("Subject: second"), "{out}");
+    let o = queue(dir.path(), &["show", &queued.0, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["recipients"][0], "a@example.org");
+
+    let o = queue(dir.path(), &["show", "ffff"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no message with id ffff"));
+}
+
+#[tokio::test]
+async fn retry_and_delete() {
+    let (dir, queued, failed) = prepared().await;
+    let spool = Spool::open(&dir.path().join("spool")).unwrap();
+    assert!(queue(dir.path(), &["retry", &failed.0]).status.success());
+    assert_eq!(spool.entry(&failed).unwrap().state, EntryState::Queued);
+    assert!(queue(dir.path(), &["retry"]).status.success());
+    assert!(queue(dir.path(), &["delete", &queued.0]).status.success());
+    assert!(spool.entry(&queued).is_err());
+    let o = queue(dir.path(), &["delete", &queued.0]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = queue(dir.path(), &["delete", "../../relay"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(dir.path().join("relay.toml").exists());
+}
+
+#[tokio::test]
+async fn delete_while_the_worker_delivers_it() {
+    let ca = TestCa::new();
+    let up = SmtpUpstream::start(&ca.server_cert(), Mode::Implicit, USER, PASSWORD).await;
+    up.script().hang_data = 1;
+    let mut o = Opts::new(up.port(), "implicit", &ca.ca_file);
+    o.delivery_extra = "concurrency = 1";
+    let toml = config(&o).replace("timeout = \"5s\"", "timeout = \"1s\"");
+    let d = start_in(&toml, tempfile::tempdir().unwrap()).await;
+    let id = feed(&d, &["a@example.org"], b"doomed\r\n").await;
+    let attempts = &up.shared.data_attempts;
+    eventually("upstream hangs on it", Duration::from_secs(10), || async {
+        (attempts.load(std::sync::atomic::Ordering::SeqCst) >= 1).then_some(())
+    })
+    .await;
+    let out = queue(d.dir.path(), &["delete", &id.0]);
+    assert!(out.status.success(), "{out:?}");
+    // The worker survives: the next message goes through, the deleted one never reappears.
+    feed(&d, &["b@example.org"], b"next\r\n").await;
+    let got = up.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].data, b"next\r\n");
+    let spool = &d.daemon.context.spool;
+    eventually("queue empty", Duration::from_secs(10), || async {
+        spool.list().unwrap().is_empty().then_some(())
+    })
+    .await;
+    d.stop().await;
+}
