@@ -1,0 +1,339 @@
+//! `relay.toml`: the serde types, defaults in one place, provider presets and
+//! validation whose every error names the file, the key and what is wrong.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+mod raw;
+use raw::RawConfig;
+
+/// A configuration problem, always tied to the file and the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.display().to_string(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The validated configuration the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was loaded from (for messages and relative paths).
+    pub path: PathBuf,
+    pub default_account: Option<String>,
+    pub smtp: SmtpConfig,
+    pub imap: ImapConfig,
+    pub delivery: DeliveryConfig,
+    pub accounts: Vec<Account>,
+    pub users: Vec<User>,
+    /// Certificate and key for local TLS (STARTTLS and the implicit-TLS listeners).
+    pub tls: Option<LocalTls>,
+    pub metrics: MetricsConfig,
+    /// True when an account's password is written in the file itself.
+    pub has_inline_secrets: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpMode {
+    /// Store and forward: 250 once the message is durable in the spool.
+    Spool,
+    /// Forward inside the client's transaction; the upstream's reply is the client's.
+    Direct,
+}
+
+/// Local TLS material (`tls_cert`, `tls_key`), PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[metrics]`: the optional HTTP listener for /metrics and /healthz.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (needs `tls_cert`/`tls_key`).
+    pub smtps_listen: Vec<SocketAddr>,
+    pub spool_dir: PathBuf,
+    pub mode: SmtpMode,
+    pub max_message_size: u64,
+    /// Per upstream transaction; more recipients are split into several.
+    pub max_recipients: usize,
+    /// Per client transaction; beyond it RCPT gets 452.
+    pub max_client_recipients: usize,
+    pub allowed_networks: Vec<IpNet>,
+    pub require_auth: bool,
+    /// Name in our banner, EHLO reply and Received header.
+    pub hostname: String,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImapConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (needs `tls_cert`/`tls_key`).
+    pub imaps_listen: Vec<SocketAddr>,
+    pub passthrough: bool,
+    pub max_connections_per_account: usize,
+    pub idle_timeout: Duration,
+    pub login_timeout: Duration,
+    pub allowed_networks: Vec<IpNet>,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub expire_after: Duration,
+    /// Whole upstream transaction (connect to final reply).
+    pub timeout: Duration,
+    /// Messages delivered at once (upstream connections in use).
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// TLS from the first byte (SMTP 465, IMAP 993).
+    Implicit,
+    /// Plain connect, then STARTTLS, which must succeed before AUTH (SMTP 587, IMAP 143).
+    Starttls,
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsMode::Implicit => "implicit",
+            TlsMode::Starttls => "starttls",
+        })
+    }
+}
+
+/// Where and how to reach an upstream server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{} ({} TLS)", self.host, self.port, self.tls)
+    }
+}
+
+/// An upstream mailbox: where to send and read, and with which credentials.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: String,
+    pub provider: String,
+    pub username: String,
+    /// Envelope sender for relayed mail (defaults to `username`).
+    pub address: String,
+    /// `None` when no usable password was found; `password_problem` says why.
+    pub password: Option<Secret>,
+    pub password_problem: Option<String>,
+    pub smtp: Endpoint,
+    pub imap: Endpoint,
+    /// Extra trusted root certificates (PEM), added to the webpki roots.
+    pub ca_file: Option<PathBuf>,
+    /// Messages per rolling 24 h the worker sends at most (None: no cap).
+    /// Defaults to 500 for `provider = "gmail"` (consumer quota).
+    pub daily_limit: Option<u32>,
+    /// Where to send a short report when a message fails permanently.
+    pub notify: Option<String>,
+    /// What to do with a client's IMAP APPEND to the Sent mailbox.
+    pub sent_copy: SentCopy,
+}
+
+/// IMAP APPEND to Sent: Gmail already files SMTP-sent mail there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SentCopy {
+    /// Forward the APPEND upstream (the default).
+    #[default]
+    Keep,
+    /// Answer OK without forwarding, avoiding a duplicate in Sent.
+    Skip,
+}
+
+/// Gmail's consumer sending quota per 24 h.
+pub const GMAIL_DAILY_LIMIT: u32 = 500;
+
+/// A local login for a device.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub password_hash: Secret,
+    pub account: String,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, "(file)", format!("cannot read: {e}")))?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses `text` as if read from `path` (relative paths resolve against its directory).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let key = e
+                .span()
+                .map(|s| format!("line {}", line_of(text, s.start)))
+                .unwrap_or_else(|| "(syntax)".into());
+            ConfigError::new(path, key, e.message().trim().to_string())
+        })?;
+        raw.validate(path)
+    }
+
+    /// A warning if the file holds a password inline and other users may read it.
+    pub fn permission_warning(&self) -> Option<String> {
+        if !self.has_inline_secrets {
+            return None;
+        }
+        mode_warning(&self.path)
+    }
+
+    pub fn account(&self, name: &str) -> Option<&Account> {
+        self.accounts.iter().find(|a| a.name == name)
+    }
+
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    /// The account for clients that do not log in.
+    pub fn default_account(&self) -> Option<&Account> {
+        self.default_account
+            .as_deref()
+            .and_then(|n| self.account(n))
+    }
+}
+
+#[cfg(unix)]
+fn mode_warning(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{} holds a password and can be read by other users (mode {:o}); run: chmod 600 {}",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        )
+    })
+}
+
+#[cfg(not(unix))]
+fn mode_warning(_path: &Path) -> Option<String> {
+    None
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+// ---------------------------------------------------------------------------
+// Defaults: the one place they live.
+
+pub const DEFAULT_SMTP_LISTEN: &str = "127.0.0.1:2525";
+pub const DEFAULT_IMAP_LISTEN: &str = "127.0.0.1:1143";
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 25 * 1024 * 1024;
+pub const DEFAULT_MAX_RECIPIENTS: usize = 100;
+pub const DEFAULT_MAX_CLIENT_RECIPIENTS: usize = 1000;
+pub const DEFAULT_SMTP_IDLE: Duration = Duration::from_secs(5 * 60);
+pub const DEFAULT_IMAP_IDLE: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_IMAP_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 2000;
+
+fn default_allowed() -> Vec<IpNet> {
+    vec![
+        "127.0.0.0/8".parse().expect("literal"),
+        "::1/128".parse().expect("literal"),
+    ]
+}
+
+/// Provider presets: (smtp, imap).
+fn preset(provider: &str) -> Option<(Endpoint, Endpoint)> {
+    let ep = |host: &str, port, tls| Endpoint {
+        host: host.into(),
+        port,
+        tls,
+    };
+    use TlsMode::*;
+    Some(match provider {
+        "gmail" => (
+            ep("smtp.gmail.com", 465, Implicit),
+            ep("imap.gmail.com", 993, Implicit),
+        ),
+        "outlook" => (
+            ep("smtp-mail.outlook.com", 587, Starttls),
+            ep("outlook.office365.com", 993, Implicit),
+        ),
+        "yahoo" => (
+            ep("smtp.mail.yahoo.com", 465, Implicit),
+            ep("imap.mail.yahoo.com", 993, Implicit),
+        ),
+        "icloud" => (
+            ep("smtp.mail.me.com", 587, Starttls),
+            ep("imap.mail.me.com", 993, Implicit),
+        ),
+        "fastmail" => (
+            ep("smtp.fastmail.com", 465, Implicit),
+            ep("imap.fastmail.com", 993, Implicit),
+        ),
+        _ => return None,
+    })
+}
+
+pub const PROVIDERS: &[&str] = &["gmail", "outlook", "yahoo", "icloud", "fastmail", "custom"];
+
+/// The TLS mode a well-known port implies, if any.
+pub fn tls_for_port(port: u16) -> Option<TlsMode> {
+    match port {
+        465 | 993 => Some(TlsMode::Implicit),
+        25 | 587 | 143 => Some(TlsMode::Starttls),
+        _ => None,
+    }
+}
+
+/// Is `ip` inside one of `nets`? (IPv4-mapped IPv6 addresses count as IPv4.)
+pub fn ip_allowed(nets: &[IpNet], ip: std::net::IpAddr) -> bool {
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,172 @@
+//! Unit tests for parsing and validation.
+use super::*;
+
+const MIN: &str = r#"
+[[accounts]]
+name = "gmail"
+username = "you@gmail.com"
+password = "wxyz efgh ijkl mnop"
+"#;
+
+fn parse(t: &str) -> Result<Config, ConfigError> {
+    Config::parse(t, Path::new("/etc/mailbridge/relay.toml"))
+}
+
+#[test]
+fn minimal_config_gets_defaults_and_gmail_preset() {
+    let c = parse(MIN).unwrap();
+    let a = &c.accounts[0];
+    assert_eq!(a.password.as_ref().unwrap().expose(), "wxyzefghijklmnop");
+    assert_eq!(
+        a.smtp,
+        Endpoint {
+            host: "smtp.gmail.com".into(),
+            port: 465,
+            tls: TlsMode::Implicit
+        }
+    );
+    assert_eq!(a.imap.port, 993);
+    assert_eq!(c.default_account.as_deref(), Some("gmail"));
+    assert_eq!(
+        c.smtp.listen,
+        vec!["127.0.0.1:2525".parse::<SocketAddr>().unwrap()]
+    );
+    assert_eq!(c.smtp.spool_dir, PathBuf::from("/etc/mailbridge/spool"));
+    assert_eq!(c.smtp.max_message_size, 26214400);
+    assert_eq!(c.delivery.retry_initial, Duration::from_secs(60));
+}
+
+#[test]
+fn shipped_relay_toml_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("relay.toml");
+    let c = Config::load(&path).unwrap();
+    assert_eq!(c.default_account.as_deref(), Some("gmail"));
+    assert_eq!(c.smtp.mode, SmtpMode::Spool);
+    assert_eq!(
+        c.imap.listen,
+        vec!["127.0.0.1:1143".parse::<SocketAddr>().unwrap()]
+    );
+}
+
+#[test]
+fn smtp_override_keeps_preset_host() {
+    let t = format!("{MIN}smtp = {{ port = 587 }}\n");
+    let c = parse(&t).unwrap();
+    assert_eq!(
+        c.accounts[0].smtp,
+        Endpoint {
+            host: "smtp.gmail.com".into(),
+            port: 587,
+            tls: TlsMode::Starttls
+        }
+    );
+}
+
+#[test]
+fn custom_provider_needs_both_tables() {
+    let t = MIN.replace("username", "provider = \"custom\"\nusername")
+        + "smtp = { host = \"mail.example.com\", port = 465 }\n";
+    let e = parse(&t).unwrap_err();
+    assert_eq!(e.key, "accounts[0].imap");
+    assert!(e
+        .to_string()
+        .starts_with("/etc/mailbridge/relay.toml: accounts[0].imap:"));
+}
+
+#[test]
+fn unknown_key_names_line() {
+    let e = parse(&format!("{MIN}passwrd = \"x\"\n")).unwrap_err();
+    assert!(e.key.starts_with("line "), "{e}");
+    assert!(e.message.contains("passwrd"), "{e}");
+}
+
+#[test]
+fn open_relay_refused() {
+    let t =
+        format!("[smtp]\nlisten = [\"0.0.0.0:2525\"]\nallowed_networks = [\"0.0.0.0/0\"]\n{MIN}");
+    let e = parse(&t).unwrap_err();
+    assert_eq!(e.key, "smtp.allowed_networks");
+    let t = format!(
+        "[smtp]\nlisten = [\"0.0.0.0:2525\"]\nallowed_networks = [\"192.168.1.0/24\"]\n{MIN}"
+    );
+    assert!(parse(&t).is_ok());
+}
+
+#[test]
+fn bad_duration_is_explained() {
+    let e = parse(&format!("[delivery]\nretry_initial = \"soon\"\n{MIN}")).unwrap_err();
+    assert!(e.message.contains("bad duration"), "{e}");
+}
+
+#[test]
+fn missing_password_env_is_a_problem_not_an_error() {
+    let t = MIN.replace(
+        "password = \"wxyz efgh ijkl mnop\"",
+        "password_env = \"MAILBRIDGE_TEST_UNSET_VAR\"",
+    );
+    let c = parse(&t).unwrap();
+    assert!(c.accounts[0].password.is_none());
+    assert!(c.accounts[0]
+        .password_problem
+        .as_ref()
+        .unwrap()
+        .contains("MAILBRIDGE_TEST_UNSET_VAR"));
+}
+
+#[test]
+fn errors_never_contain_the_password() {
+    let t = MIN.replace("you@gmail.com", "nobody");
+    let e = parse(&t).unwrap_err();
+    assert!(!e.to_string().contains("wxyz"));
+}
+
+#[test]
+fn ipv4_mapped_addresses_match_v4_networks() {
+    let nets = default_allowed();
+    assert!(ip_allowed(&nets, "::ffff:127.0.0.1".parse().unwrap()));
+    assert!(!ip_allowed(&nets, "10.0.0.1".parse().unwrap()));
+}
+
+#[cfg(unix)]
+#[test]
+fn world_readable_file_with_password_warns() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, MIN).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let w = Config::load(&path).unwrap().permission_warning().unwrap();
+    assert!(w.contains("chmod 600"), "{w}");
+    assert!(!w.contains("wxyz"));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(Config::load(&path).unwrap().permission_warning().is_none());
+}
+
+#[test]
+fn gmail_gets_daily_limit_custom_does_not() {
+    let c = parse(MIN).unwrap();
+    assert_eq!(c.accounts[0].daily_limit, Some(GMAIL_DAILY_LIMIT));
+    assert_eq!(c.accounts[0].sent_copy, SentCopy::Keep);
+    let c = parse(&format!("{MIN}daily_limit = 0\nsent_copy = \"skip\"\n")).unwrap();
+    assert_eq!(c.accounts[0].daily_limit, None);
+    assert_eq!(c.accounts[0].sent_copy, SentCopy::Skip);
+}
+
+#[test]
+fn implicit_tls_listeners_need_cert_and_key() {
+    let e = parse(&format!(
+        "[smtp]\nsmtps_listen = [\"127.0.0.1:4465\"]\n{MIN}"
+    ))
+    .unwrap_err();
+    assert_eq!(e.key, "smtp.smtps_listen");
+    let t = format!("tls_cert = \"certs/localhost.pem\"\ntls_key = \"certs/localhost.key\"\n[imap]\nimaps_listen = [\"127.0.0.1:1993\"]\n[metrics]\nlisten = \"127.0.0.1:9925\"\n{MIN}");
+    let c = parse(&t).unwrap();
+    assert_eq!(
+        c.tls.unwrap().cert,
+        PathBuf::from("/etc/mailbridge/certs/localhost.pem")
+    );
+    assert_eq!(c.imap.imaps_listen.len(), 1);
+    assert!(c.metrics.listen.is_some());
+    let e = parse(&format!("tls_cert = \"a.pem\"\n{MIN}")).unwrap_err();
+    assert_eq!(e.key, "tls_key");
+}
