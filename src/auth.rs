@@ -37,7 +37,7 @@ pub struct LocalAuth {
     pepper: [u8; 32],
     /// Hash verified for unknown users so they take as long as known ones.
     dummy_hash: String,
-    failures: FailureTracker,
+    failures: std::sync::Arc<FailureTracker>,
     /// Each argon2 check holds ~19 MiB; a login flood must not multiply that.
     hashing: tokio::sync::Semaphore,
 }
@@ -64,9 +64,16 @@ impl LocalAuth {
             verified: Mutex::new(HashMap::new()),
             pepper: rand::random(),
             dummy_hash,
-            failures: FailureTracker::default(),
+            failures: Default::default(),
             hashing: tokio::sync::Semaphore::new(MAX_CONCURRENT_HASHES),
         }
+    }
+
+    /// The users of a reloaded config, keeping the brute-force record.
+    pub fn reloaded(&self, users: &[User]) -> Self {
+        let mut fresh = LocalAuth::new(users);
+        fresh.failures = self.failures.clone();
+        fresh
     }
 
     pub fn is_empty(&self) -> bool {

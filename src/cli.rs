@@ -1,4 +1,4 @@
-//! The command line: `run` (default), `check`, `queue ...`, `hash-password`.
+//! The command line: `run` (default), `check`, `queue ...`, `hash-password`, `init`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -51,6 +51,15 @@ pub enum Command {
     },
     /// Read a password on stdin and print an argon2id hash for [[users]].password_hash.
     HashPassword,
+    /// Create a local CA and a certificate for this machine in certs/, and a starter relay.toml.
+    Init {
+        /// Replace files that already exist.
+        #[arg(long)]
+        force: bool,
+        /// Directory to create relay.toml and certs/ in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -71,6 +80,10 @@ pub enum QueueCommand {
     Retry { id: Option<String> },
     /// Delete a message from the spool (queued or failed).
     Delete { id: String },
+    /// Put a queued message on hold: it is not delivered until released.
+    Hold { id: String },
+    /// Release a held message: it is delivered now.
+    Release { id: String },
 }
 
 /// Reads a password from stdin (one line, or all of it) and hashes it.

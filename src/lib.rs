@@ -10,7 +10,11 @@
 //! - [`imap`]: the IMAP proxy (pre-login parser, login swap, byte pump).
 //! - [`auth`]: local device logins (argon2) and brute-force slowdown.
 //! - [`tls`]: rustls configs built once.
+//! - [`stream`]: a client connection, plaintext or local TLS (STARTTLS upgrade).
+//! - [`init`]: `mailbridge init` (local CA, certificate, starter relay.toml).
 //! - [`secret`]: a string type that never prints itself.
+//! - [`metrics`]: Prometheus metrics, `/metrics` and `/healthz`.
+//! - [`reload`]: building the [`Context`]; live reload on SIGHUP.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -19,35 +23,48 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod imap;
+pub mod init;
 pub mod listener;
+pub mod metrics;
+pub mod reload;
 pub mod secret;
 pub mod smtp;
 pub mod spool;
+pub mod stream;
 pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::Config;
 use crate::listener::{accept_loop, ListenerSpec};
 
 /// Everything a session or the worker needs, shared behind one `Arc`.
+/// A config reload builds a new one (see [`reload`]); the spool, the wake-up,
+/// the metrics and the counters inside `imap`/`auth` are shared between them.
 pub struct Context {
     pub config: Arc<Config>,
     pub auth: auth::LocalAuth,
-    pub spool: spool::Spool,
+    pub spool: Arc<spool::Spool>,
     /// Signalled after each enqueue so the worker looks at the queue at once.
-    pub wake_delivery: Notify,
+    pub wake_delivery: Arc<Notify>,
+    /// Counters and health state for `/metrics` and `/healthz`.
+    pub metrics: Arc<metrics::Metrics>,
     /// Upstream SMTP clients (worker and direct mode).
     pub upstream: delivery::Upstream,
     /// IMAP proxy state (per-account connection counts, upstream TLS configs).
     pub imap: imap::ImapState,
+    /// Local TLS (STARTTLS and the smtps/imaps listeners), built at start and
+    /// on each reload (never per connection);
+    /// `None` when `tls_cert`/`tls_key` are not configured.
+    pub tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,13 +79,29 @@ pub enum StartError {
     },
     #[error("{0}")]
     Upstream(String),
+    #[error("local TLS: {0}")]
+    LocalTls(#[from] tls::TlsError),
 }
+
+/// How long sessions get to finish after shutdown begins (on top of the
+/// delivery timeout) before the binary drops them. Nothing acknowledged is
+/// lost: an accepted message is in the spool before its 250.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A running daemon: its bound addresses and the handle to stop it.
 pub struct Daemon {
     pub smtp_addrs: Vec<SocketAddr>,
     pub imap_addrs: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (`smtp.smtps_listen`, `imap.imaps_listen`).
+    pub smtps_addrs: Vec<SocketAddr>,
+    pub imaps_addrs: Vec<SocketAddr>,
+    /// The metrics listener, when `[metrics] listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The context as started. Its spool, metrics and counters are shared with
+    /// every reloaded context; for the current config use [`Daemon::current`].
     pub context: Arc<Context>,
+    /// The context new connections and the worker use (swapped by reload).
+    live: Arc<ArcSwap<Context>>,
     shutdown: CancellationToken,
     sessions: TaskTracker,
     worker: TaskTracker,
@@ -80,24 +113,14 @@ impl Daemon {
     pub async fn start(config: Config) -> Result<Daemon, StartError> {
         tls::install_crypto_provider();
         let config = Arc::new(config);
-        if let Some(w) = config.permission_warning() {
-            warn!("{w}");
-        }
-        for a in &config.accounts {
-            if let Some(problem) = &a.password_problem {
-                warn!(account = %a.name, "NO USABLE PASSWORD: {problem}; mail for this account is held in the spool until it is fixed");
-            }
-        }
-        let spool = spool::Spool::open(&config.smtp.spool_dir)?;
-        let ctx = Arc::new(Context {
-            auth: auth::LocalAuth::new(&config.users),
-            spool,
-            wake_delivery: Notify::new(),
-            upstream: delivery::Upstream::new(&config)
-                .map_err(|e| StartError::Upstream(e.to_string()))?,
-            imap: imap::ImapState::new(&config).map_err(|e| StartError::Upstream(e.to_string()))?,
-            config: config.clone(),
-        });
+        reload::warn_config(&config);
+        let shared = reload::Shared {
+            spool: Arc::new(spool::Spool::open(&config.smtp.spool_dir)?),
+            wake_delivery: Arc::new(Notify::new()),
+            metrics: Arc::new(metrics::Metrics::new()),
+        };
+        let ctx = Arc::new(reload::build_context(config.clone(), shared, None)?);
+        let live = Arc::new(ArcSwap::new(ctx.clone()));
         let shutdown = CancellationToken::new();
         let sessions = TaskTracker::new();
         let worker = TaskTracker::new();
@@ -118,7 +141,7 @@ impl Daemon {
             })?;
             info!("SMTP listening on {local}");
             smtp_addrs.push(local);
-            let ctx2 = ctx.clone();
+            let live2 = live.clone();
             let sd = shutdown.clone();
             let spec = ListenerSpec {
                 name: "smtp",
@@ -130,7 +153,14 @@ impl Daemon {
                 spec,
                 shutdown.clone(),
                 sessions.clone(),
-                move |s, p| smtp::handle_connection(s, p, ctx2.clone(), sd.clone()),
+                move |s, p| {
+                    smtp::handle_connection(
+                        stream::ClientStream::Plain(s),
+                        p,
+                        live2.load_full(),
+                        sd.clone(),
+                    )
+                },
             ));
         }
         let mut imap_addrs = Vec::new();
@@ -149,7 +179,7 @@ impl Daemon {
             })?;
             info!("IMAP listening on {local}");
             imap_addrs.push(local);
-            let ctx2 = ctx.clone();
+            let live2 = live.clone();
             let sd = shutdown.clone();
             let spec = ListenerSpec {
                 name: "imap",
@@ -161,14 +191,38 @@ impl Daemon {
                 spec,
                 shutdown.clone(),
                 sessions.clone(),
-                move |s, p| imap::handle_connection(s, p, ctx2.clone(), sd.clone()),
+                move |s, p| {
+                    imap::handle_connection(
+                        stream::ClientStream::Plain(s),
+                        p,
+                        live2.load_full(),
+                        sd.clone(),
+                    )
+                },
             ));
         }
-        worker.spawn(delivery::run(ctx.clone(), shutdown.clone()));
+        let tls_listeners = TlsListeners {
+            ctx: &ctx,
+            live: &live,
+            shutdown: &shutdown,
+            sessions: &sessions,
+        };
+        let smtps_addrs = tls_listeners.start(Proto::Smtps).await?;
+        let imaps_addrs = tls_listeners.start(Proto::Imaps).await?;
+        let metrics_addr = match config.metrics.listen {
+            Some(addr) => Some(start_metrics(addr, &ctx, &shutdown, &sessions).await?),
+            None => None,
+        };
+        worker.spawn(delivery::run(live.clone(), shutdown.clone()));
+        ctx.metrics.set_listening(true);
         Ok(Daemon {
             smtp_addrs,
             imap_addrs,
+            smtps_addrs,
+            imaps_addrs,
+            metrics_addr,
             context: ctx,
+            live,
             shutdown,
             sessions,
             worker,
@@ -183,12 +237,145 @@ impl Daemon {
     /// Stops accepting, tells sessions to finish (421 / BYE), lets the worker
     /// finish the message in hand, and waits for all of it.
     pub async fn shutdown(self) {
+        self.context.metrics.set_listening(false);
         self.shutdown.cancel();
         self.sessions.close();
         self.worker.close();
         self.sessions.wait().await;
         self.worker.wait().await;
     }
+}
+
+/// The implicit-TLS listeners (smtps, imaps).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Smtps,
+    Imaps,
+}
+
+/// What is needed to start the implicit-TLS listeners.
+struct TlsListeners<'a> {
+    ctx: &'a Arc<Context>,
+    live: &'a Arc<ArcSwap<Context>>,
+    shutdown: &'a CancellationToken,
+    sessions: &'a TaskTracker,
+}
+
+impl TlsListeners<'_> {
+    /// Binds and serves every address of `proto`; the TLS handshake runs in
+    /// each connection's task. Returns the bound addresses.
+    async fn start(&self, proto: Proto) -> Result<Vec<SocketAddr>, StartError> {
+        let config = &self.ctx.config;
+        let (name, addrs, spec) = match proto {
+            Proto::Smtps => (
+                "smtps",
+                &config.smtp.smtps_listen,
+                ListenerSpec {
+                    name: "smtps",
+                    max_connections: config.smtp.max_connections,
+                    // Not TLS: a client that meets the cap gets a closed socket.
+                    busy_reply: b"",
+                },
+            ),
+            Proto::Imaps => (
+                "imaps",
+                &config.imap.imaps_listen,
+                ListenerSpec {
+                    name: "imaps",
+                    max_connections: config.imap.max_connections,
+                    busy_reply: b"",
+                },
+            ),
+        };
+        let mut bound = Vec::new();
+        if addrs.is_empty() {
+            return Ok(bound);
+        }
+        if self.ctx.tls_acceptor.is_none() {
+            // Config validation makes this unreachable; refuse rather than panic.
+            return Err(StartError::Upstream(format!(
+                "{name} listeners need tls_cert and tls_key"
+            )));
+        }
+        for addr in addrs {
+            let bind_err = |source| StartError::Bind {
+                proto: name,
+                addr: *addr,
+                source,
+            };
+            let l = TcpListener::bind(addr).await.map_err(bind_err)?;
+            let local = l.local_addr().map_err(bind_err)?;
+            info!(
+                "{} (implicit TLS) listening on {local}",
+                name.to_uppercase()
+            );
+            bound.push(local);
+            let (live, sd) = (self.live.clone(), self.shutdown.clone());
+            let spec = spec_copy(&spec);
+            self.sessions.spawn(accept_loop(
+                l,
+                spec,
+                self.shutdown.clone(),
+                self.sessions.clone(),
+                move |s, p| {
+                    // The current context: a reload may have changed the certificate.
+                    let (ctx, sd) = (live.load_full(), sd.clone());
+                    async move {
+                        let Some(acceptor) = ctx.tls_acceptor.clone() else {
+                            return;
+                        };
+                        let Some(s) = stream::ClientStream::accept_tls(s, &acceptor, &sd).await
+                        else {
+                            ctx.metrics.tls_error(name);
+                            return;
+                        };
+                        match proto {
+                            Proto::Smtps => smtp::handle_connection(s, p, ctx, sd).await,
+                            Proto::Imaps => imap::handle_connection(s, p, ctx, sd).await,
+                        }
+                    }
+                },
+            ));
+        }
+        Ok(bound)
+    }
+}
+
+fn spec_copy(s: &ListenerSpec) -> ListenerSpec {
+    ListenerSpec {
+        name: s.name,
+        max_connections: s.max_connections,
+        busy_reply: s.busy_reply,
+    }
+}
+
+/// Binds the metrics listener and serves `/metrics` and `/healthz` on it.
+async fn start_metrics(
+    addr: SocketAddr,
+    ctx: &Arc<Context>,
+    shutdown: &CancellationToken,
+    sessions: &TaskTracker,
+) -> Result<SocketAddr, StartError> {
+    let bind_err = |source| StartError::Bind {
+        proto: "metrics",
+        addr,
+        source,
+    };
+    let l = TcpListener::bind(addr).await.map_err(bind_err)?;
+    let local = l.local_addr().map_err(bind_err)?;
+    metrics::http::warn_if_exposed(local);
+    info!("metrics listening on http://{local}/metrics (health: /healthz)");
+    let sources = metrics::http::HealthSources {
+        metrics: ctx.metrics.clone(),
+        spool: ctx.spool.clone(),
+    };
+    sessions.spawn(metrics::http::serve(
+        l,
+        sources,
+        shutdown.clone(),
+        sessions.clone(),
+    ));
+    Ok(local)
 }
 
 /// Runs the daemon until `stop` completes, then shuts down cleanly.

@@ -1,19 +1,38 @@
-//! The `mailbridge` binary: logging, config, signals, and command dispatch.
+//! The `mailbridge` binary: logging, config, signals (SIGTERM/SIGINT stop,
+//! SIGHUP reloads relay.toml), and command dispatch.
 
+use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use mailbridge::cli::{self, Cli, Command, LogFormat};
+use mailbridge::config::Config;
+use mailbridge::Daemon;
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, bad) = match EnvFilter::try_from_default_env() {
+        Ok(f) => (f, None),
+        Err(e) => {
+            let set = std::env::var("RUST_LOG").is_ok_and(|v| !v.trim().is_empty());
+            (EnvFilter::new("info"), set.then(|| e.to_string()))
+        }
+    };
+    // Colours only on a terminal (not in journald or a log file); NO_COLOR wins.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+    if let Some(e) = bad {
+        warn!("RUST_LOG is not a valid filter ({e}); logging at info");
     }
 }
 
@@ -22,6 +41,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Some(Command::HashPassword) => cli::hash_password_command(),
+        Some(Command::Init { force, ref dir }) => mailbridge::init::command(dir, force),
         _ => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
@@ -30,7 +50,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            runtime.block_on(async_main(cli))
+            let code = runtime.block_on(async_main(cli));
+            // Sessions still running past the shutdown bound are dropped here.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            code
         }
     }
 }
@@ -41,39 +64,111 @@ async fn async_main(cli: Cli) -> ExitCode {
         Err(code) => return code,
     };
     match &cli.command {
-        None | Some(Command::Run) => match mailbridge::run(config, shutdown_signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!("{e}");
-                eprintln!("mailbridge: {e}");
-                ExitCode::from(1)
-            }
-        },
+        None | Some(Command::Run) => serve(config, &cli.config).await,
         Some(Command::Check) => mailbridge::check::run(&config).await,
         Some(Command::Queue { command }) => mailbridge::spool::admin::run(&config, command.clone()),
         Some(Command::HashPassword) => cli::hash_password_command(),
+        Some(Command::Init { force, dir }) => mailbridge::init::command(dir, *force),
     }
 }
 
-/// Completes on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+/// Runs the daemon until SIGTERM/SIGINT; SIGHUP reloads `config_path`.
+async fn serve(config: Config, config_path: &Path) -> ExitCode {
+    let bound = mailbridge::SHUTDOWN_GRACE + config.delivery.timeout;
+    let daemon = match Daemon::start(config).await {
+        Ok(d) => d,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("mailbridge: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut signals = Signals::new();
+    while let Signal::Reload = signals.next().await {
+        info!("SIGHUP: reloading {}", config_path.display());
+        match Config::load(config_path) {
+            // `reload` logs its own outcome.
+            Ok(new) => {
+                let _ = daemon.reload(new);
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            Err(e) => {
+                error!("configuration reload rejected, keeping the running configuration: {e}")
             }
         }
     }
-    #[cfg(not(unix))]
+    info!("shutting down (sessions get 421 / BYE; the worker finishes the message in hand)");
+    if tokio::time::timeout(bound, daemon.shutdown())
+        .await
+        .is_err()
     {
-        let _ = tokio::signal::ctrl_c().await;
+        warn!(
+            "sessions still open {} after shutdown began; dropping them (every accepted message is in the spool)",
+            humantime::format_duration(bound)
+        );
+    }
+    info!("stopped");
+    ExitCode::SUCCESS
+}
+
+#[cfg_attr(not(unix), allow(dead_code))]
+enum Signal {
+    Stop,
+    Reload,
+}
+
+/// SIGTERM/SIGINT and SIGHUP on Unix; Ctrl-C only elsewhere.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let term = signal(SignalKind::terminate())
+                .map_err(|e| warn!("cannot watch SIGTERM: {e}"))
+                .ok();
+            let hup = signal(SignalKind::hangup())
+                .map_err(|e| warn!("cannot watch SIGHUP (no live reload): {e}"))
+                .ok();
+            Signals { term, hup }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            let Signals { term, hup } = self;
+            let term = async {
+                match term {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let hup = async {
+                match hup {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = term => Signal::Stop,
+                _ = tokio::signal::ctrl_c() => Signal::Stop,
+                Some(()) = hup => Signal::Reload,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
+        }
     }
 }

@@ -103,7 +103,7 @@ async fn bad_commands_get_replies() {
         (b"HELO\r\n", "501 5.5.4"),
         (b"VRFY someone\r\n", "252 2.5.0"),
         (b"HELP\r\n", "214 2.0.0"),
-        (b"STARTTLS\r\n", "502 5.5.1"),
+        (b"STARTTLS\r\n", "454 4.7.0"),
         (b"AUTH CRAM-MD5\r\n", "504 5.5.4"),
         (b"AUTH PLAIN !!!\r\n", "501 5.5.2"),
         (b"MAIL FROM:<a@example.com> AUTH=<>\r\n", "250 2.1.0"),

@@ -23,9 +23,20 @@ impl Upstream {
             return DirectReply::no_password(&no_password(account));
         }
         let size = message.len();
+        let reservation = match self
+            .limits()
+            .try_reserve(&account.name, envelope.recipients.len())
+        {
+            Ok(r) => r,
+            Err(full) => {
+                info!(size, rcpts = envelope.recipients.len(), reply = %full.reason(), "direct: deferred to the client");
+                return DirectReply::daily_limit(&full.reason());
+            }
+        };
         let report = self
             .deliver(account, envelope, &envelope.recipients, message)
             .await;
+        reservation.commit(report.delivered.len());
         if report.delivered.is_empty() {
             if let Some(f) = &report.connect_failure {
                 warn!(size, rcpts = envelope.recipients.len(), reply = %f.reason(), "direct: deferred to the client");

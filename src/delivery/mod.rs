@@ -9,6 +9,8 @@
 
 mod check;
 mod direct;
+pub mod limits;
+pub mod notify;
 mod outcome;
 mod schedule;
 mod transport;
@@ -51,6 +53,8 @@ struct Done {
     account_failed: Option<String>,
     /// A connection to the account worked.
     account_ok: bool,
+    /// The account is at its daily limit: (until unix ms, recipients needed).
+    limited: Option<(u64, usize)>,
 }
 
 /// Sends its `Done` to the worker loop when dropped (normally or by a panic).
@@ -76,20 +80,28 @@ impl Drop for Finish {
 /// The delivery worker: woken by `ctx.wake_delivery` after each enqueue and by
 /// timers for retries; on `shutdown` it stops taking messages and finishes the
 /// ones in hand (each bounded by the delivery timeout).
-pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+pub async fn run(live: Arc<arc_swap::ArcSwap<Context>>, shutdown: CancellationToken) {
+    let mut ctx = live.load_full();
     ctx.spool.recover();
     let cfg = ctx.config.delivery.clone();
     let mut sched = Schedule::new(cfg.retry_initial, cfg.retry_max);
-    rescan(&ctx, &mut sched);
+    for f in rescan(&ctx, &mut sched) {
+        notify::failure_notice(&ctx, &f).await;
+    }
     let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
     let tasks = TaskTracker::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut next_rescan = tokio::time::Instant::now() + RESCAN;
     loop {
+        // A config reload (SIGHUP) takes effect from the next pass.
+        ctx = live.load_full();
         for (id, account) in ctx.spool.take_fresh() {
             sched.add(id, account, 0);
         }
         let now = crate::spool::now_ms();
+        let limits = ctx.upstream.limits();
+        sched.refresh_limits(now, |a, n| limits.wait_for(a, n));
+        mark_limited(&ctx, &mut sched);
         while let Ok(permit) = permits.clone().try_acquire_owned() {
             let Some((id, account)) = sched.next_due(now) else {
                 drop(permit);
@@ -106,6 +118,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
                     due_ms: Some(to_ms(SystemTime::now() + cfg.retry_max)),
                     account_failed: None,
                     account_ok: false,
+                    limited: None,
                 }),
             };
             tasks.spawn(
@@ -130,20 +143,16 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = ctx.wake_delivery.notified() => {}
-            Some(done) = done_rx.recv() => sched.finish(done.id, done.account, done.due_ms, done.account_failed, done.account_ok),
+            Some(done) = done_rx.recv() => finish(&mut sched, done),
             _ = tokio::time::sleep_until(wake_at) => {}
         }
         while let Ok(done) = done_rx.try_recv() {
-            sched.finish(
-                done.id,
-                done.account,
-                done.due_ms,
-                done.account_failed,
-                done.account_ok,
-            );
+            finish(&mut sched, done);
         }
         if tokio::time::Instant::now() >= next_rescan {
-            rescan(&ctx, &mut sched);
+            for f in rescan(&ctx, &mut sched) {
+                notify::failure_notice(&ctx, &f).await;
+            }
             next_rescan = tokio::time::Instant::now() + RESCAN;
         }
     }
@@ -152,21 +161,58 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     ctx.upstream.close_idle().await;
 }
 
+/// Marks the waiting messages of accounts at their daily limit held, with
+/// the reason and the next slot (one state write per message and hold).
+fn mark_limited(ctx: &Context, sched: &mut Schedule) {
+    for (id, account) in sched.unmarked_limited() {
+        let Ok(e) = ctx.spool.entry(&id) else {
+            continue;
+        };
+        if matches!(
+            e.state,
+            crate::spool::EntryState::Failed | crate::spool::EntryState::OnHold
+        ) {
+            continue;
+        }
+        if let Some(full) = ctx.upstream.limits().full(&account, e.remaining.len()) {
+            hold(ctx, &e, &full.reason(), full.wait);
+        }
+    }
+}
+
+fn finish(sched: &mut Schedule, done: Done) {
+    if let Some((until, needed)) = done.limited {
+        sched.limit(done.account.clone(), until, needed);
+    }
+    sched.finish(
+        done.id,
+        done.account,
+        done.due_ms,
+        done.account_failed,
+        done.account_ok,
+    );
+}
+
 /// Re-reads the queue (picks up `mailbridge queue retry/delete`), and fails
 /// messages that expired while their account could not be reached (they are
 /// not tried one by one during an outage, so they would never expire otherwise).
-fn rescan(ctx: &Context, sched: &mut Schedule) {
+/// Returns the ids moved to the failed area (for failure notices).
+fn rescan(ctx: &Context, sched: &mut Schedule) -> Vec<QueueId> {
+    let mut failed = Vec::new();
     let entries = match ctx.spool.list_queued() {
         Ok(e) => e,
         Err(e) => {
             error!("cannot read the spool: {e}");
-            return;
+            return failed;
         }
     };
     let now = crate::spool::now_ms();
     let expire = ctx.config.delivery.expire_after;
     let mut keep = Vec::with_capacity(entries.len());
     for e in entries {
+        if e.state == crate::spool::EntryState::OnHold {
+            continue; // `mailbridge queue hold`: waits for `release`
+        }
         let expired = e.received_at.elapsed().unwrap_or_default() >= expire;
         match sched.blocked_reason(&e.envelope.account, now) {
             Some(why) if expired => {
@@ -175,22 +221,31 @@ fn rescan(ctx: &Context, sched: &mut Schedule) {
                     humantime::format_duration(expire)
                 );
                 warn!(queue_id = %e.id, size = e.size, rcpts = e.remaining.len(), reply = %why, "failed: moved to the failed area");
+                ctx.metrics.message_failed(&e.envelope.account);
                 if let Err(err) = ctx
                     .spool
                     .fail(&e.id, e.attempts, &why, Some(e.remaining.clone()))
                 {
                     error!(queue_id = %e.id, "cannot move to the failed area: {err}");
+                } else {
+                    failed.push(e.id.clone());
                 }
                 sched.remove(&e.id);
             }
-            _ => keep.push((
-                e.id,
-                e.envelope.account,
-                e.next_attempt.map(to_ms).unwrap_or(0),
-            )),
+            _ => {
+                // A daily-limit hold is released by the limiter, not by its time.
+                let limit_hold = e.state == crate::spool::EntryState::Held
+                    && e.last_error.as_deref().is_some_and(limits::is_limit_reason);
+                let due = match e.next_attempt {
+                    Some(t) if !limit_hold => to_ms(t),
+                    _ => 0,
+                };
+                keep.push((e.id, e.envelope.account, due))
+            }
         }
     }
     sched.reload(keep.into_iter());
+    failed
 }
 
 /// Delivers one queued message and records the outcome in the spool.
@@ -201,6 +256,7 @@ async fn deliver_one(ctx: &Context, id: QueueId, account_name: String) -> Done {
         due_ms: None,
         account_failed: None,
         account_ok: false,
+        limited: None,
     };
     let (entry, message) = match ctx.spool.load_queued(&id) {
         Ok(x) => x,
@@ -212,6 +268,9 @@ async fn deliver_one(ctx: &Context, id: QueueId, account_name: String) -> Done {
         }
     };
     done.account = entry.envelope.account.clone();
+    if entry.state == crate::spool::EntryState::OnHold {
+        return done; // `mailbridge queue hold`: not delivered until released
+    }
     let cfg = &ctx.config.delivery;
     let Some(account) = ctx.config.account(&entry.envelope.account) else {
         let reason = format!(
@@ -226,16 +285,37 @@ async fn deliver_one(ctx: &Context, id: QueueId, account_name: String) -> Done {
         done.due_ms = hold(ctx, &entry, &reason, cfg.retry_max);
         return done;
     }
+    let needed = entry.remaining.len();
+    let reservation = match ctx.upstream.limits().try_reserve(&account.name, needed) {
+        Ok(r) => r,
+        Err(full) => {
+            // Never sent into the provider's 24 h block: wait in the spool.
+            hold(ctx, &entry, &full.reason(), full.wait);
+            done.due_ms = Some(crate::spool::now_ms());
+            done.limited = Some((to_ms(SystemTime::now() + full.wait), needed));
+            return done;
+        }
+    };
+    let started = std::time::Instant::now();
     let report = ctx
         .upstream
         .deliver(account, &entry.envelope, &entry.remaining, &message)
         .await;
+    reservation.commit(report.delivered.len());
     done.account_failed = report
         .connect_failure
         .as_ref()
         .map(|f| f.reason().to_string());
     done.account_ok = done.account_failed.is_none();
-    done.due_ms = record(ctx, &entry, &message, report);
+    let last_reply = report.last_reply.as_deref();
+    let failure = done.account_failed.as_deref();
+    ctx.metrics
+        .delivery_attempt(&account.name, started.elapsed(), failure, last_reply);
+    let mut failed = Vec::new();
+    done.due_ms = record(ctx, &entry, &message, report, &mut failed);
+    for f in failed {
+        notify::failure_notice(ctx, &f).await;
+    }
     done
 }
 
@@ -264,6 +344,7 @@ fn record(
     entry: &QueueEntry,
     message: &[u8],
     report: DeliveryReport,
+    failed: &mut Vec<QueueId>,
 ) -> Option<u64> {
     let cfg = &ctx.config.delivery;
     let id = &entry.id;
@@ -275,13 +356,17 @@ fn record(
             reply = report.last_reply.as_deref().unwrap_or(""),
             "delivered"
         );
+        ctx.metrics.message_delivered(&entry.envelope.account);
     }
     if !report.permanent.is_empty() {
         let reason = join_reasons(&report.permanent);
         if report.delivered.is_empty() && report.temporary.is_empty() {
             warn!(queue_id = %id, size, rcpts, reply = %reason, "failed: moved to the failed area");
+            ctx.metrics.message_failed(&entry.envelope.account);
             if let Err(e) = ctx.spool.fail(id, attempts, &reason, None) {
                 error!(queue_id = %id, "cannot move to the failed area: {e}");
+            } else {
+                failed.push(id.clone());
             }
             return None;
         }
@@ -289,10 +374,13 @@ fn record(
             .spool
             .record_failed(&entry.envelope, message, &report.permanent)
         {
-            Ok(fid) => warn!(
-                queue_id = %id, failed_id = %fid, size, rcpts = report.permanent.len(), reply = %reason,
-                "failed for some recipients: recorded in the failed area"
-            ),
+            Ok(fid) => {
+                warn!(
+                    queue_id = %id, failed_id = %fid, size, rcpts = report.permanent.len(), reply = %reason,
+                    "failed for some recipients: recorded in the failed area"
+                );
+                failed.push(fid);
+            }
             Err(e) => {
                 error!(queue_id = %id, reply = %reason, "recipients failed but cannot be recorded: {e}")
             }
@@ -312,8 +400,11 @@ fn record(
             humantime::format_duration(Duration::from_secs(age.as_secs()))
         );
         warn!(queue_id = %id, size, rcpts = remaining.len(), reply = %why, "failed: moved to the failed area");
+        ctx.metrics.message_failed(&entry.envelope.account);
         if let Err(e) = ctx.spool.fail(id, attempts, &why, Some(remaining)) {
             error!(queue_id = %id, "cannot move to the failed area: {e}");
+        } else {
+            failed.push(id.clone());
         }
         return None;
     }
@@ -325,6 +416,7 @@ fn record(
     } else {
         info!(queue_id = %id, size, rcpts = remaining.len(), attempts, retry_in = %humantime::format_duration(delay), reply = %reason, "deferred");
     }
+    ctx.metrics.message_deferred(&entry.envelope.account);
     let d = Deferral {
         attempts,
         next_attempt: next,

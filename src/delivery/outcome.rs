@@ -176,6 +176,11 @@ impl DirectReply {
         DirectReply::new(451, "4.4.1", format!("upstream unavailable: {reason}"))
     }
 
+    /// The account's daily send cap is reached (`daily_limit`).
+    pub fn daily_limit(reason: &str) -> DirectReply {
+        DirectReply::new(451, "4.7.0", format!("{reason}; try again later"))
+    }
+
     pub fn no_password(reason: &str) -> DirectReply {
         DirectReply::new(451, "4.3.5", format!("relay account not usable: {reason}"))
     }

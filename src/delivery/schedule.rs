@@ -14,6 +14,10 @@ pub(super) struct Schedule {
     in_flight: HashSet<QueueId>,
     /// Account -> (blocked until unix ms, consecutive connection failures, reason).
     blocked: HashMap<String, (u64, u32, String)>,
+    /// Account -> (at its daily limit until unix ms, recipients the next message needs).
+    limited: HashMap<String, (u64, usize)>,
+    /// Waiting messages already marked held for their account's daily limit.
+    limit_marked: HashSet<QueueId>,
     initial: Duration,
     max: Duration,
 }
@@ -24,6 +28,8 @@ impl Schedule {
             waiting: BTreeMap::new(),
             in_flight: HashSet::new(),
             blocked: HashMap::new(),
+            limited: HashMap::new(),
+            limit_marked: HashSet::new(),
             initial,
             max,
         }
@@ -45,7 +51,49 @@ impl Schedule {
     }
 
     fn blocked_until(&self, account: &str) -> u64 {
-        self.blocked.get(account).map_or(0, |(until, _, _)| *until)
+        let limited = self.limited.get(account).map_or(0, |(until, _)| *until);
+        self.blocked
+            .get(account)
+            .map_or(0, |(until, _, _)| *until)
+            .max(limited)
+    }
+
+    /// `account` reached its daily limit: its messages wait until `until_ms`
+    /// (or until [`Schedule::refresh_limits`] finds room earlier).
+    pub fn limit(&mut self, account: String, until_ms: u64, needed: usize) {
+        self.limited.insert(account, (until_ms, needed));
+    }
+
+    /// Waiting messages of accounts at their daily limit not marked yet
+    /// (the caller marks them held, so `queue list` says why they wait).
+    pub fn unmarked_limited(&mut self) -> Vec<(QueueId, String)> {
+        let out: Vec<(QueueId, String)> = self
+            .waiting
+            .iter()
+            .filter(|(id, (a, _))| self.limited.contains_key(a) && !self.limit_marked.contains(*id))
+            .map(|(id, (a, _))| (id.clone(), a.clone()))
+            .collect();
+        self.limit_marked
+            .extend(out.iter().map(|(id, _)| id.clone()));
+        out
+    }
+
+    /// Re-asks `wait_for(account, needed)` for every limited account (the
+    /// limiter's clock may have moved differently from ours).
+    pub fn refresh_limits(
+        &mut self,
+        now_ms: u64,
+        wait_for: impl Fn(&str, usize) -> Option<Duration>,
+    ) {
+        self.limited.retain(
+            |account, (until, needed)| match wait_for(account, *needed) {
+                None => false,
+                Some(w) => {
+                    *until = now_ms.saturating_add(w.as_millis() as u64);
+                    true
+                }
+            },
+        );
     }
 
     /// Why `account` is backing off, if it is.
@@ -59,6 +107,7 @@ impl Schedule {
     /// Forgets a waiting message (it left the queue).
     pub fn remove(&mut self, id: &QueueId) {
         self.waiting.remove(id);
+        self.limit_marked.remove(id);
     }
 
     /// The oldest message that is due and whose account is not backing off; it
@@ -70,6 +119,7 @@ impl Schedule {
             .find(|(_, (account, due))| *due <= now_ms && self.blocked_until(account) <= now_ms)
             .map(|(id, _)| id.clone())?;
         let (account, _) = self.waiting.remove(&id)?;
+        self.limit_marked.remove(&id);
         self.in_flight.insert(id.clone());
         Some((id, account))
     }

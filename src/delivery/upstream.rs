@@ -34,6 +34,8 @@ pub struct Upstream {
     timeout: Duration,
     pool_size: usize,
     idle: Mutex<HashMap<String, Vec<(AsyncSmtpConnection, Instant)>>>,
+    /// Per-account daily send caps (`daily_limit`).
+    limits: super::limits::DailyLimits,
 }
 
 /// A raw SMTP command line (MAIL/RCPT with our own parameters).
@@ -166,7 +168,13 @@ impl Upstream {
             timeout: config.delivery.timeout,
             pool_size: config.delivery.concurrency.max(1),
             idle: Mutex::new(HashMap::new()),
+            limits: super::limits::DailyLimits::open(&config.smtp.spool_dir, &config.accounts),
         })
+    }
+
+    /// The daily send caps and their rolling window.
+    pub fn limits(&self) -> &super::limits::DailyLimits {
+        &self.limits
     }
 
     /// The whole-transaction timeout.

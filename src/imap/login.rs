@@ -116,6 +116,7 @@ pub async fn attempt(req: LoginRequest, ctx: &Arc<Context>, ip: IpAddr) -> Outco
 
 /// Records a failed login from `ip`, waits the growing delay, and says how to answer.
 async fn local_failure(ctx: &Context, ip: IpAddr, tag: &str, why: &str) -> Vec<u8> {
+    ctx.metrics.auth_failure("imap");
     match ctx.auth.failures().record_failure(ip) {
         FailureVerdict::Delay(d) => {
             info!(reason = why, "login failed");

@@ -6,12 +6,15 @@
 //!   [`session`]: the pre-login state machine (no I/O); [`responses`]: every text.
 //! - [`login`]: one login attempt; [`upstream`]: connect/TLS/LOGIN upstream;
 //!   [`pump`]: the post-login byte pump.
+//! - Local TLS: implicit (imaps listener) or STARTTLS before login; bytes a
+//!   client pipelines after STARTTLS are discarded.
 
 pub mod framing;
 pub mod login;
 pub mod parser;
 pub mod pump;
 pub mod responses;
+pub mod sent_copy;
 pub mod session;
 pub mod upstream;
 
@@ -23,11 +26,11 @@ use std::time::Duration;
 
 use rustls::ClientConfig;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 
 use crate::config::{ip_allowed, Account, Config};
+use crate::stream::ClientStream;
 use crate::Context;
 use framing::{FrameError, LineBuffer};
 use login::{LoggedIn, Outcome};
@@ -68,6 +71,18 @@ impl ImapState {
         })
     }
 
+    /// Like [`ImapState::new`] for a reloaded config, keeping the connection
+    /// counters of accounts that still exist (their sessions stay counted).
+    pub fn reloaded(config: &Config, previous: &ImapState) -> Result<ImapState, String> {
+        let mut state = ImapState::new(config)?;
+        for (name, a) in state.accounts.iter_mut() {
+            if let Some(old) = previous.accounts.get(name) {
+                a.connections = old.connections.clone();
+            }
+        }
+        Ok(state)
+    }
+
     /// Takes one of the account's connection slots, if one is free.
     pub fn acquire(&self, account: &str) -> Option<AccountSlot> {
         let counter = &self.accounts.get(account)?.connections;
@@ -102,7 +117,7 @@ impl Drop for AccountSlot {
 
 /// Serves one client connection from greeting to close.
 pub async fn handle_connection(
-    mut stream: TcpStream,
+    mut stream: ClientStream,
     peer: SocketAddr,
     ctx: Arc<Context>,
     shutdown: CancellationToken,
@@ -112,11 +127,22 @@ pub async fn handle_connection(
         say_and_close(&mut stream, responses::NOT_ALLOWED).await;
         return;
     }
+    let _active = ctx.metrics.imap_session();
     let mut buf = LineBuffer::default();
     let deadline = tokio::time::Instant::now() + ctx.config.imap.login_timeout;
+    let mut session = match &ctx.tls_acceptor {
+        Some(_) => Session::with_starttls(),
+        None => Session::new(),
+    };
+    if stream.is_tls() {
+        session.tls_started();
+    }
     let pre = async {
-        stream.write_all(&responses::greeting()).await.ok()?;
-        pre_login(&mut stream, &mut buf, &ctx, peer.ip()).await
+        stream
+            .write_all(&responses::greeting(session.offers_starttls()))
+            .await
+            .ok()?;
+        pre_login(&mut stream, &mut buf, &mut session, &ctx, peer.ip()).await
     };
     let (user, logged) = tokio::select! {
         r = tokio::time::timeout_at(deadline, pre) => match r {
@@ -146,12 +172,12 @@ pub async fn handle_connection(
 
 /// The pre-login loop. `Some` once logged in upstream; `None` to close.
 async fn pre_login(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut LineBuffer,
+    session: &mut Session,
     ctx: &Arc<Context>,
     ip: IpAddr,
 ) -> Option<(String, Box<LoggedIn>)> {
-    let mut session = Session::new();
     loop {
         let input = if session.expects_sasl_response() {
             buf.read_line(stream, framing::MAX_LINE).await
@@ -189,6 +215,25 @@ async fn pre_login(
                 let _ = stream.write_all(&b).await;
                 return None;
             }
+            Step::StartTls(b) => {
+                let acceptor = ctx.tls_acceptor.as_ref()?;
+                stream.write_all(&b).await.ok()?;
+                stream.flush().await.ok()?;
+                // Sent before the handshake, so in plaintext: never act on it.
+                let early = buf.take_rest();
+                if !early.is_empty() {
+                    info!(
+                        bytes = early.len(),
+                        "discarding bytes sent after STARTTLS before the TLS handshake"
+                    );
+                }
+                if stream.start_tls(acceptor).await.is_err() {
+                    ctx.metrics.tls_error("imap");
+                    return None;
+                }
+                session.tls_started();
+                debug!("STARTTLS handshake done");
+            }
             Step::Login(req) => {
                 let user = req.user.clone();
                 match login::attempt(req, ctx, ip).await {
@@ -202,7 +247,7 @@ async fn pre_login(
 
 /// After login: answer the client, pass on anything read ahead, pump bytes.
 async fn proxy(
-    mut client: TcpStream,
+    mut client: ClientStream,
     logged: LoggedIn,
     client_rest: Vec<u8>,
     ctx: &Context,
@@ -212,10 +257,20 @@ async fn proxy(
         mut upstream,
         reply,
         slot,
-        account: _,
+        account,
         passthrough,
     } = logged;
     info!(passthrough, "logged in upstream");
+    // sent_copy = "skip": read-ahead client bytes go through the filter too.
+    let skip_sent = ctx
+        .config
+        .account(&account)
+        .is_some_and(|a| a.sent_copy == crate::config::SentCopy::Skip);
+    let (client_rest, filter_rest) = if skip_sent {
+        (Vec::new(), client_rest)
+    } else {
+        (client_rest, Vec::new())
+    };
     let upstream_rest = upstream.buffer.take_rest();
     let mut stream = upstream.stream;
     let handover = async {
@@ -233,13 +288,14 @@ async fn proxy(
         return;
     }
     drop((reply, upstream_rest, client_rest));
-    let stats = pump::run(
-        &mut client,
-        &mut stream,
-        ctx.config.imap.idle_timeout,
-        shutdown,
-    )
-    .await;
+    let idle = ctx.config.imap.idle_timeout;
+    let stats = if skip_sent {
+        let mut filtered = sent_copy::SentCopyFilter::new(&mut client);
+        filtered.preload(&filter_rest);
+        pump::run(&mut filtered, &mut stream, idle, shutdown).await
+    } else {
+        pump::run(&mut client, &mut stream, idle, shutdown).await
+    };
     match &stats.end {
         PumpEnd::Idle => say(&mut client, responses::IDLE_TIMEOUT).await,
         PumpEnd::Shutdown => say(&mut client, responses::SHUTTING_DOWN).await,
@@ -266,7 +322,7 @@ async fn say<S: AsyncWrite + Unpin>(s: &mut S, text: &[u8]) {
     let _ = tokio::time::timeout(Duration::from_secs(5), s.write_all(text)).await;
 }
 
-async fn say_and_close(s: &mut TcpStream, text: &[u8]) {
+async fn say_and_close<S: AsyncWrite + Unpin>(s: &mut S, text: &[u8]) {
     say(s, text).await;
     upstream::close(s).await;
 }

@@ -1,12 +1,26 @@
 //! Every IMAP response text mailbridge itself sends (greeting, pre-login
 //! replies, login outcomes, BYE). Nothing else in `imap` writes protocol text.
 
-/// What we offer before login. No LOGINDISABLED: clients log in in plaintext
-/// on loopback by design; STARTTLS only once local TLS exists.
+/// What we offer before login. No LOGINDISABLED, ever: clients log in in
+/// plaintext on loopback by design.
 pub const CAPABILITIES: &str = "IMAP4rev1 LITERAL+ SASL-IR ID AUTH=PLAIN";
 
-pub fn greeting() -> Vec<u8> {
-    format!("* OK [CAPABILITY {CAPABILITIES}] mailbridge ready\r\n").into_bytes()
+/// [`CAPABILITIES`], plus STARTTLS on a plaintext connection when local TLS
+/// is configured.
+fn capabilities(starttls: bool) -> String {
+    if starttls {
+        format!("{CAPABILITIES} STARTTLS")
+    } else {
+        CAPABILITIES.to_string()
+    }
+}
+
+pub fn greeting(starttls: bool) -> Vec<u8> {
+    format!(
+        "* OK [CAPABILITY {}] mailbridge ready\r\n",
+        capabilities(starttls)
+    )
+    .into_bytes()
 }
 
 pub const NOT_ALLOWED: &[u8] = b"* BYE Your address is not allowed to use this server\r\n";
@@ -22,8 +36,8 @@ fn tagged(tag: &str, status: &str, text: &str) -> Vec<u8> {
     format!("{tag} {status} {text}\r\n").into_bytes()
 }
 
-pub fn capability(tag: &str) -> Vec<u8> {
-    let mut v = format!("* CAPABILITY {CAPABILITIES}\r\n").into_bytes();
+pub fn capability(tag: &str, starttls: bool) -> Vec<u8> {
+    let mut v = format!("* CAPABILITY {}\r\n", capabilities(starttls)).into_bytes();
     v.extend(tagged(tag, "OK", "CAPABILITY completed"));
     v
 }
@@ -46,6 +60,14 @@ pub fn id(tag: &str) -> Vec<u8> {
     .into_bytes();
     v.extend(tagged(tag, "OK", "ID completed"));
     v
+}
+
+pub fn starttls_ok(tag: &str) -> Vec<u8> {
+    tagged(tag, "OK", "Begin TLS negotiation now")
+}
+
+pub fn tls_already_active(tag: &str) -> Vec<u8> {
+    tagged(tag, "BAD", "TLS is already active")
 }
 
 pub fn starttls_unavailable(tag: &str) -> Vec<u8> {
@@ -182,3 +204,12 @@ pub const CHECK_AUTH_HINT: &str =
     "authentication failed: the provider rejected the username or app password. \
 For Gmail use an app password (needs 2-step verification on the Google account), \
 with the spaces removed, and the full address as username";
+
+/// `sent_copy = "skip"`: an APPEND to Sent answered without storing it.
+pub fn append_to_sent_skipped(tag: &str) -> Vec<u8> {
+    tagged(
+        tag,
+        "OK",
+        "APPEND completed (not stored again: the provider files sent mail in Sent itself)",
+    )
+}

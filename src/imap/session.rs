@@ -24,17 +24,45 @@ pub enum Step {
     Continue(Vec<u8>),
     /// Try to log in; the caller sends the outcome.
     Login(LoginRequest),
+    /// Send this (tagged OK), discard anything read ahead, do the TLS
+    /// handshake, then call [`Session::tls_started`].
+    StartTls(Vec<u8>),
 }
 
 #[derive(Default)]
 pub struct Session {
     /// The tag of an AUTHENTICATE waiting for its response line.
     pending_auth: Option<String>,
+    /// Local TLS is configured (STARTTLS can be offered).
+    starttls_configured: bool,
+    /// The connection runs over TLS (implicit, or after STARTTLS).
+    tls: bool,
 }
 
 impl Session {
     pub fn new() -> Self {
         Session::default()
+    }
+
+    /// A session on a server with local TLS: STARTTLS is offered until the
+    /// connection is TLS.
+    pub fn with_starttls() -> Self {
+        Session {
+            starttls_configured: true,
+            ..Session::default()
+        }
+    }
+
+    /// The connection is now TLS; the session starts over (RFC 3501 6.2.1:
+    /// nothing learnt before the handshake is kept).
+    pub fn tls_started(&mut self) {
+        self.pending_auth = None;
+        self.tls = true;
+    }
+
+    /// STARTTLS is advertised and accepted now.
+    pub fn offers_starttls(&self) -> bool {
+        self.starttls_configured && !self.tls
     }
 
     /// True when the next input is an AUTHENTICATE response line, not a command.
@@ -57,10 +85,14 @@ impl Session {
         };
         let tag = parsed.tag;
         match parsed.command {
-            Command::Capability => Step::Reply(responses::capability(&tag)),
+            Command::Capability => Step::Reply(responses::capability(&tag, self.offers_starttls())),
             Command::Noop => Step::Reply(responses::noop(&tag)),
             Command::Logout => Step::Close(responses::logout(&tag)),
             Command::Id => Step::Reply(responses::id(&tag)),
+            Command::StartTls if self.offers_starttls() => {
+                Step::StartTls(responses::starttls_ok(&tag))
+            }
+            Command::StartTls if self.tls => Step::Reply(responses::tls_already_active(&tag)),
             Command::StartTls => Step::Reply(responses::starttls_unavailable(&tag)),
             Command::Login { user, password } => Step::Login(LoginRequest {
                 tag,
@@ -122,7 +154,9 @@ mod tests {
 
     fn reply(step: Step) -> String {
         match step {
-            Step::Reply(b) | Step::Close(b) | Step::Continue(b) => String::from_utf8(b).unwrap(),
+            Step::Reply(b) | Step::Close(b) | Step::Continue(b) | Step::StartTls(b) => {
+                String::from_utf8(b).unwrap()
+            }
             Step::Login(r) => panic!("unexpected login {r:?}"),
         }
     }
@@ -174,6 +208,37 @@ mod tests {
         assert!(
             reply(s.on_command(b"f AUTHENTICATE PLAIN Ym9iAGpvZQBwdw==\r\n"))
                 .starts_with("f NO [AUTHORIZATIONFAILED]")
+        );
+    }
+}
+
+#[cfg(test)]
+mod starttls_tests {
+    use super::*;
+
+    #[test]
+    fn starttls_only_when_configured_and_plaintext() {
+        let mut s = Session::with_starttls();
+        match s.on_command(b"a CAPABILITY\r\n") {
+            Step::Reply(b) => assert!(String::from_utf8(b)
+                .unwrap()
+                .contains("AUTH=PLAIN STARTTLS\r\n")),
+            s => panic!("{s:?}"),
+        }
+        assert!(
+            matches!(s.on_command(b"b STARTTLS\r\n"), Step::StartTls(b) if b == b"b OK Begin TLS negotiation now\r\n")
+        );
+        s.tls_started();
+        match s.on_command(b"c CAPABILITY\r\n") {
+            Step::Reply(b) => assert!(!String::from_utf8(b).unwrap().contains("STARTTLS")),
+            s => panic!("{s:?}"),
+        }
+        assert!(
+            matches!(s.on_command(b"d STARTTLS\r\n"), Step::Reply(b) if b.starts_with(b"d BAD TLS is already active"))
+        );
+        let mut s = Session::new();
+        assert!(
+            matches!(s.on_command(b"e STARTTLS\r\n"), Step::Reply(b) if b.starts_with(b"e BAD"))
         );
     }
 }

@@ -2,7 +2,8 @@
 //! a capped line reader (pipelining: every complete command in the buffer is
 //! answered, replies are flushed before blocking on a read), the DATA
 //! reader, idle timeout, shutdown, AUTH checks with brute-force slowdown, and
-//! handing accepted messages to the spool (or upstream in direct mode).
+//! handing accepted messages to the spool (or upstream in direct mode), and
+//! the STARTTLS upgrade (bytes pipelined after STARTTLS are discarded).
 //!
 //! Command lines are never logged: AUTH lines carry credentials.
 
@@ -12,7 +13,6 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -25,6 +25,7 @@ use crate::auth::FailureVerdict;
 use crate::config::{ip_allowed, SmtpMode};
 use crate::secret::Secret;
 use crate::spool::Envelope;
+use crate::stream::ClientStream;
 use crate::Context;
 
 /// Longest command line, CRLF included.
@@ -43,7 +44,7 @@ enum Stop {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: ClientStream,
     peer: SocketAddr,
     rbuf: BytesMut,
     wbuf: Vec<u8>,
@@ -54,7 +55,7 @@ struct Conn {
 
 /// Serves one client until QUIT, an error, idle timeout or shutdown.
 pub async fn serve(
-    stream: TcpStream,
+    stream: ClientStream,
     peer: SocketAddr,
     ctx: Arc<Context>,
     shutdown: CancellationToken,
@@ -76,7 +77,12 @@ pub async fn serve(
     debug!("connected");
     conn.wbuf
         .extend_from_slice(replies::banner(&host).as_bytes());
-    let mut session = Session::new(SessionConfig::from_config(&ctx.config));
+    let mut cfg = SessionConfig::from_config(&ctx.config);
+    cfg.starttls_offered = ctx.tls_acceptor.is_some();
+    let mut session = Session::new(cfg);
+    if conn.stream.is_tls() {
+        session.tls_started();
+    }
     match run(&mut conn, &mut session, &ctx, &shutdown).await {
         Ok(()) => debug!("closed"),
         Err(Stop::Eof) => debug!("client closed the connection"),
@@ -119,6 +125,18 @@ async fn run(
                 let reply = receive_message(conn, session, ctx, shutdown).await?;
                 session.reply(reply)
             }
+            Step::StartTls(reply) => match &ctx.tls_acceptor {
+                Some(acceptor) => {
+                    let started = conn.start_tls(&reply, acceptor, shutdown).await;
+                    if matches!(started, Err(Stop::Io(_))) {
+                        ctx.metrics.tls_error("smtp");
+                    }
+                    started?;
+                    session.tls_started();
+                    continue;
+                }
+                None => session.reply(replies::TLS_NOT_AVAILABLE.into()),
+            },
             other => other,
         };
         if conn.act_simple(step).await? {
@@ -147,6 +165,7 @@ async fn authenticate(
         info!(account = %account, "client authenticated");
         return Ok(session.auth_succeeded(user, account));
     }
+    ctx.metrics.auth_failure("smtp");
     match failures.record_failure(ip) {
         FailureVerdict::Delay(d) => {
             debug!("authentication failed");
@@ -251,6 +270,7 @@ async fn hand_over(ctx: &Context, envelope: &Envelope, message: &[u8]) -> String
                 "message accepted"
             );
             ctx.wake_delivery.notify_one();
+            ctx.metrics.message_accepted(&envelope.account);
             replies::queued(&id.to_string())
         }
         Err(e) => {
@@ -272,8 +292,35 @@ impl Conn {
                 self.close_with(&r).await;
                 Ok(true)
             }
-            Step::Authenticate { .. } => Ok(false),
+            Step::Authenticate { .. } | Step::StartTls(_) => Ok(false),
         }
+    }
+
+    /// Sends the STARTTLS go-ahead and upgrades the connection. Whatever the
+    /// client sent after STARTTLS before the handshake arrived in plaintext
+    /// (command injection, CVE-2011-0411): it is discarded, never answered.
+    async fn start_tls(
+        &mut self,
+        reply: &str,
+        acceptor: &tokio_rustls::TlsAcceptor,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Stop> {
+        self.wbuf.extend_from_slice(reply.as_bytes());
+        self.flush().await?;
+        if !self.rbuf.is_empty() {
+            info!(
+                bytes = self.rbuf.len(),
+                "discarding bytes sent after STARTTLS before the TLS handshake"
+            );
+        }
+        self.rbuf = BytesMut::new();
+        tokio::select! {
+            r = self.stream.start_tls(acceptor) => r.map_err(Stop::Io)?,
+            // The half-done handshake is dropped with its socket: nothing to say.
+            _ = shutdown.cancelled() => return Err(Stop::Shutdown),
+        }
+        debug!("STARTTLS handshake done");
+        Ok(())
     }
 
     /// The next complete command line, or `None` if one was too long (its

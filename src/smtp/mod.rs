@@ -13,14 +13,14 @@ pub mod session;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::stream::ClientStream;
 use crate::Context;
 
 /// Serves one inbound SMTP connection (the listener has entered its span).
 pub async fn handle_connection(
-    stream: TcpStream,
+    stream: ClientStream,
     peer: SocketAddr,
     ctx: Arc<Context>,
     shutdown: CancellationToken,

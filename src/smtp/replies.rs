@@ -6,8 +6,9 @@ pub fn banner(host: &str) -> String {
     format!("220 {host} ESMTP mailbridge\r\n")
 }
 
-/// The EHLO reply with our extensions.
-pub fn ehlo(host: &str, max_size: u64, auth: bool) -> String {
+/// The EHLO reply with our extensions (STARTTLS only on a plaintext
+/// connection when local TLS is configured).
+pub fn ehlo(host: &str, max_size: u64, auth: bool, starttls: bool) -> String {
     let mut lines = vec![
         host.to_string(),
         "PIPELINING".into(),
@@ -16,6 +17,9 @@ pub fn ehlo(host: &str, max_size: u64, auth: bool) -> String {
         "SMTPUTF8".into(),
         "ENHANCEDSTATUSCODES".into(),
     ];
+    if starttls {
+        lines.push("STARTTLS".into());
+    }
     if auth {
         lines.push("AUTH PLAIN LOGIN".into());
     }
@@ -71,6 +75,12 @@ pub const AUTH_LOGIN_PASSWORD: &str = "334 UGFzc3dvcmQ6\r\n";
 pub fn auth_blocked(host: &str) -> String {
     format!("421 4.7.0 {host} Too many failed logins, try again later\r\n")
 }
+
+// --- local TLS (RFC 3207)
+pub const STARTTLS_READY: &str = "220 2.0.0 Ready to start TLS\r\n";
+pub const TLS_ALREADY_ACTIVE: &str = "503 5.5.1 TLS already active\r\n";
+pub const TLS_NOT_AVAILABLE: &str =
+    "454 4.7.0 TLS not available: no local certificate configured\r\n";
 
 // --- syntax and sequence
 pub const LINE_TOO_LONG: &str = "500 5.5.2 Line too long\r\n";
@@ -148,12 +158,14 @@ mod tests {
 
     #[test]
     fn ehlo_lists_extensions_last_line_with_space() {
-        let r = ehlo("mx.local", 100, true);
+        let r = ehlo("mx.local", 100, true, false);
         assert!(r.starts_with("250-mx.local\r\n250-PIPELINING\r\n250-SIZE 100\r\n"));
         assert!(r.ends_with("250 AUTH PLAIN LOGIN\r\n"));
-        let r = ehlo("mx.local", 100, false);
+        let r = ehlo("mx.local", 100, false, false);
         assert!(r.ends_with("250 ENHANCEDSTATUSCODES\r\n"));
-        assert!(!r.contains("AUTH"));
+        assert!(!r.contains("AUTH") && !r.contains("STARTTLS"));
+        let r = ehlo("mx.local", 100, true, true);
+        assert!(r.ends_with("250-STARTTLS\r\n250 AUTH PLAIN LOGIN\r\n"));
     }
 
     #[test]

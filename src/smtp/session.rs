@@ -28,6 +28,8 @@ pub struct SessionConfig {
     pub auth_offered: bool,
     /// The account for clients that do not log in (only if it exists).
     pub default_account: Option<String>,
+    /// Local TLS is configured: STARTTLS is offered on plaintext connections.
+    pub starttls_offered: bool,
 }
 
 impl SessionConfig {
@@ -39,6 +41,7 @@ impl SessionConfig {
             require_auth: config.smtp.require_auth,
             auth_offered: !config.users.is_empty(),
             default_account: config.default_account().map(|a| a.name.clone()),
+            starttls_offered: config.tls.is_some(),
         }
     }
 }
@@ -56,6 +59,9 @@ pub enum Step {
     /// Send this (354) reply, read the message, then call
     /// [`Session::take_transaction`].
     Data(String),
+    /// Send this (220) reply, discard any bytes read ahead, do the TLS
+    /// handshake, then call [`Session::tls_started`].
+    StartTls(String),
 }
 
 /// One mail transaction (MAIL .. DATA).
@@ -88,6 +94,8 @@ pub struct Session {
     auth_wait: Option<AuthWait>,
     txn: Option<Transaction>,
     errors: u32,
+    /// The connection runs over TLS (implicit or after STARTTLS).
+    tls: bool,
 }
 
 impl Session {
@@ -100,7 +108,24 @@ impl Session {
             auth_wait: None,
             txn: None,
             errors: 0,
+            tls: false,
         }
+    }
+
+    /// The connection is now TLS (implicit TLS, or the STARTTLS handshake
+    /// finished). Everything learnt before is forgotten (RFC 3207 4.2): the
+    /// client must EHLO (and AUTH) again.
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.helo = None;
+        self.esmtp = false;
+        self.user = None;
+        self.auth_wait = None;
+        self.txn = None;
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     pub fn config(&self) -> &SessionConfig {
@@ -124,13 +149,18 @@ impl Session {
 
     /// The `with` protocol name for the Received header (RFC 3848, 6531).
     pub fn protocol(&self, smtputf8: bool) -> &'static str {
-        match (smtputf8, self.esmtp, self.user.is_some()) {
-            (true, _, true) => "UTF8SMTPA",
-            (true, _, false) => "UTF8SMTP",
-            (false, true, true) => "ESMTPA",
-            (false, true, false) => "ESMTP",
-            (false, false, true) => "SMTPA",
-            (false, false, false) => "SMTP",
+        let authed = self.user.is_some();
+        match (smtputf8, self.esmtp, self.tls, authed) {
+            (true, _, true, true) => "UTF8SMTPSA",
+            (true, _, true, false) => "UTF8SMTPS",
+            (true, _, false, true) => "UTF8SMTPA",
+            (true, _, false, false) => "UTF8SMTP",
+            (false, true, true, true) => "ESMTPSA",
+            (false, true, true, false) => "ESMTPS",
+            (false, true, false, true) => "ESMTPA",
+            (false, true, false, false) => "ESMTP",
+            (false, false, _, true) => "SMTPA",
+            (false, false, _, false) => "SMTP",
         }
     }
 
@@ -214,6 +244,7 @@ impl Session {
                     host,
                     self.cfg.max_message_size,
                     self.cfg.auth_offered,
+                    self.cfg.starttls_offered && !self.tls,
                 ))
             }
             Request::Helo { host: client } => {
@@ -246,8 +277,12 @@ impl Session {
             | Request::Expn { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }
-            | Request::Burl { .. }
-            | Request::StartTls => Step::Reply(replies::NOT_IMPLEMENTED.into()),
+            | Request::Burl { .. } => Step::Reply(replies::NOT_IMPLEMENTED.into()),
+            Request::StartTls if self.tls => Step::Reply(replies::TLS_ALREADY_ACTIVE.into()),
+            Request::StartTls if !self.cfg.starttls_offered => {
+                Step::Reply(replies::TLS_NOT_AVAILABLE.into())
+            }
+            Request::StartTls => Step::StartTls(replies::STARTTLS_READY.into()),
         }
     }
 

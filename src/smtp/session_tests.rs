@@ -13,6 +13,7 @@ fn cfg() -> SessionConfig {
         require_auth: false,
         auth_offered: true,
         default_account: Some("gmail".into()),
+        starttls_offered: false,
     }
 }
 
@@ -76,7 +77,7 @@ fn simple_commands() {
     assert_eq!(code(&mut s, "RSET\r\n"), "250 2.0.0");
     assert_eq!(code(&mut s, "VRFY bob\r\n"), "252 2.5.0");
     assert_eq!(code(&mut s, "HELP\r\n"), "214 2.0.0");
-    assert_eq!(code(&mut s, "STARTTLS\r\n"), "502 5.5.1");
+    assert_eq!(code(&mut s, "STARTTLS\r\n"), "454 4.7.0");
     assert_eq!(code(&mut s, "XYZZY\r\n"), "502 5.5.2");
     assert_eq!(s.handle_line(b"QUIT\r\n"), Step::Close(replies::BYE.into()));
 }
@@ -313,6 +314,10 @@ fn random_lines_never_panic_and_always_get_a_reply() {
                     assert!(s.take_transaction().is_some());
                     r
                 }
+                Step::StartTls(r) => {
+                    s.tls_started();
+                    r
+                }
                 Step::Authenticate { .. } => match s.auth_failed() {
                     Step::Reply(r) | Step::Close(r) => r,
                     other => panic!("{other:?}"),
@@ -325,4 +330,24 @@ fn random_lines_never_panic_and_always_get_a_reply() {
             assert!(reply.ends_with("\r\n"));
         }
     }
+}
+
+#[test]
+fn starttls_offered_once_and_resets_the_session() {
+    let mut s = Session::new(SessionConfig {
+        starttls_offered: true,
+        ..cfg()
+    });
+    assert!(reply(&mut s, "EHLO dev\r\n").contains("250-STARTTLS\r\n"));
+    assert_eq!(code(&mut s, "MAIL FROM:<a@b.c>\r\n"), "250 2.1.0");
+    assert_eq!(
+        s.handle_line(b"STARTTLS\r\n"),
+        Step::StartTls(replies::STARTTLS_READY.into())
+    );
+    s.tls_started();
+    assert_eq!(s.helo(), "unknown");
+    assert!(s.take_transaction().is_none());
+    assert!(!reply(&mut s, "EHLO dev\r\n").contains("STARTTLS"));
+    assert_eq!(s.protocol(false), "ESMTPS");
+    assert_eq!(code(&mut s, "STARTTLS\r\n"), "503 5.5.1");
 }

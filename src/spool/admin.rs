@@ -1,4 +1,4 @@
-//! `mailbridge queue list | show | retry | delete`: plain file operations on
+//! `mailbridge queue list | show | retry | delete | hold | release`: plain file operations on
 //! the spool directory, safe while the daemon runs (every change is an atomic
 //! rename; the worker re-reads the queue every few seconds and tolerates
 //! entries that vanish under it).
@@ -67,13 +67,17 @@ pub fn run(config: &Config, command: QueueCommand) -> ExitCode {
     let result = match command {
         QueueCommand::List { json } => list(&spool, json),
         QueueCommand::Show { id, json } => show(&spool, &QueueId(id), json),
-        QueueCommand::Retry { id: Some(id) } => spool
-            .retry(&QueueId(id.clone()))
-            .map(|()| println!("{id}: will be retried now")),
+        QueueCommand::Retry { id: Some(id) } => retry_one(&spool, &id),
         QueueCommand::Retry { id: None } => retry_all(&spool),
         QueueCommand::Delete { id } => spool
             .delete(&QueueId(id.clone()))
             .map(|()| println!("{id}: deleted")),
+        QueueCommand::Hold { id } => spool.hold(&QueueId(id.clone())).map(|()| {
+            println!("{id}: on hold (not delivered until `mailbridge queue release {id}`)")
+        }),
+        QueueCommand::Release { id } => spool
+            .release(&QueueId(id.clone()))
+            .map(|()| println!("{id}: released; will be delivered now")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -127,7 +131,15 @@ fn list(spool: &Spool, json: bool) -> Result<(), SpoolError> {
         .iter()
         .filter(|e| e.state == EntryState::Failed)
         .count();
-    println!("{} queued, {failed} failed", entries.len() - failed);
+    let on_hold = entries
+        .iter()
+        .filter(|e| e.state == EntryState::OnHold)
+        .count();
+    let held = match on_hold {
+        0 => String::new(),
+        n => format!(" ({n} on hold)"),
+    };
+    println!("{} queued{held}, {failed} failed", entries.len() - failed);
     Ok(())
 }
 
@@ -175,6 +187,20 @@ fn show(spool: &Spool, id: &QueueId, json: bool) -> Result<(), SpoolError> {
         for line in String::from_utf8_lossy(&msg[..end]).lines() {
             println!("  {line}");
         }
+    }
+    Ok(())
+}
+
+fn retry_one(spool: &Spool, id: &str) -> Result<(), SpoolError> {
+    let qid = QueueId(id.to_string());
+    spool.retry(&qid)?;
+    if spool
+        .entry(&qid)
+        .is_ok_and(|e| e.state == EntryState::OnHold)
+    {
+        println!("{id}: on hold; it is sent once released (`mailbridge queue release {id}`)");
+    } else {
+        println!("{id}: will be retried now");
     }
     Ok(())
 }

@@ -33,6 +33,8 @@ pub enum SpoolError {
     Corrupt { path: PathBuf, reason: String },
     #[error("no message with id {0} in the spool")]
     NotFound(String),
+    #[error("message {0} is in the failed area (use `mailbridge queue retry {0}`)")]
+    NotQueued(String),
     #[error("spool task failed: {0}")]
     Task(String),
 }
@@ -72,6 +74,9 @@ pub enum EntryState {
     Deferred,
     /// Not tried because of a configuration problem (`last_error` says which).
     Held,
+    /// Put on hold by `mailbridge queue hold`: not delivered until released.
+    #[serde(rename = "on-hold")]
+    OnHold,
     /// Failed permanently or expired; kept in the failed area.
     Failed,
 }
@@ -82,6 +87,7 @@ impl std::fmt::Display for EntryState {
             EntryState::Queued => "queued",
             EntryState::Deferred => "deferred",
             EntryState::Held => "held",
+            EntryState::OnHold => "on-hold",
             EntryState::Failed => "failed",
         })
     }
@@ -334,6 +340,8 @@ impl Spool {
             held: d.held.then(|| d.reason.clone()),
             remaining: d.remaining.clone(),
             failed_at_ms: None,
+            // `queue hold` may have run while this delivery was in flight.
+            on_hold: store::read_state(&self.queue, &id.0).on_hold,
         };
         store::write_state(&self.tmp, &self.queue, &id.0, &state, true)
     }
@@ -420,6 +428,30 @@ impl Spool {
         Ok(())
     }
 
+    /// Puts a queued entry on hold (`mailbridge queue hold`): the worker skips
+    /// it until [`Spool::release`]. A delivery already in flight finishes.
+    pub fn hold(&self, id: &QueueId) -> Result<(), SpoolError> {
+        self.set_on_hold(id, true)
+    }
+
+    /// Releases a held entry: due now.
+    pub fn release(&self, id: &QueueId) -> Result<(), SpoolError> {
+        self.set_on_hold(id, false)
+    }
+
+    fn set_on_hold(&self, id: &QueueId, on_hold: bool) -> Result<(), SpoolError> {
+        let (dir, failed) = self.locate(id)?;
+        if failed {
+            return Err(SpoolError::NotQueued(id.0.clone()));
+        }
+        let mut state = store::read_state(dir, &id.0);
+        state.on_hold = on_hold;
+        if !on_hold {
+            state.next_attempt_ms = 0;
+        }
+        store::write_state(&self.tmp, &self.queue, &id.0, &state, true)
+    }
+
     /// Removes an entry (queued or failed). A delivery in progress finishes or
     /// fails harmlessly; its later state update is ignored.
     pub fn delete(&self, id: &QueueId) -> Result<(), SpoolError> {
@@ -474,6 +506,8 @@ impl Spool {
 fn make_entry(h: Header, s: State, failed: bool) -> QueueEntry {
     let state = if failed {
         EntryState::Failed
+    } else if s.on_hold {
+        EntryState::OnHold
     } else if s.held.is_some() {
         EntryState::Held
     } else if s.attempts > 0 {

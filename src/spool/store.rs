@@ -49,6 +49,9 @@ pub(crate) struct State {
     /// When it was moved to the failed area (unix ms).
     #[serde(default)]
     pub failed_at_ms: Option<u64>,
+    /// Put on hold by `mailbridge queue hold` (not delivered until released).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_hold: bool,
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {

@@ -2,7 +2,8 @@
 //! a plain connection). It accepts one username/password, records every
 //! LOGIN command exactly as received, counts connections, and serves a tiny
 //! fixed mailbox (three messages, the third large) for SELECT/FETCH, plus
-//! NOOP, IDLE/DONE and LOGOUT; anything else gets a tagged OK. `FETCH 99`
+//! NOOP, IDLE/DONE, LIST (optionally with a `\Sent` mailbox) and LOGOUT, and
+//! records every command after login; anything else gets a tagged OK. `FETCH 99`
 //! makes it drop the connection in the middle of a literal.
 
 use std::net::SocketAddr;
@@ -65,6 +66,10 @@ pub struct Shared {
     pub active: AtomicUsize,
     /// Signalled on every accept, login and close.
     pub changed: Notify,
+    /// Every command after login as received (literals inline).
+    pub commands: Mutex<Vec<Vec<u8>>>,
+    /// If set, LIST names this mailbox with the `\Sent` special-use flag.
+    pub sent_mailbox: Mutex<Option<String>>,
 }
 
 pub struct ImapUpstream {
@@ -310,6 +315,10 @@ async fn session<S: AsyncBufRead + AsyncWrite + Unpin>(
     let mut logged_in = false;
     loop {
         let cmd = read_command(s).await?;
+        if logged_in {
+            sh.commands.lock().unwrap().push(cmd.clone());
+            sh.changed.notify_waiters();
+        }
         let (tag, rest) = split_tag(&cmd);
         let upper = String::from_utf8_lossy(rest).to_ascii_uppercase();
         let word = upper.split([' ', '\r']).next().unwrap_or("").to_string();
@@ -396,6 +405,17 @@ async fn session<S: AsyncBufRead + AsyncWrite + Unpin>(
                 }
                 s.write_all(format!("{tag} OK FETCH completed\r\n").as_bytes())
                     .await?;
+            }
+            "LIST" if logged_in => {
+                let sent = sh.sent_mailbox.lock().unwrap().clone();
+                let mut r = "* LIST (\\HasNoChildren) \"/\" \"INBOX\"\r\n".to_string();
+                if let Some(name) = sent {
+                    r.push_str(&format!(
+                        "* LIST (\\HasNoChildren \\Sent) \"/\" \"{name}\"\r\n"
+                    ));
+                }
+                r.push_str(&format!("{tag} OK LIST completed\r\n"));
+                s.write_all(r.as_bytes()).await?;
             }
             "IDLE" if logged_in => {
                 s.write_all(b"+ idling\r\n").await?;

@@ -31,8 +31,10 @@ pub enum Mode {
 pub struct Script {
     /// Answer `451 4.3.0` at the end of DATA this many times.
     pub data_451: usize,
-    /// Answer this (e.g. "554 5.7.0 rejected") at the end of DATA, always.
+    /// Answer this (e.g. "554 5.7.0 rejected") at the end of DATA (see `data_reply_times`).
     pub data_reply: Option<String>,
+    /// How many times `data_reply` is given (`None`: always).
+    pub data_reply_times: Option<usize>,
     /// Answer this to MAIL FROM, always.
     pub mail_reply: Option<String>,
     /// Recipients answered `550 5.1.1 no such user`.
@@ -367,8 +369,13 @@ async fn session(
                     } else if s.data_451 > 0 {
                         s.data_451 -= 1;
                         Verdict::Reply("451 4.3.0 try again later".to_string())
-                    } else {
+                    } else if s.data_reply.is_some() && s.data_reply_times != Some(0) {
+                        if let Some(n) = s.data_reply_times.as_mut() {
+                            *n -= 1;
+                        }
                         s.data_reply.clone().map_or(Verdict::Accept, Verdict::Reply)
+                    } else {
+                        Verdict::Accept
                     }
                 };
                 let (mail_from, mail_params) = from.take().unwrap_or_default();

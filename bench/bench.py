@@ -1,0 +1,431 @@
+#!/usr/bin/env python3
+"""mailbridge benchmarks, side by side with the tools people use instead.
+
+    python3 bench/bench.py accept     # 1. SMTP accept rate vs Postfix (smtp-source, 20 sessions, 10 KB)
+    python3 bench/bench.py e2e        # 2. SMTP end to end to a TLS+AUTH sink vs Postfix relayhost
+    python3 bench/bench.py imap       # 3. IMAP download MB/s and logins/s: mailbridge, direct TLS, stunnel
+    python3 bench/bench.py idle       # 4. 2,000 idle logged-in IMAP connections: mailbridge vs stunnel
+    python3 bench/bench.py growth     # 5. accept rate/memory at 1..1,000 clients; message size sweep
+    python3 bench/bench.py load       # issue 4: 1,000 SMTP + 1,000 idle IMAP sessions at once
+    python3 bench/bench.py all
+
+Needs: bench/setup.sh (packages), `cargo build --release` (mailbridge) and
+`cargo build --release --manifest-path bench/tools/Cargo.toml` (sink and clients).
+Tables go to stdout and bench/results/NAME.{md,json}. Loopback only.
+"""
+
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import (CA, IMAP_PASS, IMAP_USER, LOCAL_PASS, LOCAL_USER, TOOLS, WORK, Dovecot,  # noqa: E402
+                      MailBridge, MemSampler, Postfix, Procs, Sink, Stunnel, kv, md_table, percentile_ms,
+                      raise_nofile, run, save, tool)
+
+MIB = 1024.0  # smaps values are KiB
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if b else "-"
+
+
+class Env:
+    """The shared CA and sink; targets are started on demand."""
+
+    def __init__(self):
+        if WORK.exists():
+            run(["rm", "-rf", WORK])
+        WORK.mkdir(parents=True)
+        self.ca = CA(WORK / "ca")
+        self.sink = Sink(WORK / "sink", self.ca)
+        self.dovecot = None
+
+    def mailbridge(self, name="mailbridge", imap_port=1):
+        return MailBridge(WORK / name, self.sink.port, imap_port, self.ca).start()
+
+    def postfix(self):
+        return Postfix(WORK / "postfix", self.sink.port, self.ca).start()
+
+    def start_dovecot(self, populate=False):
+        self.dovecot = Dovecot(WORK / "dovecot", self.ca)
+        size = self.dovecot.populate() if populate else 0
+        self.dovecot.start()
+        return size
+
+
+def smtp_source(port, sessions, msgs, size, reuse):
+    cmd = ["smtp-source", "-s", sessions, "-m", msgs, "-l", size, "-f", "bench@local.test",
+           "-t", "sink@example.org"] + (["-d"] if reuse else []) + [f"127.0.0.1:{port}"]
+    t0 = time.monotonic()
+    r = run(cmd, timeout=600)
+    secs = time.monotonic() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"smtp-source failed: {r.stderr.decode(errors='replace')[-500:]}")
+    return secs
+
+
+def accept_run(env, target, port, sessions, msgs, size, reuse):
+    """smtp-source into `target`; returns (msgs/s, peak rss KiB, peak pss KiB, procs, drain secs)."""
+    env.sink.reset()
+    with MemSampler(target.pids) as mem:
+        secs = smtp_source(port, sessions, msgs, size, reuse)
+        t0 = time.monotonic()
+        env.sink.wait_count(msgs, timeout=600)
+        drain = time.monotonic() - t0
+    return {"rate": msgs / secs, "secs": secs, "rss": mem.peak_rss, "pss": mem.peak_pss,
+            "procs": mem.peak_procs, "drain": drain}
+
+
+def load_run(env, target, port, conns, msgs, size, reuse=False):
+    """bench/tools smtpload (holds exactly `conns` sessions) into `target`; like accept_run."""
+    env.sink.reset()
+    with MemSampler(target.pids) as mem:
+        args = ["--addr", f"127.0.0.1:{port}", "--conns", str(conns), "--total", str(msgs), "--size", str(size)]
+        res = kv(tool("smtpload", *args + (["--reuse"] if reuse else []), timeout=600).strip().splitlines()[-1])
+        t0 = time.monotonic()
+        env.sink.wait_count(int(res["sent"]), timeout=600)
+        drain = time.monotonic() - t0
+    return {"rate": res["rate"], "secs": res["secs"], "errors": res["errors"], "rss": mem.peak_rss,
+            "pss": mem.peak_pss, "procs": mem.peak_procs, "drain": drain}
+
+
+def median_of(runs, key):
+    """The run with the median `key`, with every run's value and the peak memory over all runs."""
+    runs = sorted(runs, key=lambda r: r[key])
+    med = dict(runs[len(runs) // 2])
+    med[key + "_runs"] = [round(r[key], 1) for r in runs]
+    for k in ("rss", "pss", "procs"):
+        if k in med:
+            med[k] = max(r[k] for r in runs)
+    return med
+
+
+def spread(r, key):
+    v = r[key + "_runs"]
+    return f"{r[key]:.0f} ({v[0]:.0f}-{v[-1]:.0f})" if len(v) > 1 else f"{r[key]:.0f}"
+
+
+def bench_accept(env, msgs=3000, repeats=3):
+    mb, pf = env.mailbridge(), env.postfix()
+    rows, data = [], {}
+    try:
+        for reuse in (False, True):
+            mode = "reused connections" if reuse else "new connection per message"
+            # warm-up so both have their processes/caches up
+            accept_run(env, mb, mb.smtp_port, 20, 200, 10240, reuse)
+            accept_run(env, pf, pf.port, 20, 200, 10240, reuse)
+            ms, ps = [], []
+            for _ in range(repeats):  # alternate, so a busy moment on the shared machine hits both
+                ms.append(accept_run(env, mb, mb.smtp_port, 20, msgs, 10240, reuse))
+                ps.append(accept_run(env, pf, pf.port, 20, msgs, 10240, reuse))
+            m, p = median_of(ms, "rate"), median_of(ps, "rate")
+            data[mode] = {"mailbridge": m, "postfix": p}
+            rows.append([mode, f"msgs/s, median of {repeats} (min-max)", spread(m, "rate"), spread(p, "rate"),
+                         ratio(m["rate"], p["rate"])])
+            rows.append([mode, "peak PSS MiB", f"{m['pss'] / MIB:.1f}", f"{p['pss'] / MIB:.1f} ({p['procs']} procs)",
+                         ratio(m["pss"], p["pss"])])
+            rows.append([mode, "peak RSS MiB", f"{m['rss'] / MIB:.1f}", f"{p['rss'] / MIB:.1f} (summed)",
+                         ratio(m["rss"], p["rss"])])
+    finally:
+        mb.stop()
+        pf.stop()
+    save("accept", data, "SMTP accept rate: smtp-source, 20 sessions, 10 KB, "
+         f"{msgs} messages per run, delivery to the sink running (each run waits until the sink has every "
+         "message before the next starts)\n\n"
+         + md_table(["load", "metric", "mailbridge", "Postfix", "mailbridge/Postfix"], rows))
+
+
+def e2e_run(env, port, msgs, reuse, tag):
+    env.sink.reset()
+    out = WORK / f"accepts-{tag}.txt"
+    t0 = time.time()
+    args = ["--addr", f"127.0.0.1:{port}", "--conns", "20", "--total", str(msgs), "--size", "10240",
+            "--out", str(out), "--prefix", tag] + (["--reuse"] if reuse else [])
+    res = kv(tool("smtpload", *args, timeout=600).strip().splitlines()[-1])
+    if res["errors"]:
+        raise RuntimeError(f"smtpload errors: {res}")
+    env.sink.wait_count(msgs, timeout=600)
+    sessions = env.sink.sessions()
+    rec = env.sink.receipts()
+    acc = dict(line.split() for line in out.read_text().splitlines())
+    lat = sorted((int(rec[k]) - int(v)) / 1000.0 for k, v in acc.items() if k in rec)
+    last = max(int(v) for v in rec.values()) / 1e6
+    return {"accept_rate": res["rate"], "e2e_rate": msgs / (last - t0), "p50_ms": percentile_ms(lat, 50),
+            "p99_ms": percentile_ms(lat, 99), "matched": len(lat), "upstream_sessions": sessions}
+
+
+def bench_e2e(env, msgs=2500, repeats=3):
+    mb, pf = env.mailbridge(), env.postfix()
+    rows, data = [], {}
+    try:
+        for reuse in (False, True):
+            mode = "reused connections" if reuse else "new connection per message"
+            e2e_run(env, mb.smtp_port, 200, reuse, "warm-mb")
+            e2e_run(env, pf.port, 200, reuse, "warm-pf")
+            ms, ps = [], []
+            for k in range(repeats):
+                ms.append(e2e_run(env, mb.smtp_port, msgs, reuse, f"mb-{int(reuse)}-{k}"))
+                ps.append(e2e_run(env, pf.port, msgs, reuse, f"pf-{int(reuse)}-{k}"))
+            m, p = median_of(ms, "e2e_rate"), median_of(ps, "e2e_rate")
+            data[mode] = {"mailbridge": m, "postfix": p}
+            rows.append([mode, f"end-to-end msgs/s, median of {repeats} (min-max)", spread(m, "e2e_rate"),
+                         spread(p, "e2e_rate"),
+                         ratio(m["e2e_rate"], p["e2e_rate"])])
+            rows.append([mode, "client accept rate msgs/s", f"{m['accept_rate']:.0f}", f"{p['accept_rate']:.0f}",
+                         ratio(m["accept_rate"], p["accept_rate"])])
+            rows.append([mode, "accept->upstream p50 ms", f"{m['p50_ms']:.1f}", f"{p['p50_ms']:.1f}",
+                         ratio(m["p50_ms"], p["p50_ms"])])
+            rows.append([mode, "upstream TLS sessions opened", f"{m['upstream_sessions']}", f"{p['upstream_sessions']}", ""])
+            rows.append([mode, "accept->upstream p99 ms", f"{m['p99_ms']:.1f}", f"{p['p99_ms']:.1f}",
+                         ratio(m["p99_ms"], p["p99_ms"])])
+    finally:
+        mb.stop()
+        pf.stop()
+    save("e2e", data, f"SMTP end to end: bench/tools smtpload, 20 sessions, 10 KB, {msgs} messages per run, "
+         "from the first connect until the Rust TLS+AUTH sink (bench/tools sink: implicit TLS, AUTH PLAIN/LOGIN, "
+         "rustls) has every message; latency from the client's 250 to the sink's end of DATA, of the median run. "
+         "Lower latency is better.\n\n"
+         + md_table(["load", "metric", "mailbridge", "Postfix", "mailbridge/Postfix"], rows))
+
+
+def imap_paths(env, mb, st):
+    ca = str(env.ca.ca)
+    return {
+        "mailbridge": ["--addr", f"127.0.0.1:{mb.imap_port}", "--user", LOCAL_USER, "--pass", LOCAL_PASS],
+        "direct TLS": ["--addr", f"127.0.0.1:{env.dovecot.port}", "--tls", "--ca", ca, "--user", IMAP_USER,
+                       "--pass", IMAP_PASS],
+        "stunnel": ["--addr", f"127.0.0.1:{st.port}", "--user", IMAP_USER, "--pass", IMAP_PASS],
+    }
+
+
+def bench_imap(env, runs=5, login_secs=8):
+    size = env.start_dovecot(populate=True)
+    mb = env.mailbridge(imap_port=env.dovecot.port)
+    st = Stunnel(WORK / "stunnel", env.dovecot.port, env.ca).start()
+    data = {}
+    try:
+        paths = imap_paths(env, mb, st)
+        tool("imapbench", "download", "--runs", "1", *paths["direct TLS"])  # build Dovecot's index
+        for name, args in paths.items():
+            out = tool("imapbench", "download", "--runs", str(runs), *args, timeout=300)
+            mbps = [kv(x)["mbps"] for x in out.splitlines() if x.startswith("RUN")]
+            msgs = [kv(x)["msgs"] for x in out.splitlines() if x.startswith("RUN")]
+            lg = kv(tool("imapbench", "logins", "--conns", "8", "--secs", str(login_secs), *args,
+                         timeout=120).strip().splitlines()[-1])
+            data[name] = {"mbps_median": statistics.median(mbps), "mbps_runs": mbps, "msgs": msgs[0],
+                          "logins_per_s": lg["rate"], "login_errors": lg["errors"]}
+    finally:
+        mb.stop()
+        st.stop()
+        env.dovecot.stop()
+    m, d, s = data["mailbridge"], data["direct TLS"], data["stunnel"]
+    rows = [["full download MB/s (median of %d)" % runs, f"{m['mbps_median']:.0f}", f"{d['mbps_median']:.0f}",
+             f"{s['mbps_median']:.0f}", ratio(m["mbps_median"], d["mbps_median"]),
+             ratio(m["mbps_median"], s["mbps_median"])],
+            ["logins/s (8 clients, connect+LOGIN+LOGOUT)", f"{m['logins_per_s']:.0f}", f"{d['logins_per_s']:.0f}",
+             f"{s['logins_per_s']:.0f}", ratio(m["logins_per_s"], d["logins_per_s"]),
+             ratio(m["logins_per_s"], s["logins_per_s"])]]
+    save("imap", data, f"IMAP: Dovecot mailbox of {int(m['msgs'])} messages, {size / 1e6:.1f} MB; "
+         "client bench/tools imapbench (FETCH 1:* BODY.PEEK[])\n\n"
+         + md_table(["metric", "mailbridge", "direct TLS", "stunnel", "mb/direct", "mb/stunnel"], rows))
+
+
+def hold_idle(args, conns):
+    """Starts imapbench idle; returns the process once every session is logged in."""
+    p = Procs.popen([TOOLS / "imapbench", "idle", "--conns", conns, *args], stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    if not line.startswith("HELD"):
+        raise RuntimeError(f"idle holder failed: {line} {p.stderr.read()[-500:]}")
+    return p, kv(line)
+
+
+def check_idle(p):
+    p.stdin.write("CHECK\n")
+    p.stdin.flush()
+    r = kv(p.stdout.readline())
+    p.stdin.write("QUIT\n")
+    p.stdin.flush()
+    p.wait(60)
+    return r
+
+
+def idle_run(target, args, conns):
+    start_rss, _ = MemSampler(target.pids).sample()
+    # warm: a few sessions so lazily allocated state (TLS config, caches) exists before the baseline
+    w, _ = hold_idle(args, 5)
+    check_idle(w)
+    time.sleep(1)
+    with MemSampler(target.pids) as mem:
+        base_rss, base_pss = mem.sample()
+        p, held = hold_idle(args, conns)
+        time.sleep(2)
+        rss, pss = mem.sample()
+        chk = check_idle(p)
+    per = (rss - base_rss) / max(held["ok"], 1)
+    return {"start_rss": start_rss, "held": held["ok"], "errors": held["errors"] + chk["errors"], "noop_ok": chk["ok"],
+            "base_rss": base_rss, "rss": rss, "pss": pss, "peak_rss": mem.peak_rss, "per_conn_kib": per}
+
+
+def bench_idle(env, conns=2000):
+    env.start_dovecot()
+    mb = env.mailbridge(imap_port=env.dovecot.port)
+    st = Stunnel(WORK / "stunnel", env.dovecot.port, env.ca).start()
+    data = {}
+    try:
+        paths = imap_paths(env, mb, st)
+        data["mailbridge"] = idle_run(mb, paths["mailbridge"], conns)
+        data["stunnel"] = idle_run(st, paths["stunnel"], conns)
+    finally:
+        mb.stop()
+        st.stop()
+        env.dovecot.stop()
+    m, s = data["mailbridge"], data["stunnel"]
+    rows = [["sessions held / errors", f"{m['held']:.0f} / {m['errors']:.0f}", f"{s['held']:.0f} / {s['errors']:.0f}", ""],
+            ["RSS at start, MiB", f"{m['start_rss'] / MIB:.1f}", f"{s['start_rss'] / MIB:.1f}", ""],
+            ["RSS after 5 warm-up logins (baseline), MiB", f"{m['base_rss'] / MIB:.1f}", f"{s['base_rss'] / MIB:.1f}", ""],
+            ["RSS with sessions held, MiB", f"{m['rss'] / MIB:.1f}", f"{s['rss'] / MIB:.1f}", ratio(m["rss"], s["rss"])],
+            ["resident KiB per idle connection", f"{m['per_conn_kib']:.1f}", f"{s['per_conn_kib']:.1f}",
+             ratio(m["per_conn_kib"], s["per_conn_kib"])]]
+    save("idle", data, f"Idle IMAP: {conns} logged-in idle connections (client plaintext, upstream Dovecot over TLS)\n\n"
+         + md_table(["metric", "mailbridge", "stunnel", "mailbridge/stunnel"], rows))
+
+
+def bench_growth(env):
+    mb, pf = env.mailbridge(), env.postfix()
+    conc_rows, size_rows, data = [], [], {"concurrency": {}, "size": {}}
+    try:
+        accept_run(env, mb, mb.smtp_port, 10, 100, 10240, False)
+        accept_run(env, pf, pf.port, 10, 100, 10240, False)
+        for sessions, msgs in ((1, 300), (10, 2000), (100, 3000), (1000, 4000)):
+            m = load_run(env, mb, mb.smtp_port, sessions, msgs, 10240)
+            p = load_run(env, pf, pf.port, sessions, msgs, 10240)
+            data["concurrency"][sessions] = {"mailbridge": m, "postfix": p}
+            conc_rows.append([sessions, f"{m['rate']:.0f} ({m['errors']:.0f} err)", f"{p['rate']:.0f} ({p['errors']:.0f} err)", ratio(m["rate"], p["rate"]),
+                              f"{m['rss'] / MIB:.1f} / {m['pss'] / MIB:.1f}", f"{p['pss'] / MIB:.1f} ({p['procs']})",
+                              ratio(m["pss"], p["pss"])])
+        for size, msgs in ((1024, 3000), (10240, 3000), (102400, 1500), (1048576, 300), (10485760, 40),
+                           (20971520, 20)):
+            m = accept_run(env, mb, mb.smtp_port, 10, msgs, size, False)
+            p = accept_run(env, pf, pf.port, 10, msgs, size, False)
+            data["size"][size] = {"mailbridge": m, "postfix": p}
+            mbps = lambda r: r["rate"] * size / 1e6  # noqa: E731
+            size_rows.append([human(size), f"{m['rate']:.1f} ({mbps(m):.0f} MB/s)", f"{p['rate']:.1f} ({mbps(p):.0f} MB/s)",
+                              ratio(m["rate"], p["rate"]), f"{m['rss'] / MIB:.1f}", f"{p['pss'] / MIB:.1f}"])
+    finally:
+        mb.stop()
+        pf.stop()
+    save("growth", data, "Cost of growth (new connection per message, delivery to the sink running)\n\n"
+         "Concurrency, 10 KB messages, bench/tools smtpload (holds exactly N sessions; smtp-source -s 1000 "
+         "keeps only ~130 open here):\n\n"
+         + md_table(["clients", "mailbridge msgs/s", "Postfix msgs/s", "ratio", "mailbridge peak RSS / PSS MiB",
+                     "Postfix peak PSS MiB (procs)", "PSS ratio"], conc_rows)
+         + "\n\nMessage size, 10 clients, smtp-source:\n\n"
+         + md_table(["size", "mailbridge msgs/s", "Postfix msgs/s", "ratio", "mailbridge peak RSS MiB",
+                     "Postfix peak PSS MiB"], size_rows))
+
+
+def human(n):
+    for unit, div in (("MB", 1048576), ("KB", 1024)):
+        if n >= div:
+            return f"{n // div} {unit}"
+    return f"{n} B"
+
+
+def load_once(env, smtp_conns, imap_conns, per_conn, extra_env=None):
+    mb = MailBridge(WORK / ("mailbridge-tuned" if extra_env else "mailbridge"), env.sink.port, env.dovecot.port,
+                    env.ca, extra_env=extra_env).start()
+    try:
+        env.sink.reset()
+        with MemSampler(mb.pids, interval=0.1) as mem:
+            idle, held = hold_idle(["--addr", f"127.0.0.1:{mb.imap_port}", "--user", LOCAL_USER,
+                                    "--pass", LOCAL_PASS], imap_conns)
+            imap_rss = mem.sample()[0]
+            out = tool("smtpload", "--addr", f"127.0.0.1:{mb.smtp_port}", "--hold", "--conns", str(smtp_conns),
+                       "--per-conn", str(per_conn), "--size", "10240", timeout=600)
+            lines = out.strip().splitlines()
+            res = kv(lines[-1])
+            chk = check_idle(idle)
+            env.sink.wait_count(smtp_conns * per_conn, timeout=300)
+        return {"imap_held": held["ok"], "imap_errors": held["errors"] + chk["errors"], "imap_noop_ok": chk["ok"],
+                "smtp_sessions": kv(lines[0]).get("secs", 0) and smtp_conns, "smtp_sent": res["sent"],
+                "smtp_errors": res["errors"], "smtp_rate": res["rate"], "delivered": env.sink.count(),
+                "rss_after_imap_logins_kib": imap_rss, "peak_rss_kib": mem.peak_rss, "peak_pss_kib": mem.peak_pss}
+    finally:
+        mb.stop()
+
+
+def bench_load(env, smtp_conns=1000, imap_conns=1000, per_conn=5):
+    """Held at once: `imap_conns` logged-in idle IMAP sessions (logged in first, 50 at a time, one
+    local user, cold credential cache), then `smtp_conns` SMTP sessions opened together, each sending
+    `per_conn` 10 KB messages; then NOOP on every IMAP session. Run as shipped, and again with glibc's
+    mmap threshold fixed (MALLOC_MMAP_THRESHOLD_) to show what the argon2 buffers cost."""
+    env.start_dovecot()
+    try:
+        d = load_once(env, smtp_conns, imap_conns, per_conn)
+        t = load_once(env, smtp_conns, imap_conns, per_conn, {"MALLOC_MMAP_THRESHOLD_": "1048576"})
+    finally:
+        env.dovecot.stop()
+    data = {"as shipped": d, "MALLOC_MMAP_THRESHOLD_=1048576": t}
+    rows = [["IMAP sessions logged in and idle (errors)", f"{d['imap_held']:.0f} ({d['imap_errors']:.0f})",
+             f"{t['imap_held']:.0f} ({t['imap_errors']:.0f})"],
+            ["IMAP NOOP answered after the SMTP load", f"{d['imap_noop_ok']:.0f}", f"{t['imap_noop_ok']:.0f}"],
+            ["SMTP sessions open at once", f"{smtp_conns}", f"{smtp_conns}"],
+            [f"SMTP messages accepted, {per_conn} per session (errors)", f"{d['smtp_sent']:.0f} ({d['smtp_errors']:.0f})",
+             f"{t['smtp_sent']:.0f} ({t['smtp_errors']:.0f})"],
+            ["messages at the upstream sink", f"{d['delivered']}", f"{t['delivered']}"],
+            ["RSS after the IMAP logins, MiB", f"{d['rss_after_imap_logins_kib'] / MIB:.1f}",
+             f"{t['rss_after_imap_logins_kib'] / MIB:.1f}"],
+            ["peak RSS, MiB", f"{d['peak_rss_kib'] / MIB:.1f}", f"{t['peak_rss_kib'] / MIB:.1f}"],
+            ["peak PSS, MiB", f"{d['peak_pss_kib'] / MIB:.1f}", f"{t['peak_pss_kib'] / MIB:.1f}"]]
+    save("load", data, f"Load (issue 4): {imap_conns} idle IMAP + {smtp_conns} concurrent SMTP sessions at once\n\n"
+         + md_table(["item", "mailbridge as shipped", "with MALLOC_MMAP_THRESHOLD_=1048576"], rows))
+    for x in (d, t):
+        if x["imap_errors"] or x["smtp_errors"] or x["delivered"] < smtp_conns * per_conn:
+            raise SystemExit("load: errors")
+
+
+def note_run(name):
+    """Records when each bench ran and how busy the machine was (others share its 2 cores)."""
+    import json
+    from benchlib import RESULTS
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    p = RESULTS / "runs.json"
+    runs = json.loads(p.read_text()) if p.exists() else {}
+    runs[name] = {"utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+                  "loadavg_1m_before": float(Path("/proc/loadavg").read_text().split()[0])}
+    p.write_text(json.dumps(runs, indent=2))
+
+
+BENCHES = {"accept": bench_accept, "e2e": bench_e2e, "imap": bench_imap, "idle": bench_idle,
+           "growth": bench_growth, "load": bench_load}
+
+
+def main():
+    names = sys.argv[1:] or ["all"]
+    if names == ["all"]:
+        names = list(BENCHES)
+    raise_nofile(200000)
+    for n in names:
+        if n not in BENCHES:
+            raise SystemExit(__doc__)
+    try:
+        for n in names:
+            env = Env()
+            t0 = time.monotonic()
+            note_run(n)
+            print(f"== {n}", flush=True)
+            try:
+                BENCHES[n](env)
+            finally:
+                Procs.cleanup()
+            print(f"({n}: {time.monotonic() - t0:.0f} s)\n", flush=True)
+    finally:
+        Procs.cleanup()
+
+
+if __name__ == "__main__":
+    main()

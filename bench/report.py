@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Writes docs/BENCHMARKS.md from bench/results/ (the tables of the last
+`python3 bench/bench.py ...` runs), the machine's description, and where each
+goal of issue 6 stands, computed from the numbers."""
+
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RES = ROOT / "bench" / "results"
+OUT = ROOT / "docs" / "BENCHMARKS.md"
+
+
+def load(name):
+    p = RES / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def table(name):
+    p = RES / f"{name}.md"
+    return p.read_text().strip() if p.exists() else f"(not run: `python3 bench/bench.py {name}`)"
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return "?"
+
+
+def machine():
+    cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
+    mem = int(sh("grep MemTotal /proc/meminfo | awk '{print $2}'") or 0) / 1048576
+    return "\n".join([
+        f"- CPU: {sh('nproc')} cores, {cpu} (KVM guest; `/proc/cpuinfo` gives no more detail), "
+        f"L3 {sh(\"lscpu | grep 'L3' | awk '{print $3, $4}'\")}",
+        f"- Memory: {mem:.1f} GiB; disk: ext4 on a virtio block device (the spool and Postfix's queue live on it)",
+        f"- Kernel {platform.release()}, Debian {sh('cat /etc/debian_version')}, {sh('rustc --version')}",
+        f"- Peers: Postfix {sh('postconf -d -h mail_version')}, Dovecot {sh('dovecot --version').split()[0] if sh('dovecot --version') else '?'}, "
+        f"stunnel {sh('stunnel -version 2>&1 | grep -m1 -o \"stunnel [0-9.]*\"').replace('stunnel ', '')}",
+        "- The machine is shared: other work (compiles, test suites) ran on the same 2 cores during the runs; "
+        "each table's run time and the 1-minute load average just before it are listed below. "
+        "Client, server and upstream all share the 2 cores, so every number is a lower bound "
+        "for a machine where the load generator runs elsewhere.",
+    ])
+
+
+def verdict(ok):
+    return "**met**" if ok else "**missed**"
+
+
+def goals():
+    out = []
+    a, e, i, d, ld = load("accept"), load("e2e"), load("imap"), load("idle"), load("load")
+    if a:
+        for mode, r in a.items():
+            m, p = r["mailbridge"], r["postfix"]
+            ra = m["rate"] / p["rate"]
+            out.append(f"| accept rate 2x Postfix ({mode}) | {m['rate']:.0f} vs {p['rate']:.0f} msgs/s = "
+                       f"{ra:.2f}x | {verdict(ra >= 2)} |")
+        for mode, r in a.items():
+            m, p = r["mailbridge"], r["postfix"]
+            rp, rr = m["pss"] / p["pss"], m["rss"] / p["pss"]
+            out.append(f"| memory <= 1/10 of Postfix PSS ({mode}) | mailbridge PSS {m['pss'] / 1024:.1f} MiB "
+                       f"(RSS {m['rss'] / 1024:.1f}) vs Postfix PSS {p['pss'] / 1024:.1f} MiB = {rp:.3f} "
+                       f"(RSS/PSS {rr:.3f}) | {verdict(rp <= 0.1)} |")
+    if e:
+        for mode, r in e.items():
+            m, p = r["mailbridge"], r["postfix"]
+            ra = m["e2e_rate"] / p["e2e_rate"]
+            out.append(f"| end to end 2x Postfix ({mode}) | {m['e2e_rate']:.0f} vs {p['e2e_rate']:.0f} msgs/s = "
+                       f"{ra:.2f}x | {verdict(ra >= 2)} |")
+    if i:
+        m, dt, st = i["mailbridge"], i["direct TLS"], i["stunnel"]
+        out.append(f"| IMAP download >= direct TLS | {m['mbps_median']:.0f} vs {dt['mbps_median']:.0f} MB/s | "
+                   f"{verdict(m['mbps_median'] >= dt['mbps_median'])} |")
+        out.append(f"| logins/s >= stunnel | {m['logins_per_s']:.0f} vs {st['logins_per_s']:.0f} /s | "
+                   f"{verdict(m['logins_per_s'] >= st['logins_per_s'])} |")
+    if d:
+        m = d["mailbridge"]
+        out.append(f"| < 50 KiB per idle proxied IMAP connection | {m['per_conn_kib']:.1f} KiB "
+                   f"(stunnel {d['stunnel']['per_conn_kib']:.1f}) | {verdict(m['per_conn_kib'] < 50)} |")
+    if ld:
+        x = ld["as shipped"]
+        errs = x["imap_errors"] + x["smtp_errors"]
+        out.append(f"| issue 4: 1,000 SMTP + 1,000 idle IMAP at once, no errors | {errs:.0f} errors, "
+                   f"{x['delivered']} delivered, peak RSS {x['peak_rss_kib'] / 1024:.0f} MiB | "
+                   f"{verdict(errs == 0)} |")
+    return "| goal | measured | |\n|---|---|---|\n" + "\n".join(out)
+
+
+def runs():
+    r = load("runs") or {}
+    return ", ".join(f"{k} at {v['utc']} UTC (load {v['loadavg_1m_before']:.1f})" for k, v in r.items())
+
+
+def main():
+    notes = (ROOT / "bench" / "NOTES.md").read_text()
+    text = f"""# Benchmarks
+
+mailbridge measured side by side with what people use instead: Postfix as a
+smarthost (relayhost with SASL over TLS), stunnel in front of an IMAP server,
+and a client talking TLS to the IMAP server directly. Same machine, same run,
+127.0.0.1 only. This file is written by `python3 bench/report.py` from the
+results of the last run; the prose under "What limits each number" is in
+`bench/NOTES.md`.
+
+## Reproduce
+
+```sh
+bash bench/setup.sh                                   # postfix, stunnel4, dovecot-imapd, openssl (apt)
+cargo build --release                                 # target/release/mailbridge
+cargo build --release --manifest-path bench/tools/Cargo.toml   # sink, smtpload, imapbench
+python3 bench/bench.py accept                         # 1. SMTP accept rate        (~1.5 min)
+python3 bench/bench.py e2e                            # 2. SMTP end to end          (~1 min)
+python3 bench/bench.py imap                           # 3. IMAP download, logins/s  (~40 s)
+python3 bench/bench.py idle                           # 4. 2,000 idle IMAP sessions (~1 min)
+python3 bench/bench.py growth                         # 5. concurrency and size     (~3.5 min)
+python3 bench/bench.py load                           # issue 4 load item          (~40 s)
+python3 bench/bench.py all && python3 bench/report.py # everything, then this file
+```
+
+Each prints its table and writes `bench/results/NAME.md` and `NAME.json`.
+Scratch files go to `/tmp/mailbridge-bench` (`BENCH_WORK` overrides). All
+processes are started and stopped by the script (Postfix with
+`postfix -c DIR/etc start|stop`, Dovecot by its master pid).
+
+## Machine
+
+{machine()}
+- Runs: {runs()}
+
+## Where we stand against the goals (issue 6)
+
+{goals()}
+
+## 1. SMTP accept rate
+
+{table("accept")}
+
+## 2. SMTP end to end
+
+{table("e2e")}
+
+## 3. IMAP throughput and logins
+
+{table("imap")}
+
+## 4. Idle IMAP connections
+
+{table("idle")}
+
+## 5. Cost of growth
+
+{table("growth")}
+
+## Load item of issue 4
+
+{table("load")}
+
+{notes}
+"""
+    OUT.write_text(text)
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

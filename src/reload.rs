@@ -1,0 +1,152 @@
+//! Building the [`Context`] from a [`Config`], at start and on reload
+//! (SIGHUP). A reload swaps in a new `Context` for new connections and the
+//! worker's next pass; sessions in progress keep the one they started with.
+//! What must outlive a reload is shared: the spool, the worker's wake-up, the
+//! metrics, the IMAP per-account connection counters and the login-failure
+//! tracker. Listen addresses and the spool directory need a restart.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::{auth, delivery, imap, spool, tls, Context, Daemon, StartError};
+
+/// The parts of a [`Context`] that survive reloads.
+pub(crate) struct Shared {
+    pub spool: Arc<spool::Spool>,
+    pub wake_delivery: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Builds a context for `config`; with `previous`, keeps its counters and trackers.
+pub(crate) fn build_context(
+    config: Arc<Config>,
+    shared: Shared,
+    previous: Option<&Context>,
+) -> Result<Context, StartError> {
+    let tls_acceptor = match &config.tls {
+        Some(t) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+            &t.cert, &t.key,
+        )?)),
+        None => None,
+    };
+    let imap = match previous {
+        Some(p) => imap::ImapState::reloaded(&config, &p.imap),
+        None => imap::ImapState::new(&config),
+    }
+    .map_err(StartError::Upstream)?;
+    let auth = match previous {
+        Some(p) => p.auth.reloaded(&config.users),
+        None => auth::LocalAuth::new(&config.users),
+    };
+    Ok(Context {
+        auth,
+        spool: shared.spool,
+        wake_delivery: shared.wake_delivery,
+        upstream: delivery::Upstream::new(&config)
+            .map_err(|e| StartError::Upstream(e.to_string()))?,
+        imap,
+        tls_acceptor,
+        metrics: shared.metrics,
+        config,
+    })
+}
+
+/// Logs what an admin should fix in a config that is otherwise valid.
+pub(crate) fn warn_config(config: &Config) {
+    if let Some(w) = config.permission_warning() {
+        warn!("{w}");
+    }
+    for a in &config.accounts {
+        if let Some(problem) = &a.password_problem {
+            warn!(account = %a.name, "NO USABLE PASSWORD: {problem}; mail for this account is held in the spool until it is fixed");
+        }
+    }
+}
+
+/// Settings a reload cannot change (they belong to bound sockets or open files).
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.smtp.listen != new.smtp.listen {
+        changed.push("smtp.listen");
+    }
+    if old.smtp.smtps_listen != new.smtp.smtps_listen {
+        changed.push("smtp.smtps_listen");
+    }
+    if old.imap.listen != new.imap.listen {
+        changed.push("imap.listen");
+    }
+    if old.imap.imaps_listen != new.imap.imaps_listen {
+        changed.push("imap.imaps_listen");
+    }
+    if old.metrics.listen != new.metrics.listen {
+        changed.push("metrics.listen");
+    }
+    if old.smtp.spool_dir != new.smtp.spool_dir {
+        changed.push("smtp.spool_dir");
+    }
+    if old.smtp.max_connections != new.smtp.max_connections {
+        changed.push("smtp.max_connections");
+    }
+    if old.imap.max_connections != new.imap.max_connections {
+        changed.push("imap.max_connections");
+    }
+    if old.delivery.concurrency != new.delivery.concurrency {
+        changed.push("delivery.concurrency");
+    }
+    changed
+}
+
+impl Daemon {
+    /// The context new connections get now (after any reload).
+    pub fn current(&self) -> Arc<Context> {
+        self.live.load_full()
+    }
+
+    /// Applies `config` to new connections and the delivery worker; sessions
+    /// in progress are left alone. On error (e.g. a certificate that does not
+    /// load) nothing changes and the error is logged and returned.
+    pub fn reload(&self, config: Config) -> Result<(), String> {
+        let old = self.live.load_full();
+        let metrics = old.metrics.clone();
+        let config = Arc::new(config);
+        let shared = Shared {
+            spool: old.spool.clone(),
+            wake_delivery: old.wake_delivery.clone(),
+            metrics: metrics.clone(),
+        };
+        let ctx = match build_context(config.clone(), shared, Some(&old)) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!(
+                    "configuration reload rejected, keeping the running configuration: {e}"
+                );
+                error!("{msg}");
+                metrics.reload(false);
+                return Err(msg);
+            }
+        };
+        let fixed = needs_restart(&old.config, &config);
+        if !fixed.is_empty() {
+            warn!(
+                "configuration reload: {} changed; this needs a restart (the old values stay in force)",
+                fixed.join(", ")
+            );
+        }
+        warn_config(&config);
+        self.live.store(Arc::new(ctx));
+        metrics.reload(true);
+        // The worker picks the new accounts and limits up on its next pass.
+        old.wake_delivery.notify_one();
+        info!(
+            accounts = config.accounts.len(),
+            users = config.users.len(),
+            "configuration reloaded from {}",
+            config.path.display()
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,153 @@
+//! A client connection that is plaintext or local TLS, and can be upgraded
+//! in the middle of a session (SMTP and IMAP STARTTLS). The TLS handshake
+//! always runs in the connection's own task, bounded by [`HANDSHAKE_TIMEOUT`].
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+/// How long a client may take to complete a TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One client connection.
+pub enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// What is left after a failed upgrade: every read and write fails.
+    Closed,
+}
+
+impl ClientStream {
+    /// True once the connection runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ClientStream::Tls(_))
+    }
+
+    /// Implicit TLS (smtps/imaps listeners): the handshake before anything
+    /// else. `None` (logged) when it fails or takes too long, or when
+    /// `shutdown` fires first (a silent client never delays shutdown).
+    pub async fn accept_tls(
+        tcp: TcpStream,
+        acceptor: &TlsAcceptor,
+        shutdown: &CancellationToken,
+    ) -> Option<ClientStream> {
+        tokio::select! {
+            r = handshake(tcp, acceptor) => r.ok(),
+            _ = shutdown.cancelled() => None,
+        }
+    }
+
+    /// STARTTLS: turns a plaintext connection into TLS in place. The caller
+    /// must have flushed its "go ahead" reply and must discard anything it
+    /// read before this call (bytes a client pipelined after STARTTLS would
+    /// otherwise be treated as if they came over TLS). On failure the stream
+    /// is [`ClientStream::Closed`].
+    pub async fn start_tls(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
+        match std::mem::replace(self, ClientStream::Closed) {
+            ClientStream::Plain(tcp) => {
+                *self = handshake(tcp, acceptor).await?;
+                Ok(())
+            }
+            other => {
+                *self = other;
+                Err(io::Error::other("connection is not plaintext"))
+            }
+        }
+    }
+}
+
+/// The server side of a handshake. Failures are logged at info: an admin
+/// whose device only speaks SSLv3/TLS 1.0 needs to see why it cannot connect.
+async fn handshake(tcp: TcpStream, acceptor: &TlsAcceptor) -> io::Result<ClientStream> {
+    let e = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => {
+            let (_, conn) = tls.get_ref();
+            debug!(
+                version = ?conn.protocol_version(),
+                cipher = ?conn.negotiated_cipher_suite().map(|c| c.suite()),
+                "TLS established"
+            );
+            return Ok(ClientStream::Tls(Box::new(tls)));
+        }
+        Ok(Err(e)) => e,
+        Err(_) => io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"),
+    };
+    info!(error = %e, "TLS handshake failed (mailbridge accepts TLS 1.2 and 1.3 only; older clients must use the plaintext port)");
+    Err(e)
+}
+
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "connection closed")
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            ClientStream::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            ClientStream::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            ClientStream::Closed => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            ClientStream::Closed => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            ClientStream::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Plain(s) => s.is_write_vectored(),
+            ClientStream::Tls(s) => s.is_write_vectored(),
+            ClientStream::Closed => false,
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The metrics listener over real HTTP: `/metrics` scraped and parsed (the
+//! counters move after a message goes through), `/healthz` (200, upstream
+//! reachability, 503 when the spool cannot be written), unknown paths.
+
+mod common;
+mod delivery_common;
+mod smtp_support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::ca::TestCa;
+use common::daemon::{start, TestDaemon};
+use common::smtp_upstream::{Mode, SmtpUpstream};
+use delivery_common::{config, eventually, Opts, PASSWORD, USER};
+use smtp_support::{assert_ok, Client};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// (status code, content type, body) of one GET.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
+        .await
+        .expect("response timed out")
+        .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("no header end");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let ctype = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Type: "))
+        .unwrap_or("")
+        .to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .expect("Content-Length")
+        .parse()
+        .unwrap();
+    assert_eq!(len, body.len(), "Content-Length matches the body");
+    (status, ctype, body.to_string())
+}
+
+/// Samples of the exposition text: `name{labels}` -> value.
+fn parse(text: &str) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (key, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        out.insert(key.to_string(), value);
+    }
+    out
+}
+
+async fn scrape(d: &TestDaemon) -> HashMap<String, f64> {
+    let (status, ctype, body) = get(d.daemon.metrics_addr.unwrap(), "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+    parse(&body)
+}
+
+fn metrics_config(port: u16, ca: &TestCa) -> String {
+    let mut c = config(&Opts::new(port, "implicit", &ca.ca_file));
+    c.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let hash = mailbridge::auth::hash_password("device pw").unwrap();
+    c.push_str(&format!(
+        "\n[[users]]\nname = \"dev\"\npassword_hash = \"{hash}\"\naccount = \"test\"\n"
+    ));
+    c
+}
+
+#[tokio::test]
+async fn counters_move_after_a_message_and_health_reports_upstream() {
+    let ca = TestCa::new();
+    let up = SmtpUpstream::start(&ca.server_cert(), Mode::Implicit, USER, PASSWORD).await;
+    let d = start(&metrics_config(up.port(), &ca)).await;
+
+    let before = scrape(&d).await;
+    assert_eq!(before.get("mailbridge_queue_messages"), Some(&0.0));
+    assert_eq!(before.get("mailbridge_imap_sessions_active"), Some(&0.0));
+    assert_eq!(
+        before.get("mailbridge_messages_accepted_total{account=\"test\"}"),
+        None
+    );
+
+    let (mut c, greeting) = Client::connect(d.smtp_addr()).await;
+    assert_ok(&greeting, "220");
+    assert_ok(&c.cmd("EHLO printer").await, "250");
+    let r = c
+        .send_mail("p@local", &["to@example.org"], b"Subject: m\r\n\r\nhi")
+        .await;
+    assert_ok(&r, "250");
+    up.wait_for(1, WAIT).await;
+
+    let after = eventually("delivered counter", WAIT, || async {
+        let m = scrape(&d).await;
+        (m.get("mailbridge_messages_delivered_total{account=\"test\"}") == Some(&1.0)).then_some(m)
+    })
+    .await;
+    assert_eq!(
+        after.get("mailbridge_messages_accepted_total{account=\"test\"}"),
+        Some(&1.0)
+    );
+    assert_eq!(
+        after.get("mailbridge_upstream_latency_seconds_count{account=\"test\"}"),
+        Some(&1.0)
+    );
+    assert_eq!(after.get("mailbridge_queue_messages"), Some(&0.0));
+
+    // An IMAP client connection shows in the sessions gauge while open.
+    let imap = TcpStream::connect(d.imap_addr()).await.unwrap();
+    eventually("imap gauge up", WAIT, || async {
+        (scrape(&d).await.get("mailbridge_imap_sessions_active") == Some(&1.0)).then_some(())
+    })
+    .await;
+    drop(imap);
+    eventually("imap gauge down", WAIT, || async {
+        (scrape(&d).await.get("mailbridge_imap_sessions_active") == Some(&0.0)).then_some(())
+    })
+    .await;
+
+    let (status, ctype, body) = get(d.daemon.metrics_addr.unwrap(), "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ctype, "application/json");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["listeners_up"], true);
+    assert_eq!(v["spool_writable"], true);
+    assert_eq!(v["upstreams"]["test"]["reachable"], true, "{body}");
+
+    let (status, _, _) = get(d.daemon.metrics_addr.unwrap(), "/nope").await;
+    assert_eq!(status, 404);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn auth_failures_and_unreachable_upstream_are_reported() {
+    let ca = TestCa::new();
+    // Nothing listens on port 1: the upstream is unreachable.
+    let d = start(&metrics_config(1, &ca)).await;
+    let (mut c, _) = Client::connect(d.smtp_addr()).await;
+    assert_ok(&c.cmd("EHLO printer").await, "250");
+    let r = c
+        .send_mail("p@local", &["to@example.org"], b"Subject: m\r\n\r\nhi")
+        .await;
+    assert_ok(&r, "250");
+    let m = eventually("deferred counter", WAIT, || async {
+        let m = scrape(&d).await;
+        m.get("mailbridge_messages_deferred_total{account=\"test\"}")
+            .is_some_and(|v| *v >= 1.0)
+            .then_some(m)
+    })
+    .await;
+    assert_eq!(m.get("mailbridge_queue_messages"), Some(&1.0));
+    assert!(m["mailbridge_queue_oldest_age_seconds"] >= 0.0);
+    let (status, _, body) = get(d.daemon.metrics_addr.unwrap(), "/healthz").await;
+    assert_eq!(
+        status, 200,
+        "upstream trouble is reported, not fatal: {body}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["upstreams"]["test"]["reachable"], false, "{body}");
+    assert!(!v["upstreams"]["test"]["detail"]
+        .as_str()
+        .unwrap()
+        .is_empty());
+
+    // A bad local login counts.
+    let (mut c, _) = Client::connect(d.smtp_addr()).await;
+    assert_ok(&c.cmd("EHLO printer").await, "250");
+    // "\0dev\0wrong"
+    assert_ok(&c.cmd("AUTH PLAIN AGRldgB3cm9uZw==").await, "535");
+    eventually("auth failure counter", WAIT, || async {
+        scrape(&d)
+            .await
+            .get("mailbridge_auth_failures_total{protocol=\"smtp\"}")
+            .is_some_and(|v| *v >= 1.0)
+            .then_some(())
+    })
+    .await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn healthz_is_503_when_the_spool_cannot_be_written() {
+    let ca = TestCa::new();
+    let d = start(&metrics_config(1, &ca)).await;
+    let addr = d.daemon.metrics_addr.unwrap();
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+    // Root ignores permission bits, so take the directory away instead.
+    let tmp = d.spool_dir().join("tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    let (status, _, body) = get(addr, "/healthz").await;
+    assert_eq!(status, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["spool_writable"], false);
+    assert!(v["spool_error"].as_str().unwrap().contains("tmp"), "{body}");
+    std::fs::create_dir(&tmp).unwrap();
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn no_metrics_listener_unless_configured() {
+    let ca = TestCa::new();
+    let d = start(&config(&Opts::new(1, "implicit", &ca.ca_file))).await;
+    assert!(d.daemon.metrics_addr.is_none());
+    d.stop().await;
+}
