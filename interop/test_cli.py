@@ -1,8 +1,10 @@
-"""The CLI against real peers: `mailbridge check` and `mailbridge queue list`
-while the upstream is down, then delivery when it comes back."""
+"""The binary's commands and life cycle against real peers: `check`, `queue`
+during an upstream outage, restart, untrusted upstream certificate, direct
+mode, `init` certificates, and the start-up and connect-time access rules."""
 
 import re
 import smtplib
+import socket
 import subprocess
 
 import pytest
@@ -221,3 +223,48 @@ def test_queue_hold_and_release(outage_pair):
     r = mb.cli("queue", "release", e["id"])
     assert r.returncode == 0, (r.stdout + r.stderr).decode(errors="replace")
     up.wait_rcpts(held_tok, [held_rcpt], timeout=30)
+
+
+def test_open_relay_config_is_refused_at_start(tmp_path, ca, users):
+    port = h.free_port()
+    text = h.bridge_config(port, h.free_port(), h.accounts_for(ca, 1, 2, 3), users,
+                           extra_smtp='allowed_networks = ["0.0.0.0/0"]').replace(
+        f'listen = ["127.0.0.1:{port}"]', f'listen = ["0.0.0.0:{port}"]')
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text(text)
+    cfg.chmod(0o600)
+    r = h.run([h.BINARY, "-c", cfg, "run"], timeout=30, stdin=subprocess.DEVNULL)
+    err = (r.stdout + r.stderr).decode(errors="replace")
+    assert r.returncode == 2, f"exit {r.returncode}, want 2 (configuration error):\n{err}"
+    assert "smtp.allowed_networks" in err and "open relay" in err, err
+    assert not h.port_answers(port)
+
+
+def test_client_outside_allowed_networks_is_refused(workdir, ca, smtp_upstream, smtp_upstream_starttls,
+                                                   dovecot, users):
+    d = workdir / f"allowed-{token()}"
+    smtp_port, imap_port = h.free_port(), h.free_port()
+    text = h.bridge_config(smtp_port, imap_port,
+                           h.accounts_for(ca, smtp_upstream.port, dovecot.port, smtp_upstream_starttls.port), users,
+                           extra_smtp='allowed_networks = ["127.0.0.1/32"]',
+                           extra_imap='allowed_networks = ["127.0.0.1/32"]')
+    mb = h.MailBridge(d, text, smtp_port, imap_port).start()
+    try:
+        with pytest.raises(smtplib.SMTPConnectError) as e:
+            smtplib.SMTP("127.0.0.1", smtp_port, timeout=10, source_address=("127.0.0.2", 0))
+        assert e.value.smtp_code == 554, e.value
+        tok = token()
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10, source_address=("127.0.0.1", 0)) as s:
+            s.sendmail("erp@erp.lan", ["allowed@example.net"], message(tok, subject="allowed"))
+        smtp_upstream.wait_rcpts(tok, ["allowed@example.net"])
+
+        with socket.create_connection(("127.0.0.1", imap_port), timeout=10, source_address=("127.0.0.2", 0)) as c:
+            data = b""
+            while True:
+                chunk = c.recv(1024)
+                if not chunk:
+                    break
+                data += chunk
+        assert not data.startswith(b"* OK"), f"IMAP greeted a client outside allowed_networks: {data!r}"
+    finally:
+        assert mb.stop() == 0

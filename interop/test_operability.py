@@ -3,13 +3,11 @@ curl, SIGHUP reload checked with swaks, the daily send cap and the
 permanent-failure notice seen at the aiosmtpd upstream, and sent_copy = "skip"
 seen in Dovecot."""
 
+import imaplib
 import json
 import signal
 import smtplib
-import imaplib
 import time
-
-import pytest
 
 import harness as h
 from mailgen import message, token

@@ -150,3 +150,39 @@ async fn recipients_count_toward_the_cap_and_no_cap_means_no_hold() {
     up2.wait_for(5, WAIT).await;
     d.stop().await;
 }
+
+#[tokio::test]
+async fn direct_mode_answers_451_past_the_cap() {
+    let ca = TestCa::new();
+    let up = SmtpUpstream::start(&ca.server_cert(), Mode::Implicit, USER, PASSWORD).await;
+    let mut o = Opts::new(up.port(), "implicit", &ca.ca_file);
+    o.smtp_extra = "mode = \"direct\"";
+    let d = start(&format!("{}daily_limit = 3\n", config(&o))).await;
+    let clock = clock_for(&d);
+    let ctx = &d.daemon.context;
+    let acct = ctx.config.account("test").unwrap();
+    let env = delivery_common::envelope(&["a@example.org", "b@example.org"]);
+    let r = ctx
+        .upstream
+        .send_direct(acct, &env, &msg(1), &ctx.spool)
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let r = ctx
+        .upstream
+        .send_direct(acct, &env, &msg(2), &ctx.spool)
+        .await;
+    assert_eq!(
+        (r.code, r.enhanced.as_deref()),
+        (451, Some("4.7.0")),
+        "{r:?}"
+    );
+    assert!(r.text.starts_with("daily limit (3 in 24h)"), "{r:?}");
+    assert_eq!(up.received().len(), 1);
+    clock.advance(WINDOW);
+    let r = ctx
+        .upstream
+        .send_direct(acct, &env, &msg(3), &ctx.spool)
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    d.stop().await;
+}

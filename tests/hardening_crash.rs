@@ -73,6 +73,8 @@ async fn kill_9_mid_load_loses_no_acknowledged_message() {
     let started = Instant::now();
     let ca = TestCa::new();
     let up = SmtpUpstream::start(&ca.server_cert(), Mode::Implicit, USER, PASSWORD).await;
+    // At first the upstream answers 451 to every message: a backlog builds.
+    up.script().data_451 = usize::MAX;
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
         dir.path(),
@@ -89,6 +91,13 @@ async fn kill_9_mid_load_loses_no_acknowledged_message() {
         .smtp
         .unwrap_or_else(|| panic!("no SMTP address:\n{}", p.text()));
     let clients = run_clients(addr, &sh).await;
+    // Part-way, the upstream starts accepting: at the kill some messages are
+    // mid-delivery (the source of duplicates) and many are still queued.
+    poll_until("a backlog", Duration::from_secs(60), || {
+        sh.acked.lock().unwrap().len() >= TOTAL * 19 / 40
+    })
+    .await;
+    up.script().data_451 = 0;
     poll_until("half acknowledged", Duration::from_secs(60), || {
         sh.acked.lock().unwrap().len() >= TOTAL / 2
     })
@@ -99,11 +108,13 @@ async fn kill_9_mid_load_loses_no_acknowledged_message() {
     }
     let acked_at_kill = sh.acked.lock().unwrap().len();
     let delivered_at_kill = up.received().len();
+    let queued_at_kill = acked_at_kill.saturating_sub(delivered_at_kill);
     let in_flight_lost = sh.next.load(Ordering::SeqCst).min(TOTAL) - acked_at_kill;
     assert!(
         acked_at_kill < TOTAL,
         "the kill came too late to test anything"
     );
+    assert!(queued_at_kill > 0, "nothing was queued at the kill");
 
     // Phase 2: restart on the same spool, send the rest.
     let mut p = Proc::spawn(command(&cfg, &["run"]));
@@ -137,7 +148,7 @@ async fn kill_9_mid_load_loses_no_acknowledged_message() {
     let duplicated = counts.values().filter(|c| **c > 1).count();
     let unacked_delivered = counts.keys().filter(|id| !acked.contains(*id)).count();
     println!(
-        "crash test: {} acknowledged ({acked_at_kill} before kill -9, {delivered_at_kill} delivered by then), \
+        "crash test: {} acknowledged ({acked_at_kill} before kill -9, {delivered_at_kill} delivered and {queued_at_kill} queued by then), \
          {in_flight_lost} cut off unacknowledged, {delivered} deliveries, {duplicated} duplicated, \
          {unacked_delivered} unacknowledged but delivered, {missing} missing, {:.1?}",
         acked.len(),

@@ -86,3 +86,26 @@ async fn a_failing_notice_does_not_create_another() {
     assert_eq!(up.shared.data_attempts.load(Ordering::SeqCst), 2);
     assert!(up.received().is_empty());
 }
+
+#[tokio::test]
+async fn an_expired_message_is_reported_too() {
+    let ca = TestCa::new();
+    let up = SmtpUpstream::start(&ca.server_cert(), Mode::Implicit, USER, PASSWORD).await;
+    up.script().data_reply = Some("451 4.3.0 try again later".into());
+    let mut o = Opts::new(up.port(), "implicit", &ca.ca_file);
+    o.delivery_extra = "expire_after = \"1s\"";
+    let d = start(&format!("{}notify = \"admin@example.com\"\n", config(&o))).await;
+    feed(&d, &["a@example.org"], ORIGINAL).await;
+    let spool = &d.daemon.context.spool;
+    eventually("original expired", WAIT, || async {
+        (!spool.list_failed().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    up.script().data_reply = None;
+    let got = up.wait_for(1, WAIT).await;
+    let text = String::from_utf8_lossy(&got[0].data).into_owned();
+    assert_eq!(got[0].rcpts, vec!["admin@example.com"]);
+    assert!(text.contains("expired after"), "{text}");
+    assert!(text.contains("451 4.3.0 try again later"), "{text}");
+    d.stop().await;
+}

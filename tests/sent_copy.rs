@@ -207,3 +207,26 @@ async fn keep_forwards_append_to_sent() {
     assert_eq!(r.last().unwrap(), "b OK APPEND completed", "{r:?}");
     env.upstream_got("b APPEND").await;
 }
+
+#[tokio::test]
+async fn a_large_append_to_sent_is_discarded_as_it_streams() {
+    let env = setup(Some("skip"), None).await;
+    let mut c = env.logged_in().await;
+    let big = vec![b'x'; 4 * 1024 * 1024];
+    c.send(format!("big APPEND \"[Gmail]/Sent Mail\" {{{}}}\r\n", big.len()).as_bytes())
+        .await;
+    assert!(c.line().await.starts_with("+ "));
+    for chunk in big.chunks(64 * 1024) {
+        c.send(chunk).await;
+    }
+    c.send(b"\r\nz NOOP\r\n").await;
+    let r = c.tagged("big").await;
+    assert!(r.last().unwrap().contains("not stored"), "{r:?}");
+    c.tagged("z").await;
+    env.upstream_got("z NOOP").await;
+    let cmds = env.commands();
+    assert!(
+        cmds.iter().all(|c| c.len() < 1024),
+        "nothing of it upstream"
+    );
+}

@@ -193,6 +193,24 @@ mod tests {
     }
 
     #[test]
+    fn a_limited_account_waits_until_the_limiter_has_room() {
+        let mut s = Schedule::new(Duration::from_secs(1), Duration::from_secs(8));
+        s.add(id("01"), "a".into(), 0);
+        s.add(id("02"), "a".into(), 0);
+        s.add(id("03"), "b".into(), 0);
+        s.limit("a".into(), 86_400_000, 1);
+        assert_eq!(s.unmarked_limited().len(), 2);
+        assert!(s.unmarked_limited().is_empty(), "marked once");
+        assert_eq!(s.next_due(10).unwrap().0, id("03"));
+        assert!(s.next_due(10).is_none());
+        assert_eq!(s.next_wake(), Some(86_400_000));
+        s.refresh_limits(10, |_, _| Some(Duration::from_secs(5)));
+        assert_eq!(s.next_wake(), Some(5_010));
+        s.refresh_limits(10, |_, _| None);
+        assert_eq!(s.next_due(10).unwrap().0, id("01"));
+    }
+
+    #[test]
     fn in_flight_is_not_added_twice() {
         let mut s = Schedule::new(Duration::from_secs(1), Duration::from_secs(8));
         s.add(id("01"), "a".into(), 0);

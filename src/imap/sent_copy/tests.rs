@@ -119,12 +119,13 @@ fn long_lines_pass_without_being_held() {
 #[test]
 fn server_side_finds_boundaries_across_literals() {
     let mut s = ServerSide::default();
+    let mut c = ClientSide::new();
     assert!(s.at_boundary());
-    s.feed(b"* 1 FETCH (BODY[] {6}\r\nab\r\n");
+    s.feed(b"* 1 FETCH (BODY[] {6}\r\nab\r\n", &mut c);
     assert!(!s.at_boundary());
-    s.feed(b"cd)\r\n");
+    s.feed(b"cd)\r\n", &mut c);
     assert!(s.at_boundary());
-    s.feed(b"* LIST (\\Sent) \"/\" Sent-Items\r\n* OK");
+    s.feed(b"* LIST (\\Sent) \"/\" Sent-Items\r\n* OK", &mut c);
     assert!(!s.at_boundary());
     assert!(s.learned.is_sent(b"Sent-Items"));
 }
@@ -170,4 +171,25 @@ async fn filter_stream_replies_between_upstream_responses() {
     drop(client_far);
     drop(up_far);
     let _ = pump.await.unwrap();
+}
+
+#[test]
+fn a_refused_synchronising_literal_is_not_expected() {
+    let l = Learned::default();
+    let mut c = ClientSide::new();
+    let mut s = ServerSide::default();
+    let (mut out, mut inject) = (Vec::new(), Vec::new());
+    c.feed(b"d APPEND Drafts {99999}\r\n", &l, &mut out, &mut inject);
+    s.feed(b"* 3 EXISTS\r\nd NO [TOOBIG] too big\r\n", &mut c);
+    // The client never sends the literal: its next command is parsed.
+    c.feed(b"e APPEND Sent {1+}\r\nx\r\n", &l, &mut out, &mut inject);
+    assert_eq!(out, b"d APPEND Drafts {99999}\r\n");
+    assert_eq!(inject, ok("e"));
+    // A continuation means the literal comes.
+    let (mut out, mut inject) = (Vec::new(), Vec::new());
+    c.feed(b"f APPEND Drafts {20}\r\n", &l, &mut out, &mut inject);
+    s.feed(b"+ go ahead\r\nf NO later\r\n", &mut c);
+    let lit: &[u8] = b"g APPEND Sent {1+}\r\n";
+    c.feed(lit, &l, &mut out, &mut inject);
+    assert!(out.ends_with(lit) && inject.is_empty());
 }
