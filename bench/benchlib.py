@@ -256,7 +256,8 @@ class MailBridge:
         d.mkdir(parents=True, exist_ok=True)
         self.dir = d
         self.bin = d / "mailbridge"
-        shutil.copy2(ROOT / "target" / "release" / "mailbridge", self.bin)  # others may rebuild target/
+        # A copy, since others may rebuild target/ meanwhile; MAILBRIDGE_BIN picks another build.
+        shutil.copy2(os.environ.get("MAILBRIDGE_BIN", ROOT / "target" / "release" / "mailbridge"), self.bin)
         self.smtp_port, self.imap_port = free_port(), free_port()
         h = ok([self.bin, "hash-password"], input=LOCAL_PASS.encode()).stdout.decode().strip()
         conc = f"concurrency = {delivery_concurrency}" if delivery_concurrency else ""

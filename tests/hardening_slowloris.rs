@@ -3,8 +3,8 @@
 //! the per-command deadline (a line must be complete within the idle timeout
 //! of its first byte), IMAP by the pre-login deadline; the daemon's memory
 //! does not grow with them, and a good client is served afterwards.
-//! (A client that trickles a message body after DATA is bounded only by the
-//! idle timeout per read: see docs/RELIABILITY.md.)
+//! A client that trickles a message body after DATA is cut off by the
+//! minimum DATA rate (512 B/s on average once the idle timeout has passed).
 
 mod common;
 mod hardening_support;
@@ -130,4 +130,74 @@ imap = { host = "127.0.0.1", port = 1, tls = "implicit" }
     let (mut c, g) = Smtp::connect(smtp).await.unwrap();
     assert!(g.starts_with("220 "));
     assert_eq!(c.cmd("NOOP").await.unwrap(), "250 2.0.0 Ok\r\n");
+}
+
+/// A client that trickles its message body (one byte every 300 ms, each read
+/// well inside the idle timeout) is cut off by the minimum DATA rate.
+#[tokio::test]
+async fn trickled_message_body_is_cut_off() {
+    let d = common::daemon::start(
+        r#"
+[smtp]
+listen = ["127.0.0.1:0"]
+hostname = "slow.test"
+idle_timeout = "1s"
+
+[imap]
+listen = ["127.0.0.1:0"]
+
+[delivery]
+retry_initial = "1h"
+
+[[accounts]]
+name = "acct"
+provider = "custom"
+username = "me@example.com"
+password = "x"
+smtp = { host = "127.0.0.1", port = 1, tls = "implicit" }
+imap = { host = "127.0.0.1", port = 1, tls = "implicit" }
+"#,
+    )
+    .await;
+    let mut s = TcpStream::connect(d.smtp_addr()).await.unwrap();
+    s.write_all(
+        b"EHLO trickle\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n",
+    )
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !String::from_utf8_lossy(&seen).contains("\r\n354 ") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("replies up to 354")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before 354: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    let started = Instant::now();
+    let mut buf = vec![0u8; 256];
+    let mut tick = tokio::time::interval(Duration::from_millis(300));
+    let said = loop {
+        tokio::select! {
+            r = s.read(&mut buf) => {
+                let n = r.unwrap_or(0);
+                break String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
+            _ = tick.tick() => {
+                let _ = s.write_all(b"x").await;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "never cut off");
+    };
+    assert_eq!(
+        said,
+        "421 4.4.2 slow.test Error: message transfer too slow\r\n"
+    );
+    assert!(d.daemon.context.spool.list().unwrap().is_empty());
+    d.stop().await;
 }

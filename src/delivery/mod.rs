@@ -213,7 +213,7 @@ fn rescan(ctx: &Context, sched: &mut Schedule) -> Vec<QueueId> {
         if e.state == crate::spool::EntryState::OnHold {
             continue; // `mailbridge queue hold`: waits for `release`
         }
-        let expired = e.received_at.elapsed().unwrap_or_default() >= expire;
+        let expired = e.queued_since.elapsed().unwrap_or_default() >= expire;
         match sched.blocked_reason(&e.envelope.account, now) {
             Some(why) if expired => {
                 let why = format!(
@@ -393,7 +393,7 @@ fn record(
         return None;
     };
     let remaining: Vec<String> = report.temporary.iter().map(|(r, _)| r.clone()).collect();
-    let age = entry.received_at.elapsed().unwrap_or_default();
+    let age = entry.queued_since.elapsed().unwrap_or_default();
     if age >= cfg.expire_after {
         let why = format!(
             "expired after {} in the queue; last error: {reason}",

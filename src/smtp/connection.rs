@@ -32,6 +32,10 @@ use crate::Context;
 pub const MAX_LINE: usize = 4096;
 /// How long a message already in DATA may take to finish once shutdown starts.
 const SHUTDOWN_DATA_GRACE: Duration = Duration::from_secs(30);
+/// Slowest average DATA rate accepted once the first idle timeout has passed
+/// (bytes/s): a client trickling a body just under the idle timeout per read
+/// would otherwise hold its session for ever.
+const MIN_DATA_RATE: f64 = 512.0;
 /// Bytes read per call; also the idle buffer size.
 const READ_CHUNK: usize = 4096;
 
@@ -39,6 +43,8 @@ const READ_CHUNK: usize = 4096;
 enum Stop {
     Eof,
     Idle,
+    /// DATA arrived slower than [`MIN_DATA_RATE`] after the grace period.
+    TooSlow,
     Shutdown,
     Io(std::io::Error),
 }
@@ -86,6 +92,10 @@ pub async fn serve(
     match run(&mut conn, &mut session, &ctx, &shutdown).await {
         Ok(()) => debug!("closed"),
         Err(Stop::Eof) => debug!("client closed the connection"),
+        Err(Stop::TooSlow) => {
+            info!("message transfer too slow; closing");
+            conn.close_with(&replies::too_slow(&host)).await;
+        }
         Err(Stop::Idle) => {
             info!("idle timeout");
             conn.close_with(&replies::idle_timeout(&host)).await;
@@ -192,13 +202,21 @@ async fn receive_message(
     shutdown: &CancellationToken,
 ) -> Result<String, Stop> {
     let mut reader = DataReader::new(ctx.config.smtp.max_message_size);
+    let started = Instant::now();
+    let mut received = conn.rbuf.len();
     let outcome = loop {
         let (used, outcome) = reader.ingest(&conn.rbuf);
         conn.rbuf.advance(used);
         if let Some(o) = outcome {
             break o;
         }
+        let before = conn.rbuf.len();
         conn.read_data(shutdown).await?;
+        received += conn.rbuf.len().saturating_sub(before);
+        let slow_for = started.elapsed().saturating_sub(conn.idle);
+        if (received as f64) < MIN_DATA_RATE * slow_for.as_secs_f64() {
+            return Err(Stop::TooSlow);
+        }
     };
     conn.shrink();
     let Some(txn) = session.take_transaction() else {

@@ -113,6 +113,10 @@ pub fn idle_timeout(host: &str) -> String {
     format!("421 4.4.2 {host} Error: timeout exceeded\r\n")
 }
 
+pub fn too_slow(host: &str) -> String {
+    format!("421 4.4.2 {host} Error: message transfer too slow\r\n")
+}
+
 pub fn too_many_errors(host: &str) -> String {
     format!("421 4.7.0 {host} Error: too many errors\r\n")
 }

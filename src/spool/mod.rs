@@ -105,6 +105,9 @@ pub struct QueueEntry {
     /// The last upstream reply or error (or why it is held / failed).
     pub last_error: Option<String>,
     pub received_at: SystemTime,
+    /// Start of the current stay in the queue: receipt, or the time `queue
+    /// retry` brought a failed message back. `expire_after` counts from here.
+    pub queued_since: SystemTime,
     /// Message size in bytes.
     pub size: u64,
     /// Recipients still to deliver (all of the envelope's until some are done).
@@ -333,6 +336,7 @@ impl Spool {
         if !msg_path(&self.queue, &id.0).exists() {
             return Ok(());
         }
+        let previous = store::read_state(&self.queue, &id.0);
         let state = State {
             attempts: d.attempts,
             next_attempt_ms: to_ms(d.next_attempt),
@@ -341,7 +345,8 @@ impl Spool {
             remaining: d.remaining.clone(),
             failed_at_ms: None,
             // `queue hold` may have run while this delivery was in flight.
-            on_hold: store::read_state(&self.queue, &id.0).on_hold,
+            on_hold: previous.on_hold,
+            requeued_at_ms: previous.requeued_at_ms,
         };
         store::write_state(&self.tmp, &self.queue, &id.0, &state, true)
     }
@@ -417,6 +422,7 @@ impl Spool {
         if failed {
             state.attempts = 0;
             state.failed_at_ms = None;
+            state.requeued_at_ms = Some(now_ms());
             store::write_state(&self.tmp, &self.queue, &id.0, &state, true)?;
             let src = msg_path(&self.failed, &id.0);
             fs::rename(&src, msg_path(&self.queue, &id.0)).map_err(io_err(&src))?;
@@ -524,6 +530,7 @@ fn make_entry(h: Header, s: State, failed: bool) -> QueueEntry {
         next_attempt: (!failed && s.next_attempt_ms > 0).then(|| from_ms(s.next_attempt_ms)),
         last_error: s.last_error,
         received_at: from_ms(h.received_at_ms),
+        queued_since: from_ms(s.requeued_at_ms.unwrap_or(h.received_at_ms)),
         size: h.size,
         failed_at: s.failed_at_ms.map(from_ms),
     }

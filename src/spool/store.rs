@@ -52,6 +52,10 @@ pub(crate) struct State {
     /// Put on hold by `mailbridge queue hold` (not delivered until released).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub on_hold: bool,
+    /// When `queue retry` put a failed entry back in the queue (unix ms):
+    /// expiry counts from here, not from receipt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requeued_at_ms: Option<u64>,
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {

@@ -75,10 +75,28 @@ async fn defer_fail_retry_delete() {
     assert_eq!(e.state, EntryState::Failed);
     assert_eq!(e.attempts, 2);
     assert!(s.list_queued().unwrap().is_empty());
+    let received = e.received_at;
     s.retry(&a).unwrap();
     let e = s.entry(&a).unwrap();
     assert_eq!(e.state, EntryState::Queued);
     assert_eq!(e.next_attempt, None);
+    // A retried failed message gets a fresh expiry window, and keeps it
+    // across a later deferral.
+    assert_eq!(e.received_at, received);
+    assert!(e.queued_since >= received);
+    let since = e.queued_since;
+    s.defer(
+        &a,
+        &Deferral {
+            attempts: 1,
+            next_attempt: when,
+            reason: "451 again".into(),
+            held: false,
+            remaining: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(s.entry(&a).unwrap().queued_since, since);
     s.delete(&a).unwrap();
     assert!(matches!(s.entry(&a), Err(SpoolError::NotFound(_))));
     assert!(matches!(

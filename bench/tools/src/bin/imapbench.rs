@@ -1,7 +1,7 @@
 //! IMAP client for the benchmarks, plaintext or implicit TLS:
-//!   download --addr A [--tls --ca CA] --user U --pass P [--runs 3]
-//!       LOGIN, SELECT INBOX, `FETCH 1:* BODY.PEEK[]`; prints per run
-//!       `RUN msgs=N bytes=B secs=S mbps=X` (literal bytes / time from FETCH to OK).
+//!   download --addr A [--tls --ca CA] --user U --pass P [--runs 3] [--repeat 1]
+//!       LOGIN, SELECT INBOX, `repeat` x `FETCH 1:* BODY.PEEK[]`; prints per run
+//!       `RUN msgs=N bytes=B secs=S mbps=X` (literal bytes / time from first FETCH to last OK).
 //!   logins --addr A [--tls --ca CA] --user U --pass P [--conns 8] [--secs 10]
 //!       connect, LOGIN, LOGOUT in a loop; prints `RESULT ok=N errors=E secs=S rate=R`.
 //!   idle --addr A [--tls --ca CA] --user U --pass P --conns 2000
@@ -139,7 +139,7 @@ async fn main() {
         pass: a.str("pass", "bench"),
     });
     match a.str("_cmd", "").as_str() {
-        "download" => download(&t, a.num("runs", 3)).await,
+        "download" => download(&t, a.num("runs", 3), a.num("repeat", 1)).await,
         "logins" => logins(t, a.num("conns", 8), a.num("secs", 10)).await,
         "idle" => idle(t, a.num("conns", 2000)).await,
         other => {
@@ -149,13 +149,18 @@ async fn main() {
     }
 }
 
-async fn download(t: &Target, runs: u64) {
+async fn download(t: &Target, runs: u64, repeat: u64) {
     for _ in 0..runs {
         let mut s = Session::connect(t).await.expect("connect");
         s.login(t).await.expect("login");
         s.command("SELECT INBOX").await.expect("select");
         let t0 = Instant::now();
-        let (bytes, msgs) = s.command("FETCH 1:* BODY.PEEK[]").await.expect("fetch");
+        let (mut bytes, mut msgs) = (0, 0);
+        for _ in 0..repeat.max(1) {
+            let (b, m) = s.command("FETCH 1:* BODY.PEEK[]").await.expect("fetch");
+            bytes += b;
+            msgs = m;
+        }
         let secs = t0.elapsed().as_secs_f64();
         let _ = s.command("LOGOUT").await;
         println!(

@@ -39,9 +39,11 @@ async fn main() {
         conns: AtomicU64::new(0),
         receipts: Mutex::new(Vec::with_capacity(100_000)),
     });
-    let l = TcpListener::bind(("127.0.0.1", a.num("port", 0) as u16))
-        .await
+    // A deep backlog (std's default is 128) so bursts of connects are not dropped.
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind(([127, 0, 0, 1], a.num("port", 0) as u16).into())
         .expect("bind");
+    let l = sock.listen(4096).expect("listen");
     let c = TcpListener::bind(("127.0.0.1", a.num("ctl-port", 0) as u16))
         .await
         .expect("bind ctl");
