@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BINARY = Path(os.environ.get("MAILBRIDGE_BIN", ROOT / "target" / "release" / "mailbridge"))
+EXAMPLE_IMAP_DIGEST = str(Path(os.environ.get("MAILBRIDGE_EXAMPLES", ROOT / "target" / "release" / "examples")) / "imap_digest")
 UPSTREAM_SCRIPT = Path(__file__).resolve().parent / "aiosmtpd_upstream.py"
 PYTHON = sys.executable
 

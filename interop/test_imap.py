@@ -235,3 +235,29 @@ def test_real_credentials_are_not_passed_through_by_default(bridge):
         c.login(h.ACCOUNT, h.APP_PASSWORD)
     assert "AUTHENTICATIONFAILED" in str(e.value).upper(), e.value
     c.shutdown()
+
+
+def test_async_imap_client_fetch_matches_direct(bridge, dovecot):
+    """async-imap (Rust, examples/imap_digest.rs) through the proxy sees the
+    same mailbox, byte for byte, as imaplib straight to Dovecot."""
+    import hashlib
+    import subprocess
+
+    direct = dovecot.client()
+    direct.login(h.ACCOUNT, h.APP_PASSWORD)
+    typ, _ = direct.select("INBOX", readonly=True)
+    assert typ == "OK"
+    typ, data = direct.fetch("1:*", "(BODY.PEEK[])")
+    assert typ == "OK", data
+    bodies = [x[1] for x in data if isinstance(x, tuple)]
+    direct.logout()
+    want = hashlib.sha256(b"".join(bodies)).hexdigest()
+
+    out = subprocess.run(
+        [h.EXAMPLE_IMAP_DIGEST, f"127.0.0.1:{bridge.imap_port}", h.DEVICE_USER, h.DEVICE_PASSWORD],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = dict(l.split(" ", 1) for l in out.stdout.splitlines())
+    assert int(lines["fetched"]) == len(bodies) >= 50
+    assert lines["sha256"] == want
