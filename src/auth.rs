@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -38,16 +38,26 @@ pub struct LocalAuth {
     /// Hash verified for unknown users so they take as long as known ones.
     dummy_hash: String,
     failures: std::sync::Arc<FailureTracker>,
-    /// Each argon2 check holds ~19 MiB; a login flood must not multiply that.
-    hashing: tokio::sync::Semaphore,
 }
 
-/// Concurrent argon2 checks at most (beyond it logins wait their turn).
+/// Concurrent argon2 checks at most, process-wide (beyond it logins wait
+/// their turn): each check works in ~19 MiB, and a login flood must not
+/// multiply that.
 const MAX_CONCURRENT_HASHES: usize = 2;
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT_HASHES);
+/// argon2 working memory, reused from check to check. Allocating ~19 MiB per
+/// check and freeing it left glibc holding hundreds of MiB after a burst of
+/// logins (freed blocks stay in its arenas); a fixed pool keeps the resident
+/// size at what the concurrent checks need.
+static WORK_MEMORY: Mutex<Vec<Vec<Block>>> = Mutex::new(Vec::new());
+/// Hash checked for unknown users, made once per process.
+static DUMMY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 impl LocalAuth {
     pub fn new(users: &[User]) -> Self {
-        let dummy_hash = hash_password("mailbridge-dummy-password").unwrap_or_default();
+        let dummy_hash = DUMMY_HASH
+            .get_or_init(|| hash_password("mailbridge-dummy-password").unwrap_or_default())
+            .clone();
         LocalAuth {
             users: users
                 .iter()
@@ -65,7 +75,6 @@ impl LocalAuth {
             pepper: rand::random(),
             dummy_hash,
             failures: Default::default(),
-            hashing: tokio::sync::Semaphore::new(MAX_CONCURRENT_HASHES),
         }
     }
 
@@ -91,20 +100,20 @@ impl LocalAuth {
             // Same cost as a real check, so timing does not reveal user names.
             let dummy = self.dummy_hash.clone();
             let pw = Secret::new(password);
-            let _permit = self.hashing.acquire().await.ok()?;
+            let _permit = HASHING.acquire().await.ok()?;
             let _ = tokio::task::spawn_blocking(move || check_hash(&dummy, pw.expose())).await;
             return None;
         };
-        if let Ok(cache) = self.verified.lock() {
-            if let Some(known) = cache.get(name) {
-                if bool::from(known.ct_eq(&digest)) {
-                    return Some(entry.account.clone());
-                }
-            }
+        if self.is_cached(name, &digest) {
+            return Some(entry.account.clone());
         }
         let hash = entry.hash.clone();
         let pw = Secret::new(password);
-        let _permit = self.hashing.acquire().await.ok()?;
+        let _permit = HASHING.acquire().await.ok()?;
+        // Another login of this user may have been verified while we waited.
+        if self.is_cached(name, &digest) {
+            return Some(entry.account.clone());
+        }
         let ok = tokio::task::spawn_blocking(move || check_hash(hash.expose(), pw.expose()))
             .await
             .unwrap_or(false);
@@ -115,6 +124,15 @@ impl LocalAuth {
             cache.insert(name.to_string(), digest);
         }
         Some(entry.account.clone())
+    }
+
+    /// Was this exact password verified for `name` before? (Constant-time compare.)
+    fn is_cached(&self, name: &str, digest: &[u8; 32]) -> bool {
+        self.verified
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(name).map(|known| bool::from(known.ct_eq(digest))))
+            .unwrap_or(false)
     }
 
     fn digest(&self, password: &str) -> [u8; 32] {
@@ -129,13 +147,58 @@ impl LocalAuth {
     }
 }
 
+/// Verifies `password` against a PHC argon2 hash in pooled working memory;
+/// the comparison is constant-time.
 fn check_hash(hash: &str, password: &str) -> bool {
-    match PasswordHash::new(hash) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok(),
-        Err(_) => false,
+    let mut memory = WORK_MEMORY
+        .lock()
+        .ok()
+        .and_then(|mut pool| pool.pop())
+        .unwrap_or_default();
+    let ok = check_hash_in(hash, password, &mut memory);
+    if let Ok(mut pool) = WORK_MEMORY.lock() {
+        if pool.len() < MAX_CONCURRENT_HASHES {
+            pool.push(memory);
+        }
     }
+    ok
+}
+
+fn check_hash_in(hash: &str, password: &str, memory: &mut Vec<Block>) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let (Ok(params), Ok(algorithm)) = (
+        Params::try_from(&parsed),
+        Algorithm::try_from(parsed.algorithm),
+    ) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    let argon = Argon2::new(algorithm, version, params);
+    if argon
+        .hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut memory[..blocks])
+        .is_err()
+    {
+        return false;
+    }
+    out.ct_eq(expected.as_bytes()).into()
 }
 
 /// Makes a PHC-format argon2id hash for `relay.toml` (`mailbridge hash-password`).
@@ -246,6 +309,29 @@ mod tests {
         );
         assert_eq!(auth.verify("scanner", "wrong").await, None);
         assert_eq!(auth.verify("nobody", "s3cret pass").await, None);
+    }
+
+    #[test]
+    fn checks_hashes_of_any_argon2_variant_and_cost_in_pooled_memory() {
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        for (alg, m) in [
+            (Algorithm::Argon2id, 32 * 1024),
+            (Algorithm::Argon2i, 8 * 1024),
+            (Algorithm::Argon2d, 16 * 1024),
+        ] {
+            let params = Params::new(m, 2, 1, None).unwrap();
+            let hash = Argon2::new(alg, Version::V0x13, params)
+                .hash_password("p\u{e4}ss word".as_bytes(), &salt)
+                .unwrap()
+                .to_string();
+            assert!(check_hash(&hash, "p\u{e4}ss word"), "{alg:?}");
+            assert!(!check_hash(&hash, "p\u{e4}ss wore"), "{alg:?}");
+        }
+        assert!(!check_hash(
+            "$argon2id$v=19$m=19456,t=2,p=1$bm90IGEgaGFzaA",
+            "x"
+        ));
+        assert!(!check_hash("plain text", "plain text"));
     }
 
     #[test]

@@ -37,7 +37,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -127,13 +126,11 @@ impl Daemon {
 
         let mut smtp_addrs = Vec::new();
         for addr in &config.smtp.listen {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    proto: "smtp",
-                    addr: *addr,
-                    source,
-                })?;
+            let l = listener::bind(*addr).map_err(|source| StartError::Bind {
+                proto: "smtp",
+                addr: *addr,
+                source,
+            })?;
             let local = l.local_addr().map_err(|source| StartError::Bind {
                 proto: "smtp",
                 addr: *addr,
@@ -165,13 +162,11 @@ impl Daemon {
         }
         let mut imap_addrs = Vec::new();
         for addr in &config.imap.listen {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    proto: "imap",
-                    addr: *addr,
-                    source,
-                })?;
+            let l = listener::bind(*addr).map_err(|source| StartError::Bind {
+                proto: "imap",
+                addr: *addr,
+                source,
+            })?;
             let local = l.local_addr().map_err(|source| StartError::Bind {
                 proto: "imap",
                 addr: *addr,
@@ -303,7 +298,7 @@ impl TlsListeners<'_> {
                 addr: *addr,
                 source,
             };
-            let l = TcpListener::bind(addr).await.map_err(bind_err)?;
+            let l = listener::bind(*addr).map_err(bind_err)?;
             let local = l.local_addr().map_err(bind_err)?;
             info!(
                 "{} (implicit TLS) listening on {local}",
@@ -361,7 +356,7 @@ async fn start_metrics(
         addr,
         source,
     };
-    let l = TcpListener::bind(addr).await.map_err(bind_err)?;
+    let l = listener::bind(addr).map_err(bind_err)?;
     let local = l.local_addr().map_err(bind_err)?;
     metrics::http::warn_if_exposed(local);
     info!("metrics listening on http://{local}/metrics (health: /healthz)");

@@ -23,6 +23,24 @@ pub fn next_session_id() -> u64 {
     SESSION_IDS.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Pending connections the kernel queues per listener. `TcpListener::bind`
+/// asks for 128, which overflows when hundreds of devices reconnect at once
+/// (connects then stall for a SYN retry); this matches Linux's default cap.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` for listening (SO_REUSEADDR, a deep accept backlog).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// How one listener behaves.
 pub struct ListenerSpec {
     /// "smtp" or "imap": the span's `listener` field.
