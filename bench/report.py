@@ -111,7 +111,7 @@ def goals():
                          "messages in memory while receiving and delivering; Postfix streams them to disk. "
                          "The memory goal (a tenth of Postfix) holds for the 10 KB load it is stated for, not for big messages.")
         ld = load("load")
-        if ld:
+        if ld and ld["as shipped"]["peak_rss_kib"] > 200 * 1024:
             x, t = ld["as shipped"], ld.get("MALLOC_MMAP_THRESHOLD_=1048576")
             extra = f" ({t['peak_rss_kib'] / 1024:.0f} MiB with glibc's mmap threshold fixed)" if t else ""
             short.append(f"- Load item peak RSS {x['peak_rss_kib'] / 1024:.0f} MiB{extra}: argon2 buffers of "
