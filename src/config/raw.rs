@@ -179,7 +179,7 @@ impl RawConfig {
                 ));
             }
             let (password, password_problem) = if let Some(p) = a.password {
-                normalise_password(&p, "password")
+                normalise_password(&p, "the `password` key")
             } else if let Some(var) = &a.password_env {
                 match std::env::var(var) {
                     Ok(p) => normalise_password(&p, &format!("environment variable {var}")),
@@ -454,9 +454,9 @@ const EXAMPLE_APP_PASSWORD: &str = "abcdefghijklmnop";
 fn normalise_password(p: &str, source: &str) -> (Option<Secret>, Option<String>) {
     let cleaned: String = p.chars().filter(|c| !c.is_whitespace()).collect();
     if cleaned == EXAMPLE_APP_PASSWORD {
-        (None, Some(format!("the password from {source} is still the example \"abcd efgh ijkl mnop\"; put the account's app password there")))
+        (None, Some(format!("the password in {source} is still the example \"abcd efgh ijkl mnop\"; put the account's app password there")))
     } else if cleaned.is_empty() {
-        (None, Some(format!("the password from {source} is empty")))
+        (None, Some(format!("the password in {source} is empty")))
     } else {
         (Some(Secret::new(cleaned)), None)
     }
