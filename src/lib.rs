@@ -124,86 +124,16 @@ impl Daemon {
         let sessions = TaskTracker::new();
         let worker = TaskTracker::new();
 
-        let mut smtp_addrs = Vec::new();
-        for addr in &config.smtp.listen {
-            let l = listener::bind(*addr).map_err(|source| StartError::Bind {
-                proto: "smtp",
-                addr: *addr,
-                source,
-            })?;
-            let local = l.local_addr().map_err(|source| StartError::Bind {
-                proto: "smtp",
-                addr: *addr,
-                source,
-            })?;
-            info!("SMTP listening on {local}");
-            smtp_addrs.push(local);
-            let live2 = live.clone();
-            let sd = shutdown.clone();
-            let spec = ListenerSpec {
-                name: "smtp",
-                max_connections: config.smtp.max_connections,
-                busy_reply: b"421 4.7.0 Too many connections, try again later\r\n",
-            };
-            sessions.spawn(accept_loop(
-                l,
-                spec,
-                shutdown.clone(),
-                sessions.clone(),
-                move |s, p| {
-                    smtp::handle_connection(
-                        stream::ClientStream::Plain(s),
-                        p,
-                        live2.load_full(),
-                        sd.clone(),
-                    )
-                },
-            ));
-        }
-        let mut imap_addrs = Vec::new();
-        for addr in &config.imap.listen {
-            let l = listener::bind(*addr).map_err(|source| StartError::Bind {
-                proto: "imap",
-                addr: *addr,
-                source,
-            })?;
-            let local = l.local_addr().map_err(|source| StartError::Bind {
-                proto: "imap",
-                addr: *addr,
-                source,
-            })?;
-            info!("IMAP listening on {local}");
-            imap_addrs.push(local);
-            let live2 = live.clone();
-            let sd = shutdown.clone();
-            let spec = ListenerSpec {
-                name: "imap",
-                max_connections: config.imap.max_connections,
-                busy_reply: b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
-            };
-            sessions.spawn(accept_loop(
-                l,
-                spec,
-                shutdown.clone(),
-                sessions.clone(),
-                move |s, p| {
-                    imap::handle_connection(
-                        stream::ClientStream::Plain(s),
-                        p,
-                        live2.load_full(),
-                        sd.clone(),
-                    )
-                },
-            ));
-        }
-        let tls_listeners = TlsListeners {
+        let listeners = Listeners {
             ctx: &ctx,
             live: &live,
             shutdown: &shutdown,
             sessions: &sessions,
         };
-        let smtps_addrs = tls_listeners.start(Proto::Smtps).await?;
-        let imaps_addrs = tls_listeners.start(Proto::Imaps).await?;
+        let smtp_addrs = listeners.start(Proto::Smtp)?;
+        let imap_addrs = listeners.start(Proto::Imap)?;
+        let smtps_addrs = listeners.start(Proto::Smtps)?;
+        let imaps_addrs = listeners.start(Proto::Imaps)?;
         let metrics_addr = match config.metrics.listen {
             Some(addr) => Some(start_metrics(addr, &ctx, &shutdown, &sessions).await?),
             None => None,
@@ -241,52 +171,66 @@ impl Daemon {
     }
 }
 
-/// The implicit-TLS listeners (smtps, imaps).
+/// The client-facing listeners: plaintext (with optional STARTTLS) and implicit TLS.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Proto {
+    Smtp,
+    Imap,
     Smtps,
     Imaps,
 }
 
-/// What is needed to start the implicit-TLS listeners.
-struct TlsListeners<'a> {
+/// What is needed to start the listeners.
+struct Listeners<'a> {
     ctx: &'a Arc<Context>,
     live: &'a Arc<ArcSwap<Context>>,
     shutdown: &'a CancellationToken,
     sessions: &'a TaskTracker,
 }
 
-impl TlsListeners<'_> {
-    /// Binds and serves every address of `proto`; the TLS handshake runs in
+impl Listeners<'_> {
+    /// Binds and serves every address of `proto`; a TLS handshake runs in
     /// each connection's task. Returns the bound addresses.
-    async fn start(&self, proto: Proto) -> Result<Vec<SocketAddr>, StartError> {
+    fn start(&self, proto: Proto) -> Result<Vec<SocketAddr>, StartError> {
         let config = &self.ctx.config;
-        let (name, addrs, spec) = match proto {
+        let (name, addrs, max_connections, busy_reply): (_, _, _, &'static [u8]) = match proto {
+            Proto::Smtp => (
+                "smtp",
+                &config.smtp.listen,
+                config.smtp.max_connections,
+                b"421 4.7.0 Too many connections, try again later\r\n",
+            ),
+            Proto::Imap => (
+                "imap",
+                &config.imap.listen,
+                config.imap.max_connections,
+                b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
+            ),
+            // Not TLS yet: a client that meets the cap gets a closed socket.
             Proto::Smtps => (
                 "smtps",
                 &config.smtp.smtps_listen,
-                ListenerSpec {
-                    name: "smtps",
-                    max_connections: config.smtp.max_connections,
-                    // Not TLS: a client that meets the cap gets a closed socket.
-                    busy_reply: b"",
-                },
+                config.smtp.max_connections,
+                b"",
             ),
             Proto::Imaps => (
                 "imaps",
                 &config.imap.imaps_listen,
-                ListenerSpec {
-                    name: "imaps",
-                    max_connections: config.imap.max_connections,
-                    busy_reply: b"",
-                },
+                config.imap.max_connections,
+                b"",
             ),
+        };
+        let implicit_tls = matches!(proto, Proto::Smtps | Proto::Imaps);
+        let spec = ListenerSpec {
+            name,
+            max_connections,
+            busy_reply,
         };
         let mut bound = Vec::new();
         if addrs.is_empty() {
             return Ok(bound);
         }
-        if self.ctx.tls_acceptor.is_none() {
+        if implicit_tls && self.ctx.tls_acceptor.is_none() {
             // Config validation makes this unreachable; refuse rather than panic.
             return Err(StartError::Upstream(format!(
                 "{name} listeners need tls_cert and tls_key"
@@ -300,47 +244,51 @@ impl TlsListeners<'_> {
             };
             let l = listener::bind(*addr).map_err(bind_err)?;
             let local = l.local_addr().map_err(bind_err)?;
-            info!(
-                "{} (implicit TLS) listening on {local}",
-                name.to_uppercase()
-            );
+            if implicit_tls {
+                info!(
+                    "{} (implicit TLS) listening on {local}",
+                    name.to_uppercase()
+                );
+            } else {
+                info!("{} listening on {local}", name.to_uppercase());
+            }
             bound.push(local);
             let (live, sd) = (self.live.clone(), self.shutdown.clone());
-            let spec = spec_copy(&spec);
             self.sessions.spawn(accept_loop(
                 l,
                 spec,
                 self.shutdown.clone(),
                 self.sessions.clone(),
                 move |s, p| {
-                    // The current context: a reload may have changed the certificate.
+                    // The current context: a reload may have changed users or the certificate.
                     let (ctx, sd) = (live.load_full(), sd.clone());
                     async move {
-                        let Some(acceptor) = ctx.tls_acceptor.clone() else {
-                            return;
-                        };
-                        let Some(s) = stream::ClientStream::accept_tls(s, &acceptor, &sd).await
-                        else {
-                            ctx.metrics.tls_error(name);
-                            return;
+                        let s = if implicit_tls {
+                            let Some(acceptor) = ctx.tls_acceptor.clone() else {
+                                return;
+                            };
+                            let Some(s) = stream::ClientStream::accept_tls(s, &acceptor, &sd).await
+                            else {
+                                ctx.metrics.tls_error(name);
+                                return;
+                            };
+                            s
+                        } else {
+                            stream::ClientStream::Plain(s)
                         };
                         match proto {
-                            Proto::Smtps => smtp::handle_connection(s, p, ctx, sd).await,
-                            Proto::Imaps => imap::handle_connection(s, p, ctx, sd).await,
+                            Proto::Smtp | Proto::Smtps => {
+                                smtp::handle_connection(s, p, ctx, sd).await
+                            }
+                            Proto::Imap | Proto::Imaps => {
+                                imap::handle_connection(s, p, ctx, sd).await
+                            }
                         }
                     }
                 },
             ));
         }
         Ok(bound)
-    }
-}
-
-fn spec_copy(s: &ListenerSpec) -> ListenerSpec {
-    ListenerSpec {
-        name: s.name,
-        max_connections: s.max_connections,
-        busy_reply: s.busy_reply,
     }
 }
 

@@ -42,6 +42,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// How one listener behaves.
+#[derive(Clone, Copy)]
 pub struct ListenerSpec {
     /// "smtp" or "imap": the span's `listener` field.
     pub name: &'static str,
