@@ -209,7 +209,9 @@ impl RawConfig {
                 return Err(err(&key("username"), "must not be empty".into()));
             }
             let address = a.address.unwrap_or_else(|| a.username.clone());
-            if !address.contains('@') {
+            // It goes into MAIL FROM:<...> verbatim: no room for CR/LF or brackets.
+            let unsafe_char = |c: char| c.is_control() || c.is_whitespace() || c == '<' || c == '>';
+            if !address.contains('@') || address.contains(unsafe_char) {
                 return Err(err(
                     &key("address"),
                     format!("{address:?} is not a mail address; set address = \"you@example.com\" (the envelope sender)"),

@@ -170,3 +170,10 @@ fn implicit_tls_listeners_need_cert_and_key() {
     let e = parse(&format!("tls_cert = \"a.pem\"\n{MIN}")).unwrap_err();
     assert_eq!(e.key, "tls_key");
 }
+
+#[test]
+fn envelope_address_cannot_carry_smtp_syntax() {
+    let t = format!("{MIN}address = \"me@example.com>\\r\\nRCPT TO:<x@y\"\n");
+    let e = parse(&t).unwrap_err();
+    assert_eq!(e.key, "accounts[0].address");
+}
