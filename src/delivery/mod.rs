@@ -3,6 +3,7 @@
 //! plus direct mode and the login check built on the same upstream client.
 //!
 //! - [`upstream`]: connections, TLS, AUTH, pooling, one transaction.
+//! - [`starttls`]: the strict plaintext greeting/EHLO/STARTTLS before the handshake.
 //! - [`outcome`]: error classification, reasons and hints, direct-mode replies.
 //! - [`schedule`]: which message is due next (oldest first, per-account back-off).
 //! - [`direct`], [`check`]: `mode = "direct"` and `mailbridge check`.
@@ -13,6 +14,7 @@ pub mod limits;
 pub mod notify;
 mod outcome;
 mod schedule;
+mod starttls;
 mod transport;
 mod upstream;
 
