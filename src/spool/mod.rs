@@ -165,6 +165,16 @@ pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
 
+/// `id` if it can name a spool file (the same rule as for `mailbridge queue`
+/// arguments), so no path outside the spool is ever touched.
+fn checked(id: &QueueId) -> Result<(), SpoolError> {
+    if valid_id(&id.0) {
+        Ok(())
+    } else {
+        Err(SpoolError::NotFound(format!("{:?}", id.0)))
+    }
+}
+
 /// A new id: receipt time in microseconds (so ids sort by age) and a unique suffix.
 fn new_id() -> QueueId {
     let micros = SystemTime::now()
@@ -287,9 +297,7 @@ impl Spool {
     /// A queued entry and its bytes, for delivery. Damaged entries are moved aside
     /// (and reported as `Corrupt`).
     pub fn load_queued(&self, id: &QueueId) -> Result<(QueueEntry, Vec<u8>), SpoolError> {
-        if !valid_id(&id.0) {
-            return Err(SpoolError::NotFound(id.0.clone()));
-        }
+        checked(id)?;
         match store::read_message(&msg_path(&self.queue, &id.0)) {
             Ok((h, msg)) => Ok((
                 make_entry(h, store::read_state(&self.queue, &id.0), false),
@@ -320,6 +328,7 @@ impl Spool {
 
     /// Delivered to every recipient: remove it.
     pub fn complete(&self, id: &QueueId) -> Result<(), SpoolError> {
+        checked(id)?;
         let p = msg_path(&self.queue, &id.0);
         match fs::remove_file(&p) {
             Ok(()) => {}
@@ -333,6 +342,7 @@ impl Spool {
     /// Records a temporary failure (or a hold) and when to try again.
     /// A no-op if the entry was deleted meanwhile.
     pub fn defer(&self, id: &QueueId, d: &Deferral) -> Result<(), SpoolError> {
+        checked(id)?;
         if !msg_path(&self.queue, &id.0).exists() {
             return Ok(());
         }
@@ -359,6 +369,7 @@ impl Spool {
         reason: &str,
         remaining: Option<Vec<String>>,
     ) -> Result<(), SpoolError> {
+        checked(id)?;
         let src = msg_path(&self.queue, &id.0);
         if !src.exists() {
             return Ok(());

@@ -221,6 +221,15 @@ pub(crate) fn read_header(path: &Path) -> Result<(Header, u64), SpoolError> {
     }
     let header: Header = serde_json::from_slice(&line[..line.len() - 1])
         .map_err(|e| corrupt(format!("bad header: {e}")))?;
+    // The id names files the worker later removes or renames: it must be a
+    // spool id, and the one this file is stored under.
+    let stem = path.file_stem().and_then(|s| s.to_str());
+    if !super::valid_id(&header.id) || stem != Some(header.id.as_str()) {
+        return Err(corrupt(format!(
+            "header id {:?} is not this file's id",
+            header.id
+        )));
+    }
     let offset = line.len() as u64;
     if offset + header.size != file_len {
         return Err(corrupt(format!(
