@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+pub(crate) use store::{create_private, make_private, FILE_MODE};
 use store::{io_err, msg_path, state_path, Header, State};
 
 #[derive(Debug, thiserror::Error)]
@@ -196,8 +197,8 @@ impl Spool {
             fresh: Mutex::new(Vec::new()),
             queue_sync: Arc::new(store::DirSync::new(&dir.join("queue"))),
         };
-        for d in [&spool.queue, &spool.failed, &spool.corrupt, &spool.tmp] {
-            fs::create_dir_all(d).map_err(io_err(d))?;
+        for d in [dir, &spool.queue, &spool.failed, &spool.corrupt, &spool.tmp] {
+            store::private_dir(d)?;
         }
         Ok(spool)
     }
@@ -489,8 +490,17 @@ impl Spool {
         }
     }
 
-    /// Start-up clean-up: stale temp files and state files without a message.
+    /// Start-up clean-up: stale temp files and state files without a message;
+    /// files others could read (written by an older version) made private.
     pub fn recover(&self) {
+        for dir in [&self.queue, &self.failed, &self.corrupt, &self.tmp] {
+            let Ok(rd) = fs::read_dir(dir) else { continue };
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_file()) {
+                    make_private(&e.path(), FILE_MODE);
+                }
+            }
+        }
         let stale = Duration::from_secs(60);
         let old = |p: &Path| {
             fs::metadata(p)

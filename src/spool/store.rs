@@ -73,6 +73,60 @@ pub(crate) fn state_path(dir: &Path, id: &str) -> PathBuf {
     dir.join(format!("{id}.{STATE_EXT}"))
 }
 
+/// Mode of every directory under the spool: owner only, whatever the umask.
+pub(crate) const DIR_MODE: u32 = 0o700;
+/// Mode of every file the daemon writes under the spool.
+pub(crate) const FILE_MODE: u32 = 0o600;
+
+/// Creates `path` (and missing parents) with [`DIR_MODE`], and tightens an
+/// existing directory that others can enter (a spool made by an older
+/// version or by hand). A chmod that fails is logged, not fatal.
+pub(crate) fn private_dir(path: &Path) -> Result<(), SpoolError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(DIR_MODE);
+    }
+    builder.create(path).map_err(io_err(path))?;
+    make_private(path, DIR_MODE);
+    Ok(())
+}
+
+/// Sets `mode` on an existing file or directory if group or others have
+/// any access to it; logs a failure.
+pub(crate) fn make_private(path: &Path, mode: u32) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = fs::metadata(path) else { return };
+        if meta.permissions().mode() & 0o077 == 0 {
+            return;
+        }
+        if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(mode)) {
+            tracing::warn!(
+                "cannot make {} private (mode {mode:o}): {e}",
+                path.display()
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+}
+
+/// A new file (never an existing one) with [`FILE_MODE`], whatever the umask.
+pub(crate) fn create_private(path: &Path) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(FILE_MODE);
+    }
+    options.open(path)
+}
+
 /// fsync a directory so a rename inside it is durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
@@ -94,11 +148,7 @@ pub(crate) fn write_atomic(
         .unwrap_or_default();
     let tmp_path = tmp.join(format!("{name}.{}.tmp", super::unique_suffix()));
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp_path)
-            .map_err(io_err(&tmp_path))?;
+        let mut f = create_private(&tmp_path).map_err(io_err(&tmp_path))?;
         for p in parts {
             f.write_all(p).map_err(io_err(&tmp_path))?;
         }
