@@ -156,6 +156,7 @@ async fn spool_is_private_under_umask_022() {
     let mut all = Vec::new();
     walk(&spool, &mut all);
     assert!(all.len() >= 10, "{all:?}");
+    println!("{} paths under the spool checked", all.len());
     let wrong: Vec<_> = all
         .iter()
         .filter(|(_, is_dir, mode)| *mode != if *is_dir { 0o700 } else { 0o600 })
