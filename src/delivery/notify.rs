@@ -247,23 +247,28 @@ impl Notice<'_> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn renders_a_marked_notice_with_subject_reply_and_headers_only() {
-        let orig =
-            b"From: scanner@local\r\nSubject: Scan\r\n  page 1\r\nX-A: b\r\n\r\nSECRET BODY\r\n";
-        let headers = header_section(orig);
-        assert_eq!(subject_of(headers), "Scan page 1");
-        let n = Notice {
+    /// A notice about a message to a@example.org with `reply` and `headers`.
+    fn render(reply: &str, headers: &[u8]) -> Vec<u8> {
+        Notice {
             from: "relay@example.com",
             to: "admin@example.com",
             hostname: "mb.local",
             queue_id: "0abc",
             account: "gmail",
             recipients: &["a@example.org".into()],
-            reply: "DATA: 554 5.7.0 rejected\r\nX-Injected: 1",
+            reply,
             headers,
         }
-        .render();
+        .render()
+    }
+
+    #[test]
+    fn renders_a_marked_notice_with_subject_reply_and_headers_only() {
+        let orig =
+            b"From: scanner@local\r\nSubject: Scan\r\n  page 1\r\nX-A: b\r\n\r\nSECRET BODY\r\n";
+        let headers = header_section(orig);
+        assert_eq!(subject_of(headers), "Scan page 1");
+        let n = render("DATA: 554 5.7.0 rejected\r\nX-Injected: 1", headers);
         let text = String::from_utf8(n.clone()).unwrap();
         assert!(text.contains("Subject: Undelivered mail: Scan page 1\r\n"));
         assert!(text.contains("Upstream reply: DATA: 554 5.7.0 rejected  X-Injected: 1\r\n"));
@@ -313,17 +318,7 @@ mod tests {
         let h = header_section(&big);
         assert!(h.len() <= MAX_HEADERS && h.len() > MAX_HEADERS - 64);
         assert!(h.ends_with(b"\r\n"));
-        let n = Notice {
-            from: "relay@example.com",
-            to: "admin@example.com",
-            hostname: "mb.local",
-            queue_id: "0abc",
-            account: "gmail",
-            recipients: &["a@example.org".into()],
-            reply: "554 no",
-            headers: header_section(b"Subject: s\r\nSECRET BODY\r\n"),
-        }
-        .render();
+        let n = render("554 no", header_section(b"Subject: s\r\nSECRET BODY\r\n"));
         let text = String::from_utf8(n).unwrap();
         assert!(
             text.ends_with("Subject: s\r\n") && !text.contains("SECRET"),
