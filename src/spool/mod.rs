@@ -166,8 +166,8 @@ pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
 
-/// `id` if it can name a spool file (the same rule as for `mailbridge queue`
-/// arguments), so no path outside the spool is ever touched.
+/// `Ok` if `id` can name a spool file (the same rule as for `mailbridge
+/// queue` arguments), so no path outside the spool is ever touched.
 fn checked(id: &QueueId) -> Result<(), SpoolError> {
     if valid_id(&id.0) {
         Ok(())

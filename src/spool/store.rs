@@ -78,9 +78,9 @@ pub(crate) const DIR_MODE: u32 = 0o700;
 /// Mode of every file the daemon writes under the spool.
 pub(crate) const FILE_MODE: u32 = 0o600;
 
-/// Creates `path` (and missing parents) with [`DIR_MODE`], and tightens an
-/// existing directory that others can enter (a spool made by an older
-/// version or by hand). A chmod that fails is logged, not fatal.
+/// Creates `path` (and missing parents) with [`DIR_MODE`], and sets an
+/// existing directory to it (a spool made by an older version or by hand).
+/// A chmod that fails is logged, not fatal.
 pub(crate) fn private_dir(path: &Path) -> Result<(), SpoolError> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
@@ -94,14 +94,14 @@ pub(crate) fn private_dir(path: &Path) -> Result<(), SpoolError> {
     Ok(())
 }
 
-/// Sets `mode` on an existing file or directory if group or others have
-/// any access to it; logs a failure.
+/// Sets `mode` on an existing file or directory that has another one (e.g.
+/// readable by others, left by an older version); logs a failure.
 pub(crate) fn make_private(path: &Path, mode: u32) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let Ok(meta) = fs::metadata(path) else { return };
-        if meta.permissions().mode() & 0o077 == 0 {
+        if meta.permissions().mode() & 0o777 == mode {
             return;
         }
         if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(mode)) {
@@ -115,7 +115,8 @@ pub(crate) fn make_private(path: &Path, mode: u32) {
     let _ = (path, mode);
 }
 
-/// A new file (never an existing one) with [`FILE_MODE`], whatever the umask.
+/// A new file (never an existing one) with [`FILE_MODE`], whatever the umask
+/// (a umask only takes bits away: 0600 stays 0600 under 022, 027, 077).
 pub(crate) fn create_private(path: &Path) -> std::io::Result<File> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);

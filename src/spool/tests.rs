@@ -221,3 +221,29 @@ async fn an_id_from_a_crafted_header_never_names_a_path() {
     assert!(!top.join("victim.state").exists());
     fs::remove_dir_all(top).unwrap();
 }
+
+/// A spool left by an older version (directories 0755, files 0644) is made
+/// private when opened and recovered.
+#[cfg(unix)]
+#[test]
+fn an_existing_spool_is_made_private_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let set = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+    for sub in ["queue", "failed", "corrupt", "tmp"] {
+        fs::create_dir_all(dir.join(sub)).unwrap();
+        set(&dir.join(sub), 0o755);
+    }
+    set(&dir, 0o755);
+    let old = dir.join("queue/0123abcd.state");
+    fs::write(&old, b"{}").unwrap();
+    set(&old, 0o644);
+    let s = Spool::open(&dir).unwrap();
+    s.recover();
+    for d in ["", "queue", "failed", "corrupt", "tmp"] {
+        assert_eq!(mode(&dir.join(d)), 0o700, "{d}");
+    }
+    assert_eq!(mode(&old), 0o600);
+    fs::remove_dir_all(dir).unwrap();
+}
