@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::secret::Secret;
 
+mod exposure;
 mod raw;
 use raw::RawConfig;
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
+use super::exposure;
 use super::*;
 use crate::secret::Secret;
 
@@ -303,7 +304,8 @@ impl RawConfig {
         let require_auth = s.require_auth.unwrap_or(false);
         let smtps_listen = parse_listen(path, "smtp.smtps_listen", s.smtps_listen, None)?;
         let all: Vec<SocketAddr> = listen.iter().chain(&smtps_listen).copied().collect();
-        check_open_relay(path, "smtp", &all, &allowed, require_auth)?;
+        let unguarded = (!require_auth).then_some(exposure::OPEN_RELAY);
+        exposure::refuse_open_access(path, "smtp", &all, &allowed, unguarded)?;
         if require_auth && users.is_empty() {
             return Err(err(
                 "smtp.require_auth",
@@ -360,6 +362,14 @@ impl RawConfig {
             allowed_networks: parse_nets(path, "imap.allowed_networks", m.allowed_networks)?,
             max_connections: m.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1),
         };
+        let imap_all: Vec<SocketAddr> = imap
+            .listen
+            .iter()
+            .chain(&imap.imaps_listen)
+            .copied()
+            .collect();
+        let unguarded = imap.passthrough.then_some(exposure::OPEN_LOGIN_PROXY);
+        exposure::refuse_open_access(path, "imap", &imap_all, &imap.allowed_networks, unguarded)?;
 
         // --- delivery
         let d = self.delivery;
@@ -582,26 +592,4 @@ fn parse_nets(path: &Path, key: &str, raw: Option<Vec<String>>) -> Result<Vec<Ip
         ));
     }
     Ok(nets)
-}
-
-/// Never an open relay: a listener reachable from other hosts needs either a
-/// real allowlist or local authentication.
-fn check_open_relay(
-    path: &Path,
-    section: &str,
-    listen: &[SocketAddr],
-    allowed: &[IpNet],
-    require_auth: bool,
-) -> Result<(), ConfigError> {
-    let exposed = listen.iter().any(|a| !a.ip().is_loopback());
-    let open = allowed.iter().any(|n| n.prefix_len() == 0);
-    if exposed && open && !require_auth {
-        return Err(ConfigError::new(
-            path,
-            format!("{section}.allowed_networks"),
-            "a non-loopback listen address with allowed_networks open to every address would make an open relay; \
-             narrow allowed_networks (e.g. [\"192.168.1.0/24\"]) or set require_auth = true",
-        ));
-    }
-    Ok(())
 }

@@ -177,3 +177,31 @@ fn envelope_address_cannot_carry_smtp_syntax() {
     let e = parse(&t).unwrap_err();
     assert_eq!(e.key, "accounts[0].address");
 }
+
+#[test]
+fn allowlists_covering_public_space_need_a_login() {
+    let user = "[[users]]\nname = \"dev\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$zJ0ZzP1nu0Bb/5kDv3r2Q1M4v8s3qQ4a8Yb6e2c2Cg8\"\naccount = \"gmail\"\n";
+    for nets in [
+        "\"0.0.0.0/1\", \"128.0.0.0/1\"",
+        "\"192.168.1.0/24\", \"203.0.114.7/32\"",
+        "\"::/1\"",
+    ] {
+        let smtp = format!("[smtp]\nlisten = [\"0.0.0.0:2525\"]\nallowed_networks = [{nets}]\n");
+        let e = parse(&format!("{smtp}{MIN}")).unwrap_err();
+        assert_eq!(e.key, "smtp.allowed_networks", "{nets}");
+        assert!(e.message.contains("open relay") && e.message.contains("require_auth = true"));
+        assert!(
+            parse(&format!("{smtp}require_auth = true\n{MIN}{user}")).is_ok(),
+            "{nets}"
+        );
+        let imap = format!("[imap]\nlisten = [\"[::]:1143\"]\nallowed_networks = [{nets}]\n");
+        assert!(parse(&format!("{imap}{MIN}")).is_ok(), "{nets}");
+        let e = parse(&format!("{imap}passthrough = true\n{MIN}")).unwrap_err();
+        assert_eq!(e.key, "imap.allowed_networks", "{nets}");
+        assert!(e.message.contains("open login proxy"), "{e}");
+    }
+    // Local networks only: no login needed, even with passthrough.
+    let local = "allowed_networks = [\"10.0.0.0/8\", \"100.64.0.0/10\", \"fd00::/8\"]\n";
+    let t = format!("[smtp]\nlisten = [\"0.0.0.0:2525\"]\n{local}[imap]\nlisten = [\"0.0.0.0:1143\"]\npassthrough = true\n{local}{MIN}");
+    assert!(parse(&t).is_ok());
+}
