@@ -56,6 +56,7 @@ struct RawSmtp {
     #[serde(default, deserialize_with = "opt_duration")]
     idle_timeout: Option<Duration>,
     max_connections: Option<usize>,
+    tls_profile: Option<TlsProfile>,
 }
 
 #[derive(Deserialize, Default)]
@@ -71,6 +72,7 @@ struct RawImap {
     login_timeout: Option<Duration>,
     allowed_networks: Option<Vec<String>>,
     max_connections: Option<usize>,
+    tls_profile: Option<TlsProfile>,
 }
 
 #[derive(Deserialize, Default)]
@@ -338,6 +340,7 @@ impl RawConfig {
             hostname,
             idle_timeout: s.idle_timeout.unwrap_or(DEFAULT_SMTP_IDLE),
             max_connections: s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1),
+            tls_profile: s.tls_profile.unwrap_or_default(),
         };
         if default_account.is_none() && !smtp.require_auth {
             return Err(err(
@@ -359,6 +362,7 @@ impl RawConfig {
             login_timeout: m.login_timeout.unwrap_or(DEFAULT_IMAP_LOGIN_TIMEOUT),
             allowed_networks: parse_nets(path, "imap.allowed_networks", m.allowed_networks)?,
             max_connections: m.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1),
+            tls_profile: m.tls_profile.unwrap_or_default(),
         };
 
         // --- delivery
@@ -412,6 +416,9 @@ impl RawConfig {
                 "needs tls_cert and tls_key (see `mailbridge init`)".into(),
             ));
         }
+
+        check_tls_profile(path, "smtp.tls_profile", smtp.tls_profile, tls.is_some())?;
+        check_tls_profile(path, "imap.tls_profile", imap.tls_profile, tls.is_some())?;
 
         // --- metrics
         let metrics = MetricsConfig {
@@ -582,6 +589,33 @@ fn parse_nets(path: &Path, key: &str, raw: Option<Vec<String>>) -> Result<Vec<Ip
         ));
     }
     Ok(nets)
+}
+
+/// `tls_profile = "legacy"` needs local TLS and a build that has it.
+fn check_tls_profile(
+    path: &Path,
+    key: &str,
+    profile: TlsProfile,
+    has_tls: bool,
+) -> Result<(), ConfigError> {
+    if profile == TlsProfile::Modern {
+        return Ok(());
+    }
+    if !crate::legacy_tls::AVAILABLE {
+        return Err(ConfigError::new(
+            path,
+            key,
+            crate::legacy_tls::not_built_message(),
+        ));
+    }
+    if !has_tls {
+        return Err(ConfigError::new(
+            path,
+            key,
+            "\"legacy\" needs tls_cert and tls_key (an RSA certificate for devices limited to RSA key exchange)",
+        ));
+    }
+    Ok(())
 }
 
 /// Never an open relay: a listener reachable from other hosts needs either a
