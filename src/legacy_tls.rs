@@ -243,66 +243,6 @@ mod without_openssl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, ConfigError, TlsProfile};
-
-    const ACCOUNT: &str = r#"
-[[accounts]]
-name = "gmail"
-username = "you@gmail.com"
-password = "wxyz efgh ijkl mnop"
-"#;
-    const CERT: &str = "tls_cert = \"certs/localhost.pem\"\ntls_key = \"certs/localhost.key\"\n";
-
-    fn parse(t: &str) -> Result<Config, ConfigError> {
-        Config::parse(t, std::path::Path::new("/etc/mailbridge/relay.toml"))
-    }
-
-    #[test]
-    fn config_profile_defaults_to_modern() {
-        let c = parse(&format!("{CERT}{ACCOUNT}")).unwrap();
-        assert_eq!(c.smtp.tls_profile, TlsProfile::Modern);
-        assert_eq!(c.imap.tls_profile, TlsProfile::Modern);
-        let c = parse(&format!(
-            "{CERT}[smtp]\ntls_profile = \"modern\"\n{ACCOUNT}"
-        ))
-        .unwrap();
-        assert_eq!(c.smtp.tls_profile, TlsProfile::Modern);
-    }
-
-    #[test]
-    fn config_unknown_profile_is_refused() {
-        let e = parse(&format!("{CERT}[smtp]\ntls_profile = \"old\"\n{ACCOUNT}")).unwrap_err();
-        assert!(e.to_string().contains("unknown variant `old`"), "{e}");
-    }
-
-    #[cfg(not(feature = "legacy-tls"))]
-    #[test]
-    fn config_legacy_profile_without_the_feature_refuses_to_start() {
-        for section in ["smtp", "imap"] {
-            let t = format!("{CERT}[{section}]\ntls_profile = \"legacy\"\n{ACCOUNT}");
-            let e = parse(&t).unwrap_err();
-            assert_eq!(e.key, format!("{section}.tls_profile"));
-            assert!(
-                e.to_string()
-                    .contains("cargo build --release --features legacy-tls"),
-                "{e}"
-            );
-        }
-    }
-
-    #[cfg(feature = "legacy-tls")]
-    #[test]
-    fn config_legacy_profile_with_the_feature_parses_and_needs_a_certificate() {
-        let c = parse(&format!(
-            "{CERT}[imap]\ntls_profile = \"legacy\"\n{ACCOUNT}"
-        ))
-        .unwrap();
-        assert_eq!(c.imap.tls_profile, TlsProfile::Legacy);
-        assert_eq!(c.smtp.tls_profile, TlsProfile::Modern);
-        let e = parse(&format!("[smtp]\ntls_profile = \"legacy\"\n{ACCOUNT}")).unwrap_err();
-        assert_eq!(e.key, "smtp.tls_profile");
-        assert!(e.to_string().contains("tls_cert and tls_key"), "{e}");
-    }
 
     #[test]
     fn warning_is_loud_and_names_the_key() {

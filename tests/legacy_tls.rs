@@ -154,6 +154,16 @@ async fn device_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(tls)
 }
 
+/// An old device connected to an implicit-TLS port (TLS 1.0 with RSA checked).
+async fn old_device_at(addr: SocketAddr) -> SslStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = device_handshake(tcp, true)
+        .await
+        .expect("TLS 1.0 handshake");
+    assert_tls1_rsa(&tls);
+    tls
+}
+
 fn assert_tls1_rsa<S>(tls: &SslStream<S>) {
     assert_eq!(tls.ssl().version_str(), "TLSv1");
     let cipher = tls.ssl().current_cipher().unwrap().name();
@@ -267,10 +277,7 @@ async fn legacy_smtp_starttls_accepts_a_tls1_rsa_device_and_delivers() {
 async fn legacy_smtps_accepts_tls1_and_modern_clients_still_get_tls13() {
     let e = env(Some("legacy")).await;
     let smtps = e.daemon.daemon.smtps_addrs[0];
-    let tls = device_handshake(TcpStream::connect(smtps).await.unwrap(), true)
-        .await
-        .expect("TLS 1.0 handshake");
-    assert_tls1_rsa(&tls);
+    let tls = old_device_at(smtps).await;
     let done = send_mail(tls, "smtps scan", false).await;
     assert!(done.starts_with("250 2.0.0"), "{done}");
     let got = e.smtp_up.wait_for(1, WAIT).await;
@@ -284,7 +291,7 @@ async fn legacy_smtps_accepts_tls1_and_modern_clients_still_get_tls13() {
 }
 
 #[tokio::test]
-async fn modern_profile_refuses_tls1_on_starttls_and_smtps() {
+async fn modern_profile_refuses_tls1_on_every_local_tls_listener() {
     let e = env(None).await;
     let tcp = smtp_until_starttls(e.daemon.smtp_addr()).await;
     assert!(device_handshake(tcp, true).await.is_err());
@@ -307,10 +314,7 @@ async fn modern_profile_refuses_tls1_on_starttls_and_smtps() {
 async fn legacy_imaps_accepts_a_tls1_device_and_logs_in_upstream() {
     let e = env(Some("legacy")).await;
     let imaps = e.daemon.daemon.imaps_addrs[0];
-    let tls = device_handshake(TcpStream::connect(imaps).await.unwrap(), true)
-        .await
-        .expect("TLS 1.0 handshake");
-    assert_tls1_rsa(&tls);
+    let tls = old_device_at(imaps).await;
     let mut c = Talk::new(tls);
     let greeting = c.line().await;
     assert!(
