@@ -96,7 +96,8 @@ mod with_openssl {
             let mut b =
                 SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(ossl)?;
             b.clear_options(SslOptions::NO_TLSV1 | SslOptions::NO_TLSV1_1);
-            b.set_options(SslOptions::CIPHER_SERVER_PREFERENCE);
+            // Old clients that renegotiate are rare; refusing it closes a CPU DoS.
+            b.set_options(SslOptions::CIPHER_SERVER_PREFERENCE | SslOptions::NO_RENEGOTIATION);
             b.set_min_proto_version(Some(SslVersion::TLS1))
                 .map_err(ossl)?;
             b.set_cipher_list(CIPHER_LIST).map_err(ossl)?;

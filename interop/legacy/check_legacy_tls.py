@@ -1,7 +1,7 @@
 """The `legacy` TLS profile with real clients, against a mailbridge built with
 `--features legacy-tls` (MAILBRIDGE_BIN): `openssl s_client -tls1` and swaks
-forced to TLS 1.0 get through a `tls_profile = "legacy"` listener (STARTTLS,
-smtps, imaps) and their mail reaches the aiosmtpd upstream; the same clients
+forced to TLS 1.0 get through a `tls_profile = "legacy"` listener (SMTP and
+IMAP STARTTLS, smtps, imaps) and their mail reaches the aiosmtpd upstream; the same clients
 fail against the default profile.
 
 Not part of the default `pytest interop` run (the name does not match
@@ -72,9 +72,10 @@ def modern(workdir, ca, smtp_upstream, rsa_cert):
     stop_bridge(mb)
 
 
-def s_client(port, *args, stdin=b"QUIT\r\n"):
-    r = h.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1", "-brief", *args],
-              input=stdin, timeout=30)
+def s_client(port, *args, stdin=b"QUIT\n"):
+    """TLS 1.0 s_client; `stdin` must make the server close (-ign_eof waits for that)."""
+    r = h.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1", "-brief", "-ign_eof", "-crlf",
+               *args], input=stdin, timeout=30)
     return r.returncode, (r.stdout + r.stderr).decode(errors="replace")
 
 
@@ -88,10 +89,17 @@ def test_s_client_tls1_starttls_smtp(legacy, modern, cipher):
     assert rc != 0, out
 
 
+def test_s_client_tls1_starttls_imap(legacy, modern):
+    rc, out = s_client(legacy.imap_port, "-starttls", "imap", "-cipher", RSA_ONLY, stdin=b"a CAPABILITY\nb LOGOUT\n")
+    assert rc == 0 and "Protocol version: TLSv1\n" in out and "* CAPABILITY IMAP4rev1" in out, out
+    rc, out = s_client(modern.imap_port, "-starttls", "imap", "-cipher", RSA_ONLY, stdin=b"b LOGOUT\n")
+    assert rc != 0, out
+
+
 def test_s_client_tls1_implicit_smtps_and_imaps(legacy, modern):
     rc, out = s_client(legacy.smtps_port, "-cipher", RSA_ONLY)
     assert rc == 0 and "Protocol version: TLSv1\n" in out and "220 mailbridge.interop" in out, out
-    rc, out = s_client(legacy.imaps_port, "-cipher", RSA_ONLY, stdin=b"a LOGOUT\r\n")
+    rc, out = s_client(legacy.imaps_port, "-cipher", RSA_ONLY, stdin=b"a LOGOUT\n")
     assert rc == 0 and "Protocol version: TLSv1\n" in out and "* OK [CAPABILITY IMAP4rev1" in out, out
     for port in (modern.smtps_port, modern.imaps_port):
         rc, out = s_client(port, "-cipher", RSA_ONLY)
