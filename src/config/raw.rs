@@ -57,6 +57,7 @@ struct RawSmtp {
     #[serde(default, deserialize_with = "opt_duration")]
     idle_timeout: Option<Duration>,
     max_connections: Option<usize>,
+    tls_profile: Option<TlsProfile>,
 }
 
 #[derive(Deserialize, Default)]
@@ -72,6 +73,7 @@ struct RawImap {
     login_timeout: Option<Duration>,
     allowed_networks: Option<Vec<String>>,
     max_connections: Option<usize>,
+    tls_profile: Option<TlsProfile>,
 }
 
 #[derive(Deserialize, Default)]
@@ -340,6 +342,7 @@ impl RawConfig {
             hostname,
             idle_timeout: s.idle_timeout.unwrap_or(DEFAULT_SMTP_IDLE),
             max_connections: s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1),
+            tls_profile: s.tls_profile.unwrap_or_default(),
         };
         if default_account.is_none() && !smtp.require_auth {
             return Err(err(
@@ -361,6 +364,7 @@ impl RawConfig {
             login_timeout: m.login_timeout.unwrap_or(DEFAULT_IMAP_LOGIN_TIMEOUT),
             allowed_networks: parse_nets(path, "imap.allowed_networks", m.allowed_networks)?,
             max_connections: m.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1),
+            tls_profile: m.tls_profile.unwrap_or_default(),
         };
         let imap_all: Vec<SocketAddr> = imap
             .listen
@@ -422,6 +426,9 @@ impl RawConfig {
                 "needs tls_cert and tls_key (see `mailbridge init`)".into(),
             ));
         }
+
+        check_tls_profile(path, "smtp.tls_profile", smtp.tls_profile, tls.is_some())?;
+        check_tls_profile(path, "imap.tls_profile", imap.tls_profile, tls.is_some())?;
 
         // --- metrics
         let metrics = MetricsConfig {
@@ -593,3 +600,55 @@ fn parse_nets(path: &Path, key: &str, raw: Option<Vec<String>>) -> Result<Vec<Ip
     }
     Ok(nets)
 }
+<<<<<<< HEAD
+=======
+
+/// `tls_profile = "legacy"` needs local TLS and a build that has it.
+fn check_tls_profile(
+    path: &Path,
+    key: &str,
+    profile: TlsProfile,
+    has_tls: bool,
+) -> Result<(), ConfigError> {
+    if profile == TlsProfile::Modern {
+        return Ok(());
+    }
+    if !crate::legacy_tls::AVAILABLE {
+        return Err(ConfigError::new(
+            path,
+            key,
+            crate::legacy_tls::not_built_message(),
+        ));
+    }
+    if !has_tls {
+        return Err(ConfigError::new(
+            path,
+            key,
+            "\"legacy\" needs tls_cert and tls_key (an RSA certificate for devices limited to RSA key exchange)",
+        ));
+    }
+    Ok(())
+}
+
+/// Never an open relay: a listener reachable from other hosts needs either a
+/// real allowlist or local authentication.
+fn check_open_relay(
+    path: &Path,
+    section: &str,
+    listen: &[SocketAddr],
+    allowed: &[IpNet],
+    require_auth: bool,
+) -> Result<(), ConfigError> {
+    let exposed = listen.iter().any(|a| !a.ip().is_loopback());
+    let open = allowed.iter().any(|n| n.prefix_len() == 0);
+    if exposed && open && !require_auth {
+        return Err(ConfigError::new(
+            path,
+            format!("{section}.allowed_networks"),
+            "a non-loopback listen address with allowed_networks open to every address would make an open relay; \
+             narrow allowed_networks (e.g. [\"192.168.1.0/24\"]) or set require_auth = true",
+        ));
+    }
+    Ok(())
+}
+>>>>>>> h8-legacy-tls

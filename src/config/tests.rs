@@ -205,3 +205,48 @@ fn allowlists_covering_public_space_need_a_login() {
     let t = format!("[smtp]\nlisten = [\"0.0.0.0:2525\"]\n{local}[imap]\nlisten = [\"0.0.0.0:1143\"]\npassthrough = true\n{local}{MIN}");
     assert!(parse(&t).is_ok());
 }
+
+// --- tls_profile (the legacy profile itself: crate::legacy_tls)
+
+const CERT: &str = "tls_cert = \"certs/localhost.pem\"\ntls_key = \"certs/localhost.key\"\n";
+
+#[test]
+fn tls_profile_defaults_to_modern() {
+    let c = parse(&format!("{CERT}{MIN}")).unwrap();
+    assert_eq!(c.smtp.tls_profile, TlsProfile::Modern);
+    assert_eq!(c.imap.tls_profile, TlsProfile::Modern);
+    let c = parse(&format!("{CERT}[smtp]\ntls_profile = \"modern\"\n{MIN}")).unwrap();
+    assert_eq!(c.smtp.tls_profile, TlsProfile::Modern);
+}
+
+#[test]
+fn tls_profile_unknown_is_refused() {
+    let e = parse(&format!("{CERT}[smtp]\ntls_profile = \"old\"\n{MIN}")).unwrap_err();
+    assert!(e.to_string().contains("unknown variant `old`"), "{e}");
+}
+
+#[cfg(not(feature = "legacy-tls"))]
+#[test]
+fn tls_profile_legacy_without_the_feature_refuses_to_start() {
+    for section in ["smtp", "imap"] {
+        let t = format!("{CERT}[{section}]\ntls_profile = \"legacy\"\n{MIN}");
+        let e = parse(&t).unwrap_err();
+        assert_eq!(e.key, format!("{section}.tls_profile"));
+        assert!(
+            e.to_string()
+                .contains("cargo build --release --features legacy-tls"),
+            "{e}"
+        );
+    }
+}
+
+#[cfg(feature = "legacy-tls")]
+#[test]
+fn tls_profile_legacy_with_the_feature_parses_and_needs_a_certificate() {
+    let c = parse(&format!("{CERT}[imap]\ntls_profile = \"legacy\"\n{MIN}")).unwrap();
+    assert_eq!(c.imap.tls_profile, TlsProfile::Legacy);
+    assert_eq!(c.smtp.tls_profile, TlsProfile::Modern);
+    let e = parse(&format!("[smtp]\ntls_profile = \"legacy\"\n{MIN}")).unwrap_err();
+    assert_eq!(e.key, "smtp.tls_profile");
+    assert!(e.to_string().contains("tls_cert and tls_key"), "{e}");
+}

@@ -130,7 +130,7 @@ pub async fn handle_connection(
     let _active = ctx.metrics.imap_session();
     let mut buf = LineBuffer::default();
     let deadline = tokio::time::Instant::now() + ctx.config.imap.login_timeout;
-    let mut session = match &ctx.tls_acceptor {
+    let mut session = match &ctx.imap_tls {
         Some(_) => Session::with_starttls(),
         None => Session::new(),
     };
@@ -216,7 +216,7 @@ async fn pre_login(
                 return None;
             }
             Step::StartTls(b) => {
-                let acceptor = ctx.tls_acceptor.as_ref()?;
+                let acceptor = ctx.imap_tls.as_ref()?;
                 stream.write_all(&b).await.ok()?;
                 stream.flush().await.ok()?;
                 // Sent before the handshake, so in plaintext: never act on it.
