@@ -6,43 +6,15 @@
 mod common;
 mod delivery_common;
 
-use std::time::Duration;
-
 use common::ca::TestCa;
 use common::daemon::start;
+use common::logs::LogBuf;
 use common::smtp_upstream::{Mode, SmtpUpstream};
-use delivery_common::{config, eventually, feed, Opts, PASSWORD, USER};
-use mailbridge::spool::EntryState;
-
-#[derive(Clone, Default)]
-struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
-    type Writer = LogBuf;
-    fn make_writer(&'a self) -> LogBuf {
-        self.clone()
-    }
-}
+use delivery_common::{config, feed, wait_failed, Opts, PASSWORD, USER};
 
 #[tokio::test]
 async fn upstream_reply_with_escape_sequences_is_logged_escaped() {
-    let logs = LogBuf::default();
-    let sub = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(logs.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(sub);
+    let (logs, _guard) = LogBuf::capture();
 
     let ca = TestCa::new();
     let up = SmtpUpstream::start(&ca.server_cert(), Mode::Implicit, USER, PASSWORD).await;
@@ -51,16 +23,10 @@ async fn upstream_reply_with_escape_sequences_is_logged_escaped() {
     let d = start(&config(&Opts::new(up.port(), "implicit", &ca.ca_file))).await;
     let id = feed(&d, &["a@example.org"], b"x\r\n").await;
     let spool = &d.daemon.context.spool;
-    eventually("failed", Duration::from_secs(10), || async {
-        spool
-            .entry(&id)
-            .ok()
-            .filter(|e| e.state == EntryState::Failed)
-    })
-    .await;
+    wait_failed(spool, &id).await;
     d.stop().await;
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     let raw: Vec<char> = text
         .chars()
         .filter(|c| {

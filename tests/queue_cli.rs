@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::ca::TestCa;
 use common::daemon::start_in;
 use common::smtp_upstream::{Mode, SmtpUpstream};
-use delivery_common::{config, envelope, eventually, feed, Opts, PASSWORD, USER};
+use delivery_common::{config, envelope, eventually, feed, wait_failed, Opts, PASSWORD, USER};
 use mailbridge::spool::{EntryState, QueueId, Spool};
 
 fn queue(dir: &Path, args: &[&str]) -> Output {
@@ -168,13 +168,7 @@ async fn client_and_provider_text_is_shown_escaped() {
         .await;
     let id = smtp_support::queue_id(&r);
     let spool = &d.daemon.context.spool;
-    eventually("failed", Duration::from_secs(10), || async {
-        spool
-            .entry(&id)
-            .ok()
-            .filter(|e| e.state == EntryState::Failed)
-    })
-    .await;
+    wait_failed(spool, &id).await;
     // As an older version spooled it: control characters in the envelope.
     let mut old = envelope(&["r\x1b[8m@example.org"]);
     old.mail_from = "\"s\x1b[5m\"@example.org".into();
