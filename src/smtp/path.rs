@@ -41,13 +41,15 @@ fn region(line: &str) -> Result<&str, &str> {
 /// The path of a MAIL/RCPT line as received: between the first `<` and the
 /// `>` that closes it (a `>` inside a quoted string does not), quotes and
 /// backslashes kept, without a source route (`@a,@b:` is ignored, RFC 5321
-/// 3.6.1 and 4.1.1.3). `None` if the path is not closed.
+/// 3.6.1 and 4.1.1.3) and without the spaces smtp-proto tolerates before
+/// the mailbox. `None` if the path is not closed.
 pub fn as_received(line: &str) -> Option<&str> {
-    let path = region(line).ok()?;
-    match path.strip_prefix('@').and_then(|r| r.split_once(':')) {
-        Some((_route, mailbox)) => Some(mailbox),
-        None => Some(path),
+    let mut path = region(line).ok()?.trim_start_matches(' ');
+    // Like smtp-proto: every `:` after a leading `@` ends a route.
+    while let Some((_route, mailbox)) = path.strip_prefix('@').and_then(|r| r.split_once(':')) {
+        path = mailbox.trim_start_matches(' ');
     }
+    Some(path)
 }
 
 /// Does the path of this MAIL/RCPT line (closed or not) contain a control
@@ -78,6 +80,8 @@ mod tests {
         );
         assert_eq!(as_received("MAIL FROM:<>\r\n"), Some(""));
         assert_eq!(as_received("RCPT TO:<a@b.c> NOTIFY=NEVER\n"), Some("a@b.c"));
+        assert_eq!(as_received("RCPT TO:<  a@b.c>\r\n"), Some("a@b.c"));
+        assert_eq!(as_received("RCPT TO:< \" a\"@b.c>\r\n"), Some("\" a\"@b.c"));
     }
 
     #[test]
@@ -85,6 +89,10 @@ mod tests {
         assert_eq!(
             as_received("RCPT TO:<@relay.example,@b.example:b@example.com>\r\n"),
             Some("b@example.com")
+        );
+        assert_eq!(
+            as_received("RCPT TO:< @r.example: b@x.example>\n"),
+            Some("b@x.example")
         );
     }
 

@@ -462,6 +462,58 @@ fn quoted_local_parts_are_kept_exactly_as_received() {
     let t = s.take_transaction().unwrap();
     assert_eq!(t.mail_from, "\"x y\"@example.com");
     assert_eq!(t.recipients, vec!["c@example.com".to_string()]);
+    // Spaces smtp-proto skips before the mailbox are not part of it.
+    assert_eq!(code(&mut s, "MAIL FROM:< a@example.com>\r\n"), "250 2.1.0");
+    assert_eq!(code(&mut s, "RCPT TO:<  b@example.com>\r\n"), "250 2.1.5");
+    let t = s.take_transaction().unwrap();
+    assert_eq!(
+        (t.mail_from.as_str(), &t.recipients[..]),
+        ("a@example.com", &["b@example.com".to_string()][..])
+    );
     assert_eq!(code(&mut s, "MAIL FROM:<>\r\n"), "250 2.1.0");
     assert_eq!(s.take_transaction().unwrap().mail_from, "");
+}
+
+/// Without quotes or backslashes the path as received is what smtp-proto
+/// parsed, so only quoted local parts change what is stored.
+#[test]
+fn unquoted_paths_as_received_match_smtp_proto() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let parts = [
+        "a",
+        "b.c",
+        ".",
+        "@",
+        ":",
+        ",",
+        " ",
+        "<",
+        ">",
+        "-",
+        "+",
+        "x@y.z",
+        "\u{e9}",
+        "@r.example",
+    ];
+    let mut accepted = 0;
+    for _ in 0..50_000 {
+        let path: String = (0..rng.gen_range(1..7))
+            .map(|_| parts[rng.gen_range(0..parts.len())])
+            .collect();
+        let line = format!("RCPT TO:<{path}>\r\n");
+        let Ok(Request::Rcpt { to }) = Request::parse(&mut line.as_bytes().iter()) else {
+            continue;
+        };
+        if to.address.is_empty() {
+            continue;
+        }
+        accepted += 1;
+        assert_eq!(
+            path::as_received(&line),
+            Some(to.address.as_ref()),
+            "{line:?}"
+        );
+    }
+    assert!(accepted > 1000, "only {accepted} accepted");
 }
