@@ -14,6 +14,7 @@
 //! - [`stream`]: a client connection, plaintext or local TLS (STARTTLS upgrade).
 //! - [`init`]: `mailbridge init` (local CA, certificate, starter relay.toml).
 //! - [`secret`]: a string type that never prints itself.
+//! - [`text`]: client and provider text made safe to print (escapes controls).
 //! - [`metrics`]: Prometheus metrics, `/metrics` and `/healthz`.
 //! - [`reload`]: building the [`Context`]; live reload on SIGHUP.
 #![forbid(unsafe_code)]
@@ -33,6 +34,7 @@ pub mod secret;
 pub mod smtp;
 pub mod spool;
 pub mod stream;
+pub mod text;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -352,7 +352,9 @@ async fn transaction(
     }
     let mut accepted = Vec::new();
     for r in rcpts {
-        if r.contains(['\r', '\n', '<', '>']) {
+        // Sent exactly as received (a quoted local part stays quoted), so it
+        // must still be one path on one line.
+        if !crate::smtp::path::fits_in_brackets(r) {
             report
                 .permanent
                 .push((r.clone(), "553 5.1.3 invalid recipient address".into()));

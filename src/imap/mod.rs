@@ -31,6 +31,7 @@ use tracing::{debug, info, info_span, Instrument};
 
 use crate::config::{ip_allowed, Account, Config};
 use crate::stream::ClientStream;
+use crate::text::Printable;
 use crate::Context;
 use framing::{FrameError, LineBuffer};
 use login::{LoggedIn, Outcome};
@@ -164,7 +165,7 @@ pub async fn handle_connection(
     };
     let client_rest = buf.take_rest();
     drop(buf);
-    let span = info_span!("imap", user = %user, account = %logged.account);
+    let span = info_span!("imap", user = %Printable(&user), account = %logged.account);
     proxy(stream, *logged, client_rest, &ctx, &shutdown)
         .instrument(span)
         .await;

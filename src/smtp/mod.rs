@@ -1,11 +1,12 @@
 //! Inbound SMTP: the session state machine ([`session`], no I/O), the tokio
 //! connection loop ([`connection`]), the DATA reader ([`data`]), SASL
-//! decoding ([`sasl`]), message fix-ups ([`message`]) and every reply text
-//! ([`replies`]).
+//! decoding ([`sasl`]), message fix-ups ([`message`]), envelope paths as
+//! received ([`path`]) and every reply text ([`replies`]).
 
 pub mod connection;
 pub mod data;
 pub mod message;
+pub mod path;
 pub mod replies;
 pub mod sasl;
 pub mod session;

@@ -482,7 +482,7 @@ impl Spool {
 
     /// Moves a damaged entry to `corrupt/` and logs it.
     fn quarantine(&self, dir: &Path, id: &str, why: &str) {
-        warn!(queue_id = %id, "damaged spool entry moved to {}: {why}", self.corrupt.display());
+        warn!(queue_id = %id, "damaged spool entry moved to {}: {}", self.corrupt.display(), crate::text::Printable(why));
         for p in [msg_path(dir, id), state_path(dir, id)] {
             if let Some(name) = p.file_name() {
                 let _ = fs::rename(&p, self.corrupt.join(name));
