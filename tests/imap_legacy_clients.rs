@@ -69,9 +69,7 @@ async fn maximal_id_before_login_is_answered_and_login_follows() {
             0
         };
         assert_eq!(continuations, expected, "{form}");
-        c.send(format!("a LOGIN {DEV} {DEV_PW}\r\n").as_bytes())
-            .await;
-        let lines = c.tagged("a").await;
+        let lines = c.login_dev().await;
         assert!(
             lines.last().unwrap().starts_with("a OK"),
             "{form}: {lines:?}"
@@ -127,9 +125,7 @@ async fn slots_are_freed_at_logout_while_clients_stay_connected() {
             lingering.push(c);
         }
         let mut c = env.client().await;
-        c.send(format!("a LOGIN {DEV} {DEV_PW}\r\n").as_bytes())
-            .await;
-        let lines = c.tagged("a").await;
+        let lines = c.login_dev().await;
         assert!(
             lines.last().unwrap().starts_with("a OK"),
             "round {round}: {lines:?}"
@@ -147,9 +143,7 @@ async fn slots_are_freed_at_logout_while_clients_stay_connected() {
         live.push(env.logged_in().await);
     }
     let mut c = env.client().await;
-    c.send(format!("a LOGIN {DEV} {DEV_PW}\r\n").as_bytes())
-        .await;
-    let lines = c.tagged("a").await;
+    let lines = c.login_dev().await;
     assert!(
         lines
             .last()
@@ -159,49 +153,30 @@ async fn slots_are_freed_at_logout_while_clients_stay_connected() {
     );
 }
 
-/// Collects every log line written while a test runs on this thread.
-#[derive(Clone, Default)]
-struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A close the proxy decides on before login is logged at info with its
-/// reason (before, nothing was logged). The subscriber is this thread's
-/// default; the test's current-thread runtime runs the daemon's tasks here.
+/// reason (before, nothing was logged).
 #[tokio::test]
 async fn pre_login_closes_are_logged_with_the_reason() {
-    let logs = LogBuf::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = common::logs::capture(tracing::Level::INFO);
     let env = setup(Setup::default()).await;
-    let mut c = env.client().await;
-    let mut line = b"a NOOP ".to_vec();
-    line.resize(MAX_LINE + 100, b'x');
-    let _ = c.s.get_mut().write_all(&line).await;
-    assert_eq!(c.line().await, "a BAD Command line too long; closing");
-    c.read_to_eof().await;
-    let mut c = env.client().await;
-    c.send(b"b LOGIN dev {100000}\r\n").await;
-    assert_eq!(
-        c.line().await,
-        "b BAD Literal too large before login; closing"
-    );
-    c.read_to_eof().await;
+    let mut long = b"a NOOP ".to_vec();
+    long.resize(MAX_LINE + 100, b'x');
+    let cases: [(&[u8], &str); 2] = [
+        (&long, "a BAD Command line too long; closing"),
+        (
+            b"b LOGIN dev {100000}\r\n",
+            "b BAD Literal too large before login; closing",
+        ),
+    ];
+    for (input, answer) in cases {
+        let mut c = env.client().await;
+        // The daemon may close before reading everything: ignore write errors.
+        let _ = c.s.get_mut().write_all(input).await;
+        assert_eq!(c.line().await, answer);
+        c.read_to_eof().await;
+    }
     env.daemon.stop().await;
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     for reason in [
         "command line too long before login",
         "literal too large before login",

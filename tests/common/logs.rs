@@ -1,0 +1,46 @@
+//! Log capture for tests: a thread-default tracing subscriber writing into a
+//! buffer. The daemon's tasks run on the test's current-thread runtime, so
+//! they log into it too.
+
+use std::sync::{Arc, Mutex};
+
+use tracing::subscriber::DefaultGuard;
+
+#[derive(Clone, Default)]
+pub struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
+    type Writer = LogBuf;
+    fn make_writer(&'a self) -> LogBuf {
+        self.clone()
+    }
+}
+
+impl LogBuf {
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Logs at `level` and above from this thread go to the returned buffer
+/// (plain text, no colours) until the guard is dropped.
+pub fn capture(level: tracing::Level) -> (LogBuf, DefaultGuard) {
+    let logs = LogBuf::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_writer(logs.clone())
+        .finish();
+    (logs, tracing::subscriber::set_default(subscriber))
+}
