@@ -600,8 +600,6 @@ fn parse_nets(path: &Path, key: &str, raw: Option<Vec<String>>) -> Result<Vec<Ip
     }
     Ok(nets)
 }
-<<<<<<< HEAD
-=======
 
 /// `tls_profile = "legacy"` needs local TLS and a build that has it.
 fn check_tls_profile(
@@ -629,26 +627,3 @@ fn check_tls_profile(
     }
     Ok(())
 }
-
-/// Never an open relay: a listener reachable from other hosts needs either a
-/// real allowlist or local authentication.
-fn check_open_relay(
-    path: &Path,
-    section: &str,
-    listen: &[SocketAddr],
-    allowed: &[IpNet],
-    require_auth: bool,
-) -> Result<(), ConfigError> {
-    let exposed = listen.iter().any(|a| !a.ip().is_loopback());
-    let open = allowed.iter().any(|n| n.prefix_len() == 0);
-    if exposed && open && !require_auth {
-        return Err(ConfigError::new(
-            path,
-            format!("{section}.allowed_networks"),
-            "a non-loopback listen address with allowed_networks open to every address would make an open relay; \
-             narrow allowed_networks (e.g. [\"192.168.1.0/24\"]) or set require_auth = true",
-        ));
-    }
-    Ok(())
-}
->>>>>>> h8-legacy-tls

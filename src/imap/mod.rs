@@ -153,12 +153,13 @@ pub async fn handle_connection(
                 return;
             }
             Err(_) => {
-                debug!("no login before the pre-login timeout");
+                info!(reason = "no login before imap.login_timeout", "closing the client connection");
                 say_and_close(&mut stream, responses::LOGIN_TIMEOUT).await;
                 return;
             }
         },
         _ = shutdown.cancelled() => {
+            info!(reason = "shutting down before login", "closing the client connection");
             say_and_close(&mut stream, responses::SHUTTING_DOWN).await;
             return;
         }
@@ -193,12 +194,22 @@ async fn pre_login(
                 return None;
             }
             Err(FrameError::TooLong { tag }) => {
+                info!(
+                    reason = "command line too long before login",
+                    limit = framing::MAX_LINE,
+                    "closing the client connection"
+                );
                 let _ = stream
                     .write_all(&responses::line_too_long(tag.as_deref().unwrap_or("*")))
                     .await;
                 return None;
             }
             Err(FrameError::LiteralTooLarge { tag }) => {
+                info!(
+                    reason = "literal too large before login",
+                    limit = framing::MAX_LITERAL,
+                    "closing the client connection"
+                );
                 let _ = stream
                     .write_all(&responses::literal_too_large(tag.as_deref().unwrap_or("*")))
                     .await;
@@ -213,6 +224,7 @@ async fn pre_login(
         match step {
             Step::Reply(b) | Step::Continue(b) => stream.write_all(&b).await.ok()?,
             Step::Close(b) => {
+                debug!("client logged out before login");
                 let _ = stream.write_all(&b).await;
                 return None;
             }
@@ -230,6 +242,7 @@ async fn pre_login(
                 }
                 if stream.start_tls(acceptor).await.is_err() {
                     ctx.metrics.tls_error("imap");
+                    // The handshake has logged why, at info.
                     return None;
                 }
                 session.tls_started();
@@ -290,23 +303,33 @@ async fn proxy(
     }
     drop((reply, upstream_rest, client_rest));
     let idle = ctx.config.imap.idle_timeout;
+    // Freed by the pump when the upstream session ends, or below once the
+    // upstream is closed: never held by a client that merely stays connected.
+    let mut slot = Some(slot);
     let stats = if skip_sent {
         let mut filtered = sent_copy::SentCopyFilter::new(&mut client);
         filtered.preload(&filter_rest);
-        pump::run(&mut filtered, &mut stream, idle, shutdown).await
+        pump::run(&mut filtered, &mut stream, idle, shutdown, &mut slot).await
     } else {
-        pump::run(&mut client, &mut stream, idle, shutdown).await
+        pump::run(&mut client, &mut stream, idle, shutdown, &mut slot).await
     };
+    if slot.is_none() {
+        debug!("upstream session over; account connection slot freed");
+    }
     match &stats.end {
         PumpEnd::Idle => say(&mut client, responses::IDLE_TIMEOUT).await,
         PumpEnd::Shutdown => say(&mut client, responses::SHUTTING_DOWN).await,
-        PumpEnd::Closed | PumpEnd::Error(_) => {}
+        PumpEnd::Closed | PumpEnd::LingerExpired | PumpEnd::Error(_) => {}
     }
     upstream::close(&mut stream).await;
-    upstream::close(&mut client).await;
     drop(slot);
+    upstream::close(&mut client).await;
     let end = match &stats.end {
         PumpEnd::Closed => "closed".to_string(),
+        PumpEnd::LingerExpired => format!(
+            "closed by mailbridge: one side closed and the other had not followed after {}",
+            humantime::format_duration(pump::LINGER)
+        ),
         PumpEnd::Idle => "idle timeout".to_string(),
         PumpEnd::Shutdown => "shutdown".to_string(),
         PumpEnd::Error(e) => format!("error: {e}"),

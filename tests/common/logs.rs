@@ -1,6 +1,7 @@
-//! Log capture for the tests that check what the daemon logs: every event
-//! (all levels, no colours) of the current thread's subscriber into memory.
-//! A test using it should be alone in its test binary: a thread-local
+//! Log capture for the tests that check what the daemon logs: every event of
+//! the current thread's subscriber (plain text, no colours) into memory. The
+//! daemon's tasks run on the test's current-thread runtime, so they log into
+//! it too. A test using it should be alone in its test binary: a thread-local
 //! subscriber can miss events while other tests register call sites.
 
 use std::sync::{Arc, Mutex};
@@ -21,21 +22,33 @@ impl std::io::Write for LogBuf {
     }
 }
 
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
+    type Writer = LogBuf;
+    fn make_writer(&'a self) -> LogBuf {
+        self.clone()
+    }
+}
+
 impl LogBuf {
-    /// Starts capturing until the guard is dropped.
+    /// Starts capturing every level until the guard is dropped.
     pub fn capture() -> (LogBuf, DefaultGuard) {
-        let logs = LogBuf::default();
-        let writer = logs.clone();
-        let sub = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        (logs, tracing::subscriber::set_default(sub))
+        capture(tracing::Level::TRACE)
     }
 
     /// Everything logged so far.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
+}
+
+/// Logs at `level` and above from this thread go to the returned buffer
+/// until the guard is dropped.
+pub fn capture(level: tracing::Level) -> (LogBuf, DefaultGuard) {
+    let logs = LogBuf::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_writer(logs.clone())
+        .finish();
+    (logs, tracing::subscriber::set_default(subscriber))
 }
