@@ -4,6 +4,7 @@
 //! Component map:
 //! - [`config`]: `relay.toml` types, presets, validation.
 //! - [`listener`]: the shared accept loop (cap, backoff, span per connection).
+//! - [`disconnect`]: why the daemon closes a connection, logged once per close.
 //! - [`smtp`]: inbound SMTP sessions (smtp-proto parsing, our state machine).
 //! - [`spool`]: the durable on-disk queue (fsync before 250).
 //! - [`delivery`]: the worker that sends spooled mail upstream, and the upstream SMTP client.
@@ -22,6 +23,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod disconnect;
 pub mod imap;
 pub mod init;
 pub mod listener;

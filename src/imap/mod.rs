@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 
 use crate::config::{ip_allowed, Account, Config};
+use crate::disconnect::{log_close, CloseReason};
 use crate::stream::ClientStream;
 use crate::Context;
 use framing::{FrameError, LineBuffer};
@@ -123,7 +124,7 @@ pub async fn handle_connection(
     shutdown: CancellationToken,
 ) {
     if !ip_allowed(&ctx.config.imap.allowed_networks, peer.ip()) {
-        info!("address not in imap.allowed_networks; refused");
+        log_close(CloseReason::AccessDenied);
         say_and_close(&mut stream, responses::NOT_ALLOWED).await;
         return;
     }
@@ -152,12 +153,13 @@ pub async fn handle_connection(
                 return;
             }
             Err(_) => {
-                debug!("no login before the pre-login timeout");
+                log_close(CloseReason::LoginTimeout);
                 say_and_close(&mut stream, responses::LOGIN_TIMEOUT).await;
                 return;
             }
         },
         _ = shutdown.cancelled() => {
+            log_close(CloseReason::Shutdown);
             say_and_close(&mut stream, responses::SHUTTING_DOWN).await;
             return;
         }
@@ -192,12 +194,14 @@ async fn pre_login(
                 return None;
             }
             Err(FrameError::TooLong { tag }) => {
+                log_close(CloseReason::LineTooLong);
                 let _ = stream
                     .write_all(&responses::line_too_long(tag.as_deref().unwrap_or("*")))
                     .await;
                 return None;
             }
             Err(FrameError::LiteralTooLarge { tag }) => {
+                log_close(CloseReason::LiteralTooLarge);
                 let _ = stream
                     .write_all(&responses::literal_too_large(tag.as_deref().unwrap_or("*")))
                     .await;
@@ -297,8 +301,14 @@ async fn proxy(
         pump::run(&mut client, &mut stream, idle, shutdown).await
     };
     match &stats.end {
-        PumpEnd::Idle => say(&mut client, responses::IDLE_TIMEOUT).await,
-        PumpEnd::Shutdown => say(&mut client, responses::SHUTTING_DOWN).await,
+        PumpEnd::Idle => {
+            log_close(CloseReason::IdleTimeout);
+            say(&mut client, responses::IDLE_TIMEOUT).await
+        }
+        PumpEnd::Shutdown => {
+            log_close(CloseReason::Shutdown);
+            say(&mut client, responses::SHUTTING_DOWN).await
+        }
         PumpEnd::Closed | PumpEnd::Error(_) => {}
     }
     upstream::close(&mut stream).await;
