@@ -10,39 +10,29 @@ mod common;
 mod imap_support;
 mod smtp_support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
+use common::logs::LogBuf;
 use tokio::io::AsyncWriteExt;
 
-/// Collects every log line written while the test runs, and the cases
-/// whose close line was missing (all are reported at the end).
-#[derive(Clone, Default)]
-struct LogBuf(Arc<Mutex<Vec<u8>>>, Arc<Mutex<Vec<String>>>);
-
-impl std::io::Write for LogBuf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// The log capture, and the cases whose close line was missing (all are
+/// reported at the end).
+struct Checker {
+    logs: LogBuf,
+    misses: Mutex<Vec<String>>,
 }
 
-impl LogBuf {
+impl Checker {
     fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        self.logs.len()
     }
 
     /// Checks that since byte `from` one info line says the `listener`
-    /// connection was closed for `reason`; records a miss otherwise. The daemon logs before its last
-    /// reply, so by the time the client has seen the close the line is there.
+    /// connection was closed for `reason`; records a miss otherwise. The
+    /// daemon logs before its last reply, so by the time the client has seen
+    /// the close the line is there.
     fn assert_close(&self, from: usize, listener: &str, reason: &str) {
-        let text = self.text();
+        let text = self.logs.text();
         let new = &text[from..];
         let lines: Vec<&str> = new
             .lines()
@@ -54,14 +44,14 @@ impl LogBuf {
             .filter(|l| l.contains(&want) && l.contains(&format!("listener=\"{listener}\"")))
             .count();
         if hits != 1 || !lines.iter().all(|l| l.contains(" INFO ")) {
-            self.1.lock().unwrap().push(format!(
+            self.misses.lock().unwrap().push(format!(
                 "want one {listener} info line with {want}; close lines since the case began: {lines:?}"
             ));
         }
     }
 
     fn misses(&self) -> Vec<String> {
-        self.1.lock().unwrap().clone()
+        self.misses.lock().unwrap().clone()
     }
 }
 
@@ -70,33 +60,30 @@ const CLIENT_MARK: &str = "CLIENTMARKq7";
 
 #[tokio::test]
 async fn every_daemon_decided_close_is_logged_with_its_reason() {
-    let logs = LogBuf::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // INFO: a close logged at debug would not be captured.
+    let (logs, _guard) = LogBuf::capture(tracing::Level::INFO);
+    let check = Checker {
+        logs,
+        misses: Mutex::default(),
+    };
+    smtp_cases(&check).await;
+    imap_cases(&check).await;
 
-    smtp_cases(&logs).await;
-    imap_cases(&logs).await;
-
-    let misses = logs.misses();
+    let misses = check.misses();
     assert!(
         misses.is_empty(),
         "{} cases:\n{}",
         misses.len(),
         misses.join("\n")
     );
-    let text = logs.text();
+    let text = check.logs.text();
     assert!(
         !text.contains(CLIENT_MARK),
         "client bytes in the logs:\n{text}"
     );
 }
 
-async fn smtp_cases(logs: &LogBuf) {
+async fn smtp_cases(logs: &Checker) {
     use smtp_support::{assert_ok, start, Client};
 
     // Access denied.
@@ -146,7 +133,7 @@ async fn smtp_cases(logs: &LogBuf) {
     logs.assert_close(from, "smtp", "shutdown");
 }
 
-async fn imap_cases(logs: &LogBuf) {
+async fn imap_cases(logs: &Checker) {
     use imap_support::{setup, Client, Setup};
 
     // Access denied.
