@@ -13,7 +13,7 @@ mod smtp_support;
 use std::sync::Mutex;
 
 use common::logs::LogBuf;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The log capture, and the cases whose close line was missing (all are
 /// reported at the end).
@@ -114,6 +114,28 @@ async fn smtp_cases(logs: &Checker) {
     assert_ok(&c.reply().await, "421 4.4.2");
     c.expect_closed().await;
     logs.assert_close(from, "smtp", "idle_timeout");
+
+    // A body trickled one byte per 300 ms: each read inside the idle
+    // timeout, the average rate under the minimum.
+    let from = logs.len();
+    let (mut c, _) = Client::connect(d.smtp_addr()).await;
+    assert_ok(&c.cmd("MAIL FROM:<a@example.com>").await, "250");
+    assert_ok(&c.cmd("RCPT TO:<b@example.com>").await, "250");
+    assert_ok(&c.cmd("DATA").await, "354");
+    let started = std::time::Instant::now();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(300));
+    let mut buf = [0u8; 256];
+    let reply = loop {
+        tokio::select! {
+            r = c.r.read(&mut buf) => break String::from_utf8_lossy(&buf[..r.unwrap_or(0)]).into_owned(),
+            _ = tick.tick() => {
+                assert!(started.elapsed() < std::time::Duration::from_secs(20), "never cut off");
+                let _ = c.r.get_mut().write_all(b"x").await;
+            }
+        }
+    };
+    assert!(reply.contains("too slow"), "{reply:?}");
+    logs.assert_close(from, "smtp", "too_slow");
     d.stop().await;
 
     // Connection limit, shutdown. A fresh daemon, so no earlier session

@@ -31,6 +31,8 @@ use crate::Context;
 const MAX_HEAD: usize = 8 * 1024;
 /// A scrape must send its request and take the answer within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refused client may take to send its request before its 403.
+const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections served at once (scrapers are few).
 const MAX_CONNECTIONS: usize = 32;
 
@@ -108,10 +110,11 @@ pub fn exposure_warning(addr: SocketAddr, allowed: &[IpNet]) -> Option<String> {
 
 async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &Context) {
     let access = &ctx.config.metrics;
-    // Read first even for a refused client, so the 403 is not lost to a reset.
-    let request = read_request(&mut stream).await;
     if !ip_allowed(&access.allowed_networks, peer.ip()) {
         log_close(CloseReason::AccessDenied);
+        // Take the request head first (briefly), so the 403 is not lost to
+        // the reset a close with unread bytes causes.
+        let _ = tokio::time::timeout(REFUSAL_READ_TIMEOUT, read_request(&mut stream)).await;
         let _ = respond(
             &mut stream,
             "403 Forbidden",
@@ -122,7 +125,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &Context) {
         .await;
         return;
     }
-    let Some(request) = request else {
+    let Some(request) = read_request(&mut stream).await else {
         let _ = respond(
             &mut stream,
             "400 Bad Request",
@@ -161,10 +164,8 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &Context) {
             return;
         }
     }
-    let Request { method, target, .. } = request;
-    let path = target;
-    let head_only = method == "HEAD";
-    if method != "GET" && !head_only {
+    let head_only = request.method == "HEAD";
+    if request.method != "GET" && !head_only {
         let _ = respond(
             &mut stream,
             "405 Method Not Allowed",
@@ -175,7 +176,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &Context) {
         .await;
         return;
     }
-    let path = path.split('?').next().unwrap_or("");
+    let path = request.target.split('?').next().unwrap_or("");
     let (status, ctype, body) = match path {
         "/metrics" => {
             let (m, spool) = (ctx.metrics.clone(), ctx.spool.clone());
