@@ -350,6 +350,12 @@ async fn clients_outside_metrics_allowed_networks_get_403() {
             "{body}"
         );
     }
+    // The list follows a reload: back to the default (loopback) answers.
+    let path = d.dir.path().join("relay.toml");
+    std::fs::write(&path, metrics_config(1, &ca)).unwrap();
+    let config = mailbridge::config::Config::load(&path).unwrap();
+    d.daemon.reload(config).unwrap();
+    assert_eq!(get(addr, "/healthz").await.0, 200);
     d.stop().await;
 }
 
