@@ -55,6 +55,11 @@ def test_metrics_and_healthz_with_curl(workdir, ca, smtp_upstream, smtp_upstream
         assert code == b"200", r.stdout
         json.loads(body)
         assert not [s for s in h.SECRETS if s in text or s in body.decode()]
+        # DNS rebinding: a page whose name now points at 127.0.0.1 sends its own Host.
+        r = h.run(["curl", "-sS", "--max-time", "10", "-w", "%{http_code}", "-o", "-",
+                   "-H", "Host: evil.example", f"http://127.0.0.1:{mport}/metrics"])
+        assert r.stdout[-3:] == b"421", r.stdout
+        assert b"mailbridge_" not in r.stdout
     finally:
         assert mb.stop() == 0
 

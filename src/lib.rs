@@ -4,6 +4,7 @@
 //! Component map:
 //! - [`config`]: `relay.toml` types, presets, validation.
 //! - [`listener`]: the shared accept loop (cap, backoff, span per connection).
+//! - [`disconnect`]: why the daemon closes a connection, logged once per close.
 //! - [`smtp`]: inbound SMTP sessions (smtp-proto parsing, our state machine).
 //! - [`spool`]: the durable on-disk queue (fsync before 250).
 //! - [`delivery`]: the worker that sends spooled mail upstream, and the upstream SMTP client.
@@ -24,6 +25,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod disconnect;
 pub mod imap;
 pub mod init;
 pub mod legacy_tls;
@@ -141,7 +143,7 @@ impl Daemon {
         let smtps_addrs = listeners.start(Proto::Smtps)?;
         let imaps_addrs = listeners.start(Proto::Imaps)?;
         let metrics_addr = match config.metrics.listen {
-            Some(addr) => Some(start_metrics(addr, &ctx, &shutdown, &sessions).await?),
+            Some(addr) => Some(start_metrics(addr, &ctx, &live, &shutdown, &sessions).await?),
             None => None,
         };
         worker.spawn(delivery::run(live.clone(), shutdown.clone()));
@@ -308,10 +310,12 @@ impl Listeners<'_> {
     }
 }
 
-/// Binds the metrics listener and serves `/metrics` and `/healthz` on it.
+/// Binds the metrics listener and serves `/metrics` and `/healthz` on it,
+/// with the spool probe `/healthz` reports (first run before serving).
 async fn start_metrics(
     addr: SocketAddr,
     ctx: &Arc<Context>,
+    live: &Arc<ArcSwap<Context>>,
     shutdown: &CancellationToken,
     sessions: &TaskTracker,
 ) -> Result<SocketAddr, StartError> {
@@ -322,15 +326,18 @@ async fn start_metrics(
     };
     let l = listener::bind(addr).map_err(bind_err)?;
     let local = l.local_addr().map_err(bind_err)?;
-    metrics::http::warn_if_exposed(local);
+    metrics::http::warn_if_exposed(local, &ctx.config.metrics.allowed_networks);
     info!("metrics listening on http://{local}/metrics (health: /healthz)");
-    let sources = metrics::http::HealthSources {
-        metrics: ctx.metrics.clone(),
-        spool: ctx.spool.clone(),
-    };
+    let (m, spool) = (ctx.metrics.clone(), ctx.spool.clone());
+    let _ = tokio::task::spawn_blocking(move || m.probe_spool(&spool)).await;
+    sessions.spawn(metrics::probe::run_every_interval(
+        ctx.metrics.clone(),
+        ctx.spool.clone(),
+        shutdown.clone(),
+    ));
     sessions.spawn(metrics::http::serve(
         l,
-        sources,
+        live.clone(),
         shutdown.clone(),
         sessions.clone(),
     ));

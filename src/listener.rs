@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{info_span, warn, Instrument};
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -104,7 +104,9 @@ pub async fn accept_loop<F, Fut>(
                 let busy = spec.busy_reply;
                 tasks.spawn(
                     async move {
-                        debug!("connection cap reached; refusing");
+                        crate::disconnect::log_close(
+                            crate::disconnect::CloseReason::ConnectionLimit,
+                        );
                         let _ = tokio::time::timeout(Duration::from_secs(5), async {
                             let _ = stream.write_all(busy).await;
                             let _ = stream.shutdown().await;

@@ -1,6 +1,8 @@
 //! The metrics listener over real HTTP: `/metrics` scraped and parsed (the
 //! counters move after a message goes through), `/healthz` (200, upstream
-//! reachability, 503 when the spool cannot be written), unknown paths.
+//! reachability, 503 when the spool cannot be written), unknown paths; who
+//! may ask (allowed_networks, the Host check against DNS rebinding); and that
+//! /healthz does not write to the spool per request.
 
 mod common;
 mod delivery_common;
@@ -22,10 +24,17 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// (status code, content type, body) of one GET.
 async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    send(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+    )
+    .await
+}
+
+/// (status code, content type, body) of one raw request head.
+async fn send(addr: SocketAddr, request: &str) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
         .await
@@ -202,16 +211,150 @@ async fn healthz_is_503_when_the_spool_cannot_be_written() {
     let ca = TestCa::new();
     let d = start(&metrics_config(1, &ca)).await;
     let addr = d.daemon.metrics_addr.unwrap();
+    let ctx = &d.daemon.context;
     assert_eq!(get(addr, "/healthz").await.0, 200);
     // Root ignores permission bits, so take the directory away instead.
     let tmp = d.spool_dir().join("tmp");
     std::fs::remove_dir_all(&tmp).unwrap();
+    // The probe runs on a timer; run it now instead of waiting for it.
+    ctx.metrics.probe_spool(&ctx.spool);
     let (status, _, body) = get(addr, "/healthz").await;
     assert_eq!(status, 503, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["spool_writable"], false);
     assert!(v["spool_error"].as_str().unwrap().contains("tmp"), "{body}");
+    assert!(v["spool_checked_at"].is_string(), "{body}");
+    // Still unhealthy on every request until a probe sees it fixed.
+    assert_eq!(get(addr, "/healthz").await.0, 503);
     std::fs::create_dir(&tmp).unwrap();
+    ctx.metrics.probe_spool(&ctx.spool);
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+    d.stop().await;
+}
+
+/// Modification and change times of `dir`, and its entry count.
+fn dir_state(dir: &std::path::Path) -> (std::time::SystemTime, i64, usize) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir).unwrap();
+    let count = std::fs::read_dir(dir).unwrap().count();
+    (
+        m.modified().unwrap(),
+        m.ctime_nsec() + m.ctime() * 1_000_000_000,
+        count,
+    )
+}
+
+#[tokio::test]
+async fn healthz_requests_do_not_touch_the_spool() {
+    let ca = TestCa::new();
+    let d = start(&metrics_config(1, &ca)).await;
+    let addr = d.daemon.metrics_addr.unwrap();
+    let probe = d.daemon.context.metrics.spool_probe();
+    let dirs = [d.spool_dir(), d.spool_dir().join("tmp")];
+    // A timed probe may legitimately land inside a round (every 15 s):
+    // then that round proves nothing, and it is run again.
+    for _round in 0..3 {
+        let runs = probe.runs();
+        let before: Vec<_> = dirs.iter().map(|p| dir_state(p)).collect();
+        for _ in 0..100 {
+            let (status, _, body) = get(addr, "/healthz").await;
+            assert_eq!(status, 200, "{body}");
+        }
+        if probe.runs() != runs {
+            continue;
+        }
+        let after: Vec<_> = dirs.iter().map(|p| dir_state(p)).collect();
+        assert_eq!(before, after, "100 /healthz requests changed the spool");
+        d.stop().await;
+        return;
+    }
+    panic!("a spool probe ran inside every round");
+}
+
+#[tokio::test]
+async fn the_spool_probe_runs_on_a_timer() {
+    let ca = TestCa::new();
+    let d = start(&metrics_config(1, &ca)).await;
+    let probe = d.daemon.context.metrics.spool_probe();
+    let first = probe.runs();
+    assert!(first >= 1, "probed once before serving");
+    tokio::time::pause();
+    tokio::time::advance(mailbridge::metrics::probe::PROBE_INTERVAL + Duration::from_secs(1)).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while probe.runs() == first {
+        assert!(std::time::Instant::now() < deadline, "no timed probe");
+        tokio::task::yield_now().await;
+    }
+    tokio::time::resume();
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn host_header_must_name_this_machine_or_an_allowed_name() {
+    let ca = TestCa::new();
+    let mut c = metrics_config(1, &ca);
+    c = c.replace(
+        "[metrics]\n",
+        "[metrics]\nallowed_hosts = [\"Mailbridge.LAN\"]\n",
+    );
+    let d = start(&c).await;
+    let addr = d.daemon.metrics_addr.unwrap();
+    let port = addr.port();
+    let req = |host: &str| format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    for host in [
+        format!("127.0.0.1:{port}"),
+        "127.0.0.1".to_string(),
+        format!("localhost:{port}"),
+        "[::1]".to_string(),
+        format!("mailbridge.lan:{port}"),
+    ] {
+        let (status, _, body) = send(addr, &req(&host)).await;
+        assert_eq!(status, 200, "Host {host}: {body}");
+    }
+    // DNS rebinding: a page on evil.example whose name now points here.
+    for host in [
+        format!("evil.example:{port}"),
+        "localhost.evil.example".to_string(),
+        "127.0.0.1.nip.io".to_string(),
+    ] {
+        let (status, _, body) = send(addr, &req(&host)).await;
+        assert_eq!(status, 421, "Host {host}: {body}");
+        assert!(
+            !body.contains("mailbridge_"),
+            "no metrics in the refusal: {body}"
+        );
+    }
+    let (status, _, _) = send(addr, "GET /healthz HTTP/1.1\r\n\r\n").await;
+    assert_eq!(status, 400, "HTTP/1.1 without Host");
+    let two = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n";
+    assert_eq!(send(addr, two).await.0, 400, "two Host headers");
+    let (status, _, _) = send(addr, "GET /healthz HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status, 200, "HTTP/1.0 may omit Host");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn clients_outside_metrics_allowed_networks_get_403() {
+    let ca = TestCa::new();
+    let c = metrics_config(1, &ca).replace(
+        "[metrics]\n",
+        "[metrics]\nallowed_networks = [\"10.0.0.0/8\"]\n",
+    );
+    let d = start(&c).await;
+    let addr = d.daemon.metrics_addr.unwrap();
+    for path in ["/metrics", "/healthz"] {
+        let (status, _, body) = get(addr, path).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(
+            !body.contains("mailbridge_") && !body.contains("upstreams"),
+            "{body}"
+        );
+    }
+    // The list follows a reload: back to the default (loopback) answers.
+    let path = d.dir.path().join("relay.toml");
+    std::fs::write(&path, metrics_config(1, &ca)).unwrap();
+    let config = mailbridge::config::Config::load(&path).unwrap();
+    d.daemon.reload(config).unwrap();
     assert_eq!(get(addr, "/healthz").await.0, 200);
     d.stop().await;
 }

@@ -81,9 +81,24 @@ pub enum TlsProfile {
 }
 
 /// `[metrics]`: the optional HTTP listener for /metrics and /healthz.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
+    /// Client addresses that may connect (default: loopback only).
+    pub allowed_networks: Vec<IpNet>,
+    /// Host names accepted in the `Host` header besides IP literals and
+    /// `localhost` (lower case, no port, no trailing dot).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: None,
+            allowed_networks: default_allowed(),
+            allowed_hosts: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -39,6 +39,8 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: Option<String>,
+    allowed_networks: Option<Vec<String>>,
+    allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -431,8 +433,19 @@ impl RawConfig {
         check_tls_profile(path, "imap.tls_profile", imap.tls_profile, tls.is_some())?;
 
         // --- metrics
+        let raw_metrics = self.metrics;
         let metrics = MetricsConfig {
-            listen: match self.metrics.listen {
+            allowed_networks: parse_nets(
+                path,
+                "metrics.allowed_networks",
+                raw_metrics.allowed_networks,
+            )?,
+            allowed_hosts: parse_host_names(
+                path,
+                "metrics.allowed_hosts",
+                raw_metrics.allowed_hosts.unwrap_or_default(),
+            )?,
+            listen: match raw_metrics.listen {
                 None => None,
                 Some(l) => Some(l.trim().parse::<SocketAddr>().map_err(|_| {
                     err(
@@ -599,6 +612,32 @@ fn parse_nets(path: &Path, key: &str, raw: Option<Vec<String>>) -> Result<Vec<Ip
         ));
     }
     Ok(nets)
+}
+
+/// DNS names for `metrics.allowed_hosts`: letters, digits, `-` and `.`,
+/// stored lower case without a trailing dot (the `Host` check compares so).
+fn parse_host_names(path: &Path, key: &str, raw: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    raw.into_iter()
+        .map(|h| {
+            let name = h.trim().trim_end_matches('.').to_ascii_lowercase();
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|l| {
+                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if valid {
+                Ok(name)
+            } else {
+                Err(ConfigError::new(
+                    path,
+                    key,
+                    format!(
+                        "{h:?} is not a host name such as \"mailbridge.lan\" (no port, no scheme)"
+                    ),
+                ))
+            }
+        })
+        .collect()
 }
 
 /// `tls_profile = "legacy"` needs local TLS and a build that has it.

@@ -250,3 +250,25 @@ fn tls_profile_legacy_with_the_feature_parses_and_needs_a_certificate() {
     assert_eq!(e.key, "smtp.tls_profile");
     assert!(e.to_string().contains("tls_cert and tls_key"), "{e}");
 }
+
+#[test]
+fn metrics_access_keys_default_to_loopback_and_check_host_names() {
+    let c = parse(MIN).unwrap();
+    assert_eq!(c.metrics.allowed_networks, default_allowed());
+    assert!(c.metrics.allowed_hosts.is_empty());
+    let c = parse(&format!(
+        "[metrics]\nlisten = \"127.0.0.1:9925\"\nallowed_networks = [\"192.168.1.0/24\"]\nallowed_hosts = [\"Relay.LAN.\", \"nas\"]\n{MIN}"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.metrics.allowed_networks,
+        vec!["192.168.1.0/24".parse::<IpNet>().unwrap()]
+    );
+    assert_eq!(c.metrics.allowed_hosts, ["relay.lan", "nas"]);
+    for bad in ["relay.lan:9925", "http://relay.lan", "", "a..b", "bad name"] {
+        let e = parse(&format!("[metrics]\nallowed_hosts = [\"{bad}\"]\n{MIN}")).unwrap_err();
+        assert_eq!(e.key, "metrics.allowed_hosts", "{bad:?}");
+    }
+    let e = parse(&format!("[metrics]\nallowed_networks = []\n{MIN}")).unwrap_err();
+    assert_eq!(e.key, "metrics.allowed_networks");
+}

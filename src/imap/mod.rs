@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 
 use crate::config::{ip_allowed, Account, Config};
+use crate::disconnect::{log_close, CloseReason};
 use crate::stream::ClientStream;
 use crate::text::Printable;
 use crate::Context;
@@ -124,7 +125,7 @@ pub async fn handle_connection(
     shutdown: CancellationToken,
 ) {
     if !ip_allowed(&ctx.config.imap.allowed_networks, peer.ip()) {
-        info!("address not in imap.allowed_networks; refused");
+        log_close(CloseReason::AccessDenied);
         say_and_close(&mut stream, responses::NOT_ALLOWED).await;
         return;
     }
@@ -153,13 +154,13 @@ pub async fn handle_connection(
                 return;
             }
             Err(_) => {
-                info!(reason = "no login before imap.login_timeout", "closing the client connection");
+                log_close(CloseReason::LoginTimeout);
                 say_and_close(&mut stream, responses::LOGIN_TIMEOUT).await;
                 return;
             }
         },
         _ = shutdown.cancelled() => {
-            info!(reason = "shutting down before login", "closing the client connection");
+            log_close(CloseReason::Shutdown);
             say_and_close(&mut stream, responses::SHUTTING_DOWN).await;
             return;
         }
@@ -194,22 +195,14 @@ async fn pre_login(
                 return None;
             }
             Err(FrameError::TooLong { tag }) => {
-                info!(
-                    reason = "command line too long before login",
-                    limit = framing::MAX_LINE,
-                    "closing the client connection"
-                );
+                log_close(CloseReason::LineTooLong);
                 let _ = stream
                     .write_all(&responses::line_too_long(tag.as_deref().unwrap_or("*")))
                     .await;
                 return None;
             }
             Err(FrameError::LiteralTooLarge { tag }) => {
-                info!(
-                    reason = "literal too large before login",
-                    limit = framing::MAX_LITERAL,
-                    "closing the client connection"
-                );
+                log_close(CloseReason::LiteralTooLarge);
                 let _ = stream
                     .write_all(&responses::literal_too_large(tag.as_deref().unwrap_or("*")))
                     .await;
@@ -317,8 +310,14 @@ async fn proxy(
         debug!("upstream session over; account connection slot freed");
     }
     match &stats.end {
-        PumpEnd::Idle => say(&mut client, responses::IDLE_TIMEOUT).await,
-        PumpEnd::Shutdown => say(&mut client, responses::SHUTTING_DOWN).await,
+        PumpEnd::Idle => {
+            log_close(CloseReason::IdleTimeout);
+            say(&mut client, responses::IDLE_TIMEOUT).await
+        }
+        PumpEnd::Shutdown => {
+            log_close(CloseReason::Shutdown);
+            say(&mut client, responses::SHUTTING_DOWN).await
+        }
         PumpEnd::Closed | PumpEnd::LingerExpired | PumpEnd::Error(_) => {}
     }
     upstream::close(&mut stream).await;

@@ -1,12 +1,15 @@
 //! Observability: the Prometheus registry (prometheus-client encodes the
 //! exposition format), the counters the sessions and the worker increment,
 //! the last upstream outcome per account, and the optional HTTP listener
-//! ([`http`]) serving `/metrics` and `/healthz`.
+//! ([`http`]) serving `/metrics` and `/healthz`, with its `Host` check
+//! ([`host`]) and the timed spool probe ([`probe`]) `/healthz` reports.
 //!
 //! One [`Metrics`] lives for the whole process and survives config reloads
 //! (it is shared by every [`crate::Context`]).
 
+pub mod host;
 pub mod http;
+pub mod probe;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -69,6 +72,8 @@ pub struct Metrics {
     /// True while the listeners are bound and accepting.
     listening: AtomicBool,
     upstreams: Mutex<BTreeMap<String, UpstreamStatus>>,
+    /// Last spool writability probe (for `/healthz`).
+    spool_probe: probe::SpoolProbe,
 }
 
 impl Default for Metrics {
@@ -95,6 +100,7 @@ impl Metrics {
             reloads: Family::default(),
             listening: AtomicBool::new(false),
             upstreams: Mutex::new(BTreeMap::new()),
+            spool_probe: probe::SpoolProbe::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -263,6 +269,18 @@ impl Metrics {
 
     pub fn listening(&self) -> bool {
         self.listening.load(Ordering::Acquire)
+    }
+
+    /// Probes whether `spool` can be written now (blocking file I/O) and
+    /// keeps the result for `/healthz`. The metrics listener calls this at
+    /// start and on a timer; tests call it to skip the wait.
+    pub fn probe_spool(&self, spool: &Spool) -> probe::ProbeResult {
+        self.spool_probe.run(&spool.dir().join("tmp"))
+    }
+
+    /// The last spool probe and the number run so far.
+    pub fn spool_probe(&self) -> &probe::SpoolProbe {
+        &self.spool_probe
     }
 
     /// The exposition text, after refreshing the queue gauges from `spool`.

@@ -23,6 +23,7 @@ use super::replies;
 use super::session::{Session, SessionConfig, Step, Transaction};
 use crate::auth::FailureVerdict;
 use crate::config::{ip_allowed, SmtpMode};
+use crate::disconnect::{log_close, CloseReason};
 use crate::secret::Secret;
 use crate::spool::Envelope;
 use crate::stream::ClientStream;
@@ -76,7 +77,7 @@ pub async fn serve(
         data_deadline: None,
     };
     if !ip_allowed(&ctx.config.smtp.allowed_networks, peer.ip()) {
-        info!("refused: client address not in smtp.allowed_networks");
+        log_close(CloseReason::AccessDenied);
         conn.close_with(replies::ACCESS_DENIED).await;
         return;
     }
@@ -93,15 +94,15 @@ pub async fn serve(
         Ok(()) => debug!("closed"),
         Err(Stop::Eof) => debug!("client closed the connection"),
         Err(Stop::TooSlow) => {
-            info!("message transfer too slow; closing");
+            log_close(CloseReason::TooSlow);
             conn.close_with(&replies::too_slow(&host)).await;
         }
         Err(Stop::Idle) => {
-            info!("idle timeout");
+            log_close(CloseReason::IdleTimeout);
             conn.close_with(&replies::idle_timeout(&host)).await;
         }
         Err(Stop::Shutdown) => {
-            debug!("closing for shutdown");
+            log_close(CloseReason::Shutdown);
             conn.close_with(&replies::shutting_down(&host)).await;
         }
         Err(Stop::Io(e)) => debug!(error = %e, "connection error"),
@@ -119,6 +120,7 @@ async fn run(
         let Some(line) = conn.next_line(shutdown).await? else {
             // An over-long line was discarded.
             let step = session.line_too_long();
+            log_if_gave_up(session, &step);
             if conn.act_simple(step).await? {
                 return Ok(());
             }
@@ -128,7 +130,12 @@ async fn run(
         drop(line);
         let step = match step {
             Step::Authenticate { user, password } => {
-                authenticate(conn, session, ctx, shutdown, user, password).await?
+                let step = authenticate(conn, session, ctx, shutdown, user, password).await?;
+                // Too many errors is logged below; any other close here is a block.
+                if matches!(step, Step::Close(_)) && !session.gave_up() {
+                    log_close(CloseReason::AuthBlocked);
+                }
+                step
             }
             Step::Data(reply) => {
                 conn.wbuf.extend_from_slice(reply.as_bytes());
@@ -149,9 +156,18 @@ async fn run(
             },
             other => other,
         };
+        log_if_gave_up(session, &step);
         if conn.act_simple(step).await? {
             return Ok(());
         }
+    }
+}
+
+/// Logs the close when the session gave up on the client for too many errors
+/// (the other `Close` a command yields is QUIT, the client's own decision).
+fn log_if_gave_up(session: &Session, step: &Step) {
+    if matches!(step, Step::Close(_)) && session.gave_up() {
+        log_close(CloseReason::TooManyErrors);
     }
 }
 

@@ -171,6 +171,11 @@ impl Session {
         self.txn.take()
     }
 
+    /// True once the session has closed on the client for too many errors.
+    pub fn gave_up(&self) -> bool {
+        self.errors >= MAX_ERRORS
+    }
+
     /// A command line longer than the limit was discarded.
     pub fn line_too_long(&mut self) -> Step {
         self.auth_wait = None;

@@ -35,6 +35,12 @@ impl LogBuf {
         capture(tracing::Level::TRACE)
     }
 
+    /// Bytes captured so far (to look only at what comes after a point).
+    #[allow(dead_code)]
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
     /// Everything logged so far.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
