@@ -10,7 +10,7 @@
 //! ends. The address as a whole is only slowed, never refused, because every
 //! local program shares 127.0.0.1.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -35,6 +35,9 @@ pub const MAX_IN_FLIGHT_PER_ADDRESS: u32 = 2;
 /// How long an attempt over the per-address cap waits for its turn before it
 /// gets a temporary refusal.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Attempts from one address waiting for a place at most; beyond it new
+/// ones get a temporary refusal at once.
+pub const MAX_QUEUE_PER_ADDRESS: usize = 256;
 /// Delay before the attempt after the first failure; it doubles per failure...
 const FIRST_DELAY: Duration = Duration::from_millis(250);
 /// ...up to this.
@@ -66,14 +69,23 @@ impl PairKey {
     }
 }
 
-/// What to do with a new login attempt.
+/// A place in an address's queue of waiting attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    key: PairKey,
+    number: u64,
+}
+
+/// What to do with a login attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     /// Reserved: wait this long (holding the reservation), then verify.
     Go { delay: Duration },
-    /// Too many attempts in flight (from the address, or for the pair with
-    /// the failures it already has): wait for one to end.
-    Busy,
+    /// Queued behind earlier attempts or the ones in flight: ask again with
+    /// [`Ledger::retry`] when an attempt ends.
+    Wait(Ticket),
+    /// The address's queue is full: refuse for now.
+    Full,
     /// The pair is blocked: refuse without verifying.
     Blocked,
 }
@@ -86,7 +98,8 @@ pub enum Denied {
     /// The (address, user) pair is blocked; nothing was verified, unless
     /// `now`: this attempt's failure started the block.
     Blocked { now: bool },
-    /// Over the per-address cap for longer than [`MAX_WAIT`]: try again later.
+    /// Waited longer than [`MAX_WAIT`] for a place, or the address's queue
+    /// is full: try again later.
     Busy,
 }
 
@@ -174,40 +187,126 @@ fn delay_after(failures: u32) -> Duration {
     }
 }
 
+/// An address's counts and its attempts waiting for a place, oldest first.
+#[derive(Debug)]
+struct Address {
+    counts: Counts,
+    queue: VecDeque<Ticket>,
+}
+
+/// Whether a pair may start an attempt now (the address aside).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PairCheck {
+    Blocked,
+    /// At the limit with its attempts in flight: wait for their outcome.
+    Full,
+    /// Failures plus attempts in flight, each presumed to fail.
+    Open {
+        presumed: u32,
+    },
+}
+
 /// Every address's and pair's record; all decisions, no waiting, no clock.
 #[derive(Debug, Default)]
 pub struct Ledger {
-    addresses: HashMap<IpAddr, Counts>,
+    addresses: HashMap<IpAddr, Address>,
     pairs: HashMap<PairKey, Pair>,
+    next_ticket: u64,
 }
 
 impl Ledger {
-    /// Decides on a new attempt and, for [`Admission::Go`], reserves it:
-    /// the caller must end it with [`Ledger::succeed`], [`Ledger::fail`] or
-    /// [`Ledger::abandon`].
+    /// Decides on a new attempt. [`Admission::Go`] reserves it: the caller
+    /// must end it with [`Ledger::succeed`], [`Ledger::fail`] or
+    /// [`Ledger::abandon`]. [`Admission::Wait`] queues it behind the
+    /// address's earlier attempts (first come, first served).
     pub fn admit(&mut self, key: PairKey, now: Instant) -> Admission {
         self.prune(now);
+        if self.check_pair(key, now) == PairCheck::Blocked {
+            return Admission::Blocked;
+        }
+        let address = self.addresses.entry(key.ip).or_insert_with(|| Address {
+            counts: Counts::new(now),
+            queue: VecDeque::new(),
+        });
+        if address.queue.len() >= MAX_QUEUE_PER_ADDRESS {
+            return Admission::Full;
+        }
+        let ticket = Ticket {
+            key,
+            number: self.next_ticket,
+        };
+        self.next_ticket += 1;
+        address.queue.push_back(ticket);
+        self.retry(ticket, now)
+    }
+
+    /// Asks again for a queued attempt: [`Admission::Go`] (or `Blocked`)
+    /// takes it off the queue, `Wait` keeps its place.
+    pub fn retry(&mut self, ticket: Ticket, now: Instant) -> Admission {
+        let key = ticket.key;
+        let own = self.check_pair(key, now);
+        if own == PairCheck::Blocked {
+            self.give_up(ticket);
+            return Admission::Blocked;
+        }
+        let Some(address) = self.addresses.get(&key.ip) else {
+            return Admission::Blocked;
+        };
+        let Some(place) = address.queue.iter().position(|t| *t == ticket) else {
+            // Not queued (gave up already): nothing to reserve.
+            return Admission::Full;
+        };
+        if address.counts.in_flight >= MAX_IN_FLIGHT_PER_ADDRESS {
+            return Admission::Wait(ticket);
+        }
+        // An earlier attempt that could start goes first.
+        let ahead: Vec<PairKey> = address.queue.iter().take(place).map(|t| t.key).collect();
+        if ahead
+            .into_iter()
+            .any(|k| matches!(self.check_pair(k, now), PairCheck::Open { .. }))
+        {
+            return Admission::Wait(ticket);
+        }
+        let PairCheck::Open { presumed } = own else {
+            return Admission::Wait(ticket);
+        };
+        let Some(address) = self.addresses.get_mut(&key.ip) else {
+            return Admission::Blocked;
+        };
+        address.queue.remove(place);
+        address.counts.refresh(now);
+        let delay = delay_after(presumed).max(delay_after(
+            address.counts.failures / ADDRESS_FAILURES_PER_STEP,
+        ));
+        address.counts.in_flight += 1;
+        if let Some(pair) = self.pairs.get_mut(&key) {
+            pair.counts.in_flight += 1;
+        }
+        Admission::Go { delay }
+    }
+
+    /// A queued attempt stops waiting (timed out, client gone).
+    pub fn give_up(&mut self, ticket: Ticket) {
+        if let Some(address) = self.addresses.get_mut(&ticket.key.ip) {
+            address.queue.retain(|t| *t != ticket);
+        }
+    }
+
+    /// The pair's standing now (its record refreshed, created if new).
+    fn check_pair(&mut self, key: PairKey, now: Instant) -> PairCheck {
         let pair = self.pairs.entry(key).or_insert_with(|| Pair::new(now));
         pair.refresh(now);
         if pair.is_blocked(now) {
-            return Admission::Blocked;
+            return PairCheck::Blocked;
         }
-        let address = self
-            .addresses
-            .entry(key.ip)
-            .or_insert_with(|| Counts::new(now));
-        address.refresh(now);
         // Every attempt in flight may yet fail: with them the pair must stay
         // under the limit, so no more guesses are verified than it allows.
         let presumed = pair.counts.failures + pair.counts.in_flight;
-        if address.in_flight >= MAX_IN_FLIGHT_PER_ADDRESS || presumed >= FAILURES_BEFORE_BLOCK {
-            return Admission::Busy;
+        if presumed >= FAILURES_BEFORE_BLOCK {
+            PairCheck::Full
+        } else {
+            PairCheck::Open { presumed }
         }
-        let delay =
-            delay_after(presumed).max(delay_after(address.failures / ADDRESS_FAILURES_PER_STEP));
-        pair.counts.in_flight += 1;
-        address.in_flight += 1;
-        Admission::Go { delay }
     }
 
     /// The password was right: the pair's failures are forgotten (those of
@@ -226,10 +325,9 @@ impl Ledger {
     /// failure that reaches the limit blocks the pair.
     pub fn fail(&mut self, key: PairKey, now: Instant) -> Denied {
         self.leave(key);
-        self.addresses
-            .entry(key.ip)
-            .or_insert_with(|| Counts::new(now))
-            .fail(now);
+        if let Some(address) = self.addresses.get_mut(&key.ip) {
+            address.counts.fail(now);
+        }
         let pair = self.pairs.entry(key).or_insert_with(|| Pair::new(now));
         pair.refresh(now);
         if pair.is_blocked(now) {
@@ -251,7 +349,7 @@ impl Ledger {
 
     fn leave(&mut self, key: PairKey) {
         if let Some(a) = self.addresses.get_mut(&key.ip) {
-            a.in_flight = a.in_flight.saturating_sub(1);
+            a.counts.in_flight = a.counts.in_flight.saturating_sub(1);
         }
         if let Some(p) = self.pairs.get_mut(&key) {
             p.counts.in_flight = p.counts.in_flight.saturating_sub(1);
@@ -265,7 +363,8 @@ impl Ledger {
                 .retain(|_, p| p.is_blocked(now) || p.counts.is_live(now));
         }
         if self.addresses.len() > MAX_RECORDS {
-            self.addresses.retain(|_, a| a.is_live(now));
+            self.addresses
+                .retain(|_, a| !a.queue.is_empty() || a.counts.is_live(now));
         }
     }
 }
@@ -286,20 +385,30 @@ impl Throttle {
         self.ledger.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reserves an attempt for `user` from `ip`: waits (up to [`MAX_WAIT`])
-    /// while the address has too many in flight, then the growing delay,
-    /// holding the reservation. Refuses at once when the pair is blocked.
+    /// Reserves an attempt for `user` from `ip`: waits its turn (up to
+    /// [`MAX_WAIT`]) behind the address's earlier attempts, then the growing
+    /// delay, holding the reservation. Refuses at once when the pair is
+    /// blocked, and as soon as it becomes blocked while waiting.
     pub async fn admit(self: &Arc<Self>, ip: IpAddr, user: &str) -> Result<Attempt, Denied> {
         let key = PairKey::new(ip, user);
         let deadline = Instant::now() + MAX_WAIT;
+        let mut place: Option<Queued> = None;
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             // Registered before looking, so an attempt ending in between wakes us.
             changed.as_mut().enable();
-            let admission = self.ledger().admit(key, Instant::now());
+            let admission = {
+                let mut ledger = self.ledger();
+                match &place {
+                    None => ledger.admit(key, Instant::now()),
+                    Some(q) => ledger.retry(q.ticket, Instant::now()),
+                }
+            };
             match admission {
                 Admission::Go { delay } => {
+                    // Off the queue: the ones behind may move up.
+                    drop(place);
                     let attempt = Attempt {
                         throttle: self.clone(),
                         key,
@@ -311,13 +420,36 @@ impl Throttle {
                     return Ok(attempt);
                 }
                 Admission::Blocked => return Err(Denied::Blocked { now: false }),
-                Admission::Busy => {
+                Admission::Full => return Err(Denied::Busy),
+                Admission::Wait(ticket) => {
+                    place.get_or_insert_with(|| Queued {
+                        throttle: self.clone(),
+                        ticket,
+                    });
                     if tokio::time::timeout_at(deadline, changed).await.is_err() {
                         return Err(Denied::Busy);
                     }
                 }
             }
         }
+    }
+
+    fn changed(&self) {
+        self.changed.notify_waiters();
+    }
+}
+
+/// A place in the queue; leaving it (admitted, refused, timed out or the
+/// client gone) lets the ones behind move up.
+struct Queued {
+    throttle: Arc<Throttle>,
+    ticket: Ticket,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.throttle.ledger().give_up(self.ticket);
+        self.throttle.changed();
     }
 }
 
@@ -334,14 +466,14 @@ impl Attempt {
     pub fn succeeded(mut self) {
         self.open = false;
         self.throttle.ledger().succeed(self.key, Instant::now());
-        self.throttle.changed.notify_waiters();
+        self.throttle.changed();
     }
 
     /// Records the failure; logs the one that starts a block.
     pub fn failed(mut self) -> Denied {
         self.open = false;
         let denied = self.throttle.ledger().fail(self.key, Instant::now());
-        self.throttle.changed.notify_waiters();
+        self.throttle.changed();
         if denied == (Denied::Blocked { now: true }) {
             warn!(
                 client = %self.key.ip(),
@@ -356,7 +488,7 @@ impl Drop for Attempt {
     fn drop(&mut self) {
         if self.open {
             self.throttle.ledger().abandon(self.key);
-            self.throttle.changed.notify_waiters();
+            self.throttle.changed();
         }
     }
 }
@@ -415,37 +547,94 @@ mod tests {
         assert_eq!(go(l.admit(k, later)), Duration::ZERO);
     }
 
+    fn wait(a: Admission) -> Ticket {
+        match a {
+            Admission::Wait(t) => t,
+            other => panic!("not queued: {other:?}"),
+        }
+    }
+
     #[test]
-    fn parallel_attempts_are_capped_per_address_and_never_exceed_the_limit() {
+    fn parallel_attempts_are_served_in_order_and_never_exceed_the_limit() {
         let mut l = Ledger::default();
         let k = key("127.0.0.1", "dev");
         let t0 = Instant::now();
-        let mut verified = 0;
-        let mut blocked_at = None;
-        // 200 attempts at once, served as places free up.
-        for round in 0..200 {
-            let admitted: Vec<_> = (0..200)
-                .map(|_| l.admit(k, t0))
-                .filter(|a| matches!(a, Admission::Go { .. }))
-                .collect();
-            assert!(admitted.len() as u32 <= MAX_IN_FLIGHT_PER_ADDRESS);
-            if admitted.is_empty() {
-                assert_eq!(l.admit(k, t0), Admission::Blocked);
-                blocked_at = Some(round);
-                break;
-            }
-            for _ in &admitted {
-                verified += 1;
-                l.fail(k, t0);
+        // 200 attempts at once: two start, the rest queue in arrival order.
+        let mut queued = Vec::new();
+        let mut running = Vec::new();
+        for i in 0..200 {
+            match l.admit(k, t0) {
+                Admission::Go { .. } => running.push(i),
+                Admission::Wait(t) => queued.push((i, t)),
+                other => panic!("{i}: {other:?}"),
             }
         }
-        assert!(blocked_at.is_some());
-        assert_eq!(verified, FAILURES_BEFORE_BLOCK);
+        assert_eq!(running, [0, 1]);
+        let mut verified = Vec::new();
+        let mut refused = Vec::new();
+        while let Some(i) = running.pop() {
+            verified.push(i);
+            l.fail(k, t0);
+            // Every waiter looks again when an attempt ends.
+            queued.retain(|&(j, t)| match l.retry(t, t0) {
+                Admission::Go { .. } => {
+                    running.push(j);
+                    false
+                }
+                Admission::Wait(_) => true,
+                Admission::Blocked => {
+                    refused.push(j);
+                    false
+                }
+                Admission::Full => panic!("{j} lost its place"),
+            });
+            assert!(running.len() as u32 <= MAX_IN_FLIGHT_PER_ADDRESS);
+        }
+        verified.sort();
+        assert_eq!(verified, (0..FAILURES_BEFORE_BLOCK).collect::<Vec<_>>());
+        assert!(queued.is_empty());
+        assert_eq!(refused.len(), 200 - FAILURES_BEFORE_BLOCK as usize);
+        assert!(refused.contains(&100), "the 100th is refused unverified");
+        assert_eq!(l.admit(k, t0), Admission::Blocked);
         // Another address is not held up.
-        assert!(matches!(
-            l.admit(key("127.0.0.2", "dev"), t0),
-            Admission::Go { .. }
-        ));
+        assert_eq!(go(l.admit(key("127.0.0.2", "dev"), t0)), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_waiter_whose_pair_must_wait_does_not_hold_up_other_users() {
+        let mut l = Ledger::default();
+        let (dev, other) = (key("127.0.0.1", "dev"), key("127.0.0.1", "other"));
+        let t0 = Instant::now();
+        for _ in 0..FAILURES_BEFORE_BLOCK - 1 {
+            go(l.admit(dev, t0));
+            l.fail(dev, t0);
+        }
+        // dev's last allowed guess is in flight; the next dev attempt waits
+        // for its outcome, but "other" behind it takes the free place.
+        go(l.admit(dev, t0));
+        let dev_waiting = wait(l.admit(dev, t0));
+        assert!(matches!(l.admit(other, t0), Admission::Go { .. }));
+        assert_eq!(l.retry(dev_waiting, t0), Admission::Wait(dev_waiting));
+        assert_eq!(l.fail(dev, t0), Denied::Blocked { now: true });
+        assert_eq!(l.retry(dev_waiting, t0), Admission::Blocked);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_for_now_and_leaving_it_lets_the_next_move_up() {
+        let mut l = Ledger::default();
+        let t0 = Instant::now();
+        let k = key("127.0.0.1", "dev");
+        go(l.admit(k, t0));
+        go(l.admit(k, t0));
+        let first = wait(l.admit(k, t0));
+        let second = wait(l.admit(key("127.0.0.1", "b"), t0));
+        for i in 2..MAX_QUEUE_PER_ADDRESS {
+            wait(l.admit(key("127.0.0.1", &format!("u{i}")), t0));
+        }
+        assert_eq!(l.admit(k, t0), Admission::Full);
+        l.abandon(k);
+        l.give_up(first);
+        assert!(matches!(l.retry(second, t0), Admission::Go { .. }));
     }
 
     #[test]
@@ -459,9 +648,9 @@ mod tests {
         }
         // One place left before the block: the second waits for the first.
         go(l.admit(k, t0));
-        assert_eq!(l.admit(k, t0), Admission::Busy);
+        let t = wait(l.admit(k, t0));
         l.succeed(k, t0);
-        assert_eq!(go(l.admit(k, t0)), Duration::ZERO);
+        assert_eq!(go(l.retry(t, t0)), Duration::ZERO);
     }
 
     #[test]
@@ -471,9 +660,9 @@ mod tests {
         let t0 = Instant::now();
         go(l.admit(k, t0));
         go(l.admit(k, t0));
-        assert_eq!(l.admit(k, t0), Admission::Busy);
+        let t = wait(l.admit(k, t0));
         l.abandon(k);
-        assert_eq!(go(l.admit(k, t0)), FIRST_DELAY, "one still in flight");
+        assert_eq!(go(l.retry(t, t0)), FIRST_DELAY, "one still in flight");
         l.abandon(k);
         l.abandon(k);
         assert_eq!(go(l.admit(k, t0)), Duration::ZERO);
