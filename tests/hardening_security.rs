@@ -304,16 +304,14 @@ struct Flood {
     other: String,
 }
 
-/// [`FLOOD`] logins from 127.0.0.1 at once (`attempt(right, gate)`), the one
-/// at [`RIGHT_AT`] with the right password, sent only after all before it have
-/// sent theirs; once every flood attempt has sent its credentials, `other`
-/// logs in from another address.
-async fn flood<A, AF, O, OF>(attempt: A, other: O) -> Flood
+/// [`FLOOD`] logins as `dev` from 127.0.0.1 at once (`login(source, password,
+/// gate)` returns the reply), the one at [`RIGHT_AT`] with the right password,
+/// sent only after all before it have sent theirs; once every flood attempt
+/// has sent its credentials, `dev` logs in from 127.0.0.2.
+async fn flood<L, LF>(login: L) -> Flood
 where
-    A: Fn(bool, Gate) -> AF,
-    AF: std::future::Future<Output = String> + Send + 'static,
-    O: FnOnce() -> OF,
-    OF: std::future::Future<Output = String>,
+    L: Fn(&'static str, &'static str, Option<Gate>) -> LF,
+    LF: std::future::Future<Output = String> + Send + 'static,
 {
     let sent = Arc::new(watch::channel(0usize).0);
     let done = Arc::new(watch::channel(0usize).0);
@@ -323,7 +321,8 @@ where
                 sent: sent.clone(),
                 need: if i == RIGHT_AT { RIGHT_AT } else { 0 },
             };
-            let run = attempt(i == RIGHT_AT, gate);
+            let pw = if i == RIGHT_AT { DEV_PW } else { WRONG_PW };
+            let run = login("127.0.0.1", pw, Some(gate));
             let done = done.clone();
             tokio::spawn(async move {
                 let r = run.await;
@@ -341,7 +340,7 @@ where
     .expect("the flood did not get its credentials out")
     .unwrap();
     let t = Instant::now();
-    let other = other().await;
+    let other = login("127.0.0.2", DEV_PW, None).await;
     let done_when_other_finished = *done.borrow();
     println!(
         "login from another address during the flood: {:.0?} ({done_when_other_finished} of {FLOOD} flood replies back)",
@@ -427,17 +426,7 @@ async fn smtp_auth_flood_is_refused_while_another_address_logs_in() {
             .await
             .unwrap_or_default()
     };
-    let f = flood(
-        |right, gate| {
-            login(
-                "127.0.0.1",
-                if right { DEV_PW } else { WRONG_PW },
-                Some(gate),
-            )
-        },
-        || login("127.0.0.2", DEV_PW, None),
-    )
-    .await;
+    let f = flood(login).await;
     assert_flood_refused(&f, "235 ", "535 5.7.8", ["421 4.7.0", "454 4.7.0"], &p);
 }
 
@@ -462,17 +451,7 @@ async fn imap_login_flood_is_refused_while_another_address_logs_in() {
         }
         c.tagged("a").await
     };
-    let f = flood(
-        |right, gate| {
-            login(
-                "127.0.0.1",
-                if right { DEV_PW } else { WRONG_PW },
-                Some(gate),
-            )
-        },
-        || login("127.0.0.2", DEV_PW, None),
-    )
-    .await;
+    let f = flood(login).await;
     assert_flood_refused(
         &f,
         "a OK",

@@ -250,7 +250,7 @@ impl Ledger {
             return Admission::Blocked;
         }
         let Some(address) = self.addresses.get(&key.ip) else {
-            return Admission::Blocked;
+            return Admission::Full;
         };
         let Some(place) = address.queue.iter().position(|t| *t == ticket) else {
             // Not queued (gave up already): nothing to reserve.
@@ -271,7 +271,7 @@ impl Ledger {
             return Admission::Wait(ticket);
         };
         let Some(address) = self.addresses.get_mut(&key.ip) else {
-            return Admission::Blocked;
+            return Admission::Full;
         };
         address.queue.remove(place);
         address.counts.refresh(now);

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::session::LoginRequest;
 use super::upstream::{self, Connection, UpstreamError};
@@ -136,7 +136,8 @@ fn denied(ctx: &Context, tag: &str, d: Denied, why: &str) -> Vec<u8> {
         }
         Denied::Blocked { .. } => responses::auth_blocked(tag),
         Denied::Busy => {
-            info!("login refused for now: too many logins in progress from this address");
+            // Not logged above debug: a flood would make one line per attempt.
+            debug!("login refused for now: too many logins in progress from this address");
             responses::login_busy(tag)
         }
     }

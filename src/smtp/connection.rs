@@ -186,7 +186,8 @@ async fn authenticate(
         }
         Denied::Blocked { .. } => Step::Close(replies::auth_blocked(host)),
         Denied::Busy => {
-            info!("login refused for now: too many logins in progress from this address");
+            // Not logged above debug: a flood would make one line per attempt.
+            debug!("login refused for now: too many logins in progress from this address");
             session.reply(replies::AUTH_BUSY.into())
         }
     })
