@@ -9,6 +9,7 @@ mod hardening_support;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
@@ -17,8 +18,10 @@ use common::ca::TestCa;
 use common::imap_upstream::ImapUpstream;
 use common::smtp_upstream::{Mode, SmtpUpstream};
 use hardening_support::{command, write_config, Proc, Smtp};
+use mailbridge::auth::FAILURES_BEFORE_BLOCK;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
 
 const REAL_USER: &str = "relay@example.com";
 /// The account password as written in relay.toml (a Gmail app password with spaces)...
@@ -84,7 +87,7 @@ impl Imap {
     }
     async fn line(&mut self) -> String {
         let mut l = String::new();
-        tokio::time::timeout(Duration::from_secs(20), self.0.read_line(&mut l))
+        tokio::time::timeout(Duration::from_secs(60), self.0.read_line(&mut l))
             .await
             .expect("IMAP read timed out")
             .unwrap();
@@ -216,10 +219,12 @@ async fn client_outside_allowed_networks_is_refused_by_the_binary() {
     assert!(c.cmd("NOOP").await.unwrap().starts_with("250"));
 }
 
-/// 12 parallel failed logins from one address: the first 9 are answered
-/// after a growing delay, the rest refused; then even the right password is
-/// refused from that address while another address still logs in. Both
-/// protocols share the record; the block is logged once per address.
+/// 12 parallel failed logins for one user from one address: they are
+/// verified in turn, each after a growing delay; the first 9 fail, the 10th
+/// starts the block and the rest are refused unverified; then even the right
+/// password is refused for that user from that address while another
+/// address still logs in. Both protocols share the record; the block is
+/// logged once per burst.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn brute_force_is_slowed_then_refused_and_logged_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -235,7 +240,7 @@ async fn brute_force_is_slowed_then_refused_and_logged_once() {
         let (mut c, _) = Smtp::from_stream(connect_from(src, smtp).await).await;
         c.cmd("EHLO brute").await.unwrap();
         let r = c
-            .cmd(&format!("AUTH PLAIN {blob}"))
+            .cmd_within(&format!("AUTH PLAIN {blob}"), Duration::from_secs(60))
             .await
             .unwrap_or_default();
         (r, t.elapsed())
@@ -310,6 +315,253 @@ async fn brute_force_is_slowed_then_refused_and_logged_once() {
     assert_eq!(blocks.len(), 2, "one line per burst: {blocks:#?}");
     assert!(blocks.iter().any(|l| l.contains("127.0.0.3")), "{blocks:?}");
     assert!(blocks.iter().any(|l| l.contains("127.0.0.4")), "{blocks:?}");
+}
+
+/// Logins in the parallel flood, and the position of the one among them
+/// with the right password.
+const FLOOD: usize = 200;
+const RIGHT_AT: usize = 100;
+
+/// Lets a flood attempt send its credentials only after `need` others have
+/// sent theirs, and counts the ones sent.
+#[derive(Clone)]
+struct Gate {
+    sent: Arc<watch::Sender<usize>>,
+    need: usize,
+}
+
+impl Gate {
+    async fn open(&self) {
+        let _ = self.sent.subscribe().wait_for(|n| *n >= self.need).await;
+    }
+    fn sent(&self) {
+        self.sent.send_modify(|n| *n += 1);
+    }
+}
+
+/// What a flood saw.
+struct Flood {
+    /// Each flood attempt's reply, by position.
+    replies: Vec<String>,
+    /// How many flood replies had come back when the other address's login completed.
+    done_when_other_finished: usize,
+    other: String,
+}
+
+/// [`FLOOD`] logins as `dev` from 127.0.0.1 at once (`login(source, password,
+/// gate)` returns the reply), the one at [`RIGHT_AT`] with the right password,
+/// sent only after all before it have sent theirs; once every flood attempt
+/// has sent its credentials, `dev` logs in from 127.0.0.2.
+async fn flood<L, LF>(login: L) -> Flood
+where
+    L: Fn(&'static str, &'static str, Option<Gate>) -> LF,
+    LF: std::future::Future<Output = String> + Send + 'static,
+{
+    let sent = Arc::new(watch::channel(0usize).0);
+    let done = Arc::new(watch::channel(0usize).0);
+    let runs: Vec<_> = (0..FLOOD)
+        .map(|i| {
+            let gate = Gate {
+                sent: sent.clone(),
+                need: if i == RIGHT_AT { RIGHT_AT } else { 0 },
+            };
+            let pw = if i == RIGHT_AT { DEV_PW } else { WRONG_PW };
+            let run = login("127.0.0.1", pw, Some(gate));
+            let done = done.clone();
+            tokio::spawn(async move {
+                let r = run.await;
+                done.send_modify(|n| *n += 1);
+                r
+            })
+        })
+        .collect();
+    // A guard against a hang, not a timing assertion.
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        sent.subscribe().wait_for(|n| *n >= FLOOD),
+    )
+    .await
+    .expect("the flood did not get its credentials out")
+    .unwrap();
+    let t = Instant::now();
+    let other = login("127.0.0.2", DEV_PW, None).await;
+    let done_when_other_finished = *done.borrow();
+    println!(
+        "login from another address during the flood: {:.0?} ({done_when_other_finished} of {FLOOD} flood replies back)",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    let mut replies = Vec::new();
+    for r in runs {
+        replies.push(r.await.unwrap());
+    }
+    println!("rest of the flood: {:.1?}", t.elapsed());
+    Flood {
+        replies,
+        done_when_other_finished,
+        other,
+    }
+}
+
+/// The flood was refused (the right password too, unverified), no more
+/// guesses were verified than the limit allows, the other address logged in
+/// before the flood was over, and the block was logged once.
+fn assert_flood_refused(f: &Flood, ok: &str, failed: &str, refused: [&str; 2], p: &Proc) {
+    assert!(f.other.starts_with(ok), "other address: {}", f.other);
+    assert!(
+        f.done_when_other_finished < FLOOD,
+        "the other address finished only after the flood"
+    );
+    let right = &f.replies[RIGHT_AT];
+    assert!(
+        refused.iter().any(|r| right.starts_with(r)),
+        "the right password inside the flood: {right}"
+    );
+    let counts = |prefix: &str| f.replies.iter().filter(|r| r.starts_with(prefix)).count();
+    let unexpected: Vec<_> = f
+        .replies
+        .iter()
+        .filter(|r| {
+            ![failed, refused[0], refused[1]]
+                .iter()
+                .any(|p| r.starts_with(p))
+        })
+        .collect();
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+    assert!(
+        counts(failed) < FAILURES_BEFORE_BLOCK as usize,
+        "{} guesses verified",
+        counts(failed)
+    );
+    assert!(counts(refused[0]) >= 1, "never blocked");
+    let out = p.text();
+    let blocks: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("too many failed logins"))
+        .collect();
+    assert_eq!(blocks.len(), 1, "{blocks:#?}");
+    assert!(blocks[0].contains("127.0.0.1"), "{blocks:?}");
+}
+
+/// 200 parallel SMTP AUTH from 127.0.0.1 with the right password at
+/// position 100: refused; meanwhile 127.0.0.2 logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_auth_flood_is_refused_while_another_address_logs_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        toml(1, 1, Path::new("/nonexistent"), "").replace("ca_file = \"/nonexistent\"\n", "");
+    let cfg = write_config(dir.path(), &text);
+    let p = Proc::spawn(command(&cfg, &["run"]));
+    let smtp = p.smtp.unwrap();
+    let login = move |src: &'static str, pw: &'static str, gate: Option<Gate>| async move {
+        let (mut c, _) = Smtp::from_stream(connect_from(src, smtp).await).await;
+        c.cmd("EHLO flood").await.unwrap();
+        if let Some(g) = &gate {
+            g.open().await;
+        }
+        let blob = b64(&format!("\0{DEV}\0{pw}"));
+        c.send(format!("AUTH PLAIN {blob}\r\n").as_bytes())
+            .await
+            .unwrap();
+        if let Some(g) = &gate {
+            g.sent();
+        }
+        c.reply_within(Duration::from_secs(60))
+            .await
+            .unwrap_or_default()
+    };
+    let f = flood(login).await;
+    assert_flood_refused(&f, "235 ", "535 5.7.8", ["421 4.7.0", "454 4.7.0"], &p);
+}
+
+/// The same through IMAP LOGIN, with a real upstream for the login that succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_login_flood_is_refused_while_another_address_logs_in() {
+    let ca = TestCa::new();
+    let imap_up = ImapUpstream::start(&ca.server_cert(), REAL_USER, APP_PASSWORD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &toml(1, imap_up.port(), &ca.ca_file, ""));
+    let p = Proc::spawn(command(&cfg, &["run"]));
+    let imap = p.imap.unwrap();
+    let login = move |src: &'static str, pw: &'static str, gate: Option<Gate>| async move {
+        let (mut c, _) = Imap::new(connect_from(src, imap).await).await;
+        if let Some(g) = &gate {
+            g.open().await;
+        }
+        c.send(format!("a LOGIN {DEV} \"{pw}\"\r\n").as_bytes())
+            .await;
+        if let Some(g) = &gate {
+            g.sent();
+        }
+        c.tagged("a").await
+    };
+    let f = flood(login).await;
+    assert_flood_refused(
+        &f,
+        "a OK",
+        "a NO [AUTHENTICATIONFAILED] Invalid credentials",
+        [
+            "a NO [AUTHENTICATIONFAILED] Too many failed logins",
+            "a NO [UNAVAILABLE] Too many logins in progress",
+        ],
+        &p,
+    );
+    assert_eq!(
+        imap_up.logins().len(),
+        1,
+        "only the other address got upstream"
+    );
+}
+
+/// A valid login of one user between guesses at another user's password
+/// (from the same address) does not reset the guessed pair: it is blocked
+/// on schedule, its right password then refused, while the valid user still
+/// logs in from that address and the guessed user from another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_logins_between_guesses_do_not_save_the_guessed_user() {
+    const VICTIM: &str = "victim";
+    const VICTIM_PW: &str = "Victim-Secret-pw-1234";
+    let victim_hash = mailbridge::auth::hash_password(VICTIM_PW).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = toml(1, 1, Path::new("/nonexistent"), "")
+        .replace("ca_file = \"/nonexistent\"\n", "")
+        + &format!(
+            "\n[[users]]\nname = \"{VICTIM}\"\npassword_hash = \"{victim_hash}\"\naccount = \"acct\"\n"
+        );
+    let cfg = write_config(dir.path(), &text);
+    let p = Proc::spawn(command(&cfg, &["run"]));
+    let smtp = p.smtp.unwrap();
+    let login = |src: &'static str, user: &'static str, pw: &'static str| async move {
+        let (mut c, _) = Smtp::from_stream(connect_from(src, smtp).await).await;
+        c.cmd("EHLO alternating").await.unwrap();
+        let blob = b64(&format!("\0{user}\0{pw}"));
+        c.cmd_within(&format!("AUTH PLAIN {blob}"), Duration::from_secs(60))
+            .await
+            .unwrap_or_default()
+    };
+    for i in 1..=FAILURES_BEFORE_BLOCK {
+        let r = login("127.0.0.1", DEV, DEV_PW).await;
+        assert!(r.starts_with("235 "), "valid login {i}: {r}");
+        let r = login("127.0.0.1", VICTIM, WRONG_PW).await;
+        let want = if i < FAILURES_BEFORE_BLOCK {
+            "535 5.7.8"
+        } else {
+            "421 4.7.0"
+        };
+        assert!(r.starts_with(want), "guess {i}: {r}");
+    }
+    let r = login("127.0.0.1", VICTIM, VICTIM_PW).await;
+    assert!(
+        r.starts_with("421 4.7.0"),
+        "blocked pair, right password: {r}"
+    );
+    let r = login("127.0.0.1", DEV, DEV_PW).await;
+    assert!(
+        r.starts_with("235 "),
+        "the address is slowed, not refused: {r}"
+    );
+    let r = login("127.0.0.2", VICTIM, VICTIM_PW).await;
+    assert!(r.starts_with("235 "), "another address: {r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

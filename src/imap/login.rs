@@ -1,4 +1,4 @@
-//! One login attempt: local check (argon2, failure slowdown) or passthrough,
+//! One login attempt: local check (throttled argon2) or passthrough,
 //! the per-account connection slot, then connect and log in upstream. The
 //! outcome is either a ready upstream session or the reply refusing it.
 
@@ -6,12 +6,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::session::LoginRequest;
 use super::upstream::{self, Connection, UpstreamError};
 use super::{responses, AccountSlot};
-use crate::auth::FailureVerdict;
+use crate::auth::Denied;
 use crate::config::Account;
 use crate::secret::Secret;
 use crate::text::Printable;
@@ -39,22 +39,26 @@ pub enum Outcome {
 /// Runs the whole login for `req` from `ip`.
 pub async fn attempt(req: LoginRequest, ctx: &Arc<Context>, ip: IpAddr) -> Outcome {
     let tag = req.tag.as_str();
-    let failures = ctx.auth.failures();
-    if failures.is_blocked(ip) {
-        return Outcome::Refused(responses::auth_blocked(tag));
-    }
     let passthrough = ctx.config.imap.passthrough && !ctx.auth.has_user(&req.user);
+    // Passthrough: the upstream judges the password, so the reserved attempt
+    // stays open until it has answered.
+    let mut pending = None;
     let (account, username, password): (&Account, &str, &Secret) = if passthrough {
+        match ctx.auth.throttle().admit(ip, &req.user).await {
+            Ok(a) => pending = Some(a),
+            Err(d) => return Outcome::Refused(denied(ctx, tag, d, "")),
+        }
         let Some(account) = ctx.config.default_account() else {
             warn!("passthrough login but no default_account is configured");
             return Outcome::Refused(responses::no_account(tag));
         };
         (account, req.user.as_str(), &req.password)
     } else {
-        let Some(name) = ctx.auth.verify(&req.user, req.password.expose()).await else {
-            return Outcome::Refused(
-                local_failure(ctx, ip, tag, "wrong local user name or password").await,
-            );
+        let name = match ctx.auth.login(ip, &req.user, &req.password).await {
+            Ok(name) => name,
+            Err(d) => {
+                return Outcome::Refused(denied(ctx, tag, d, "wrong local user name or password"))
+            }
         };
         let Some(account) = ctx.config.account(&name) else {
             warn!(account = %name, "local user points at an unknown account");
@@ -86,7 +90,9 @@ pub async fn attempt(req: LoginRequest, ctx: &Arc<Context>, ip: IpAddr) -> Outco
     };
     match upstream::login(&mut conn, username, password, UPSTREAM_LOGIN_TIMEOUT).await {
         Ok(reply) => {
-            failures.record_success(ip);
+            if let Some(a) = pending {
+                a.succeeded();
+            }
             let mut bytes = reply.untagged;
             bytes.extend(responses::login_ok(tag, reply.code.as_deref()));
             Outcome::LoggedIn(Box::new(LoggedIn {
@@ -99,10 +105,14 @@ pub async fn attempt(req: LoginRequest, ctx: &Arc<Context>, ip: IpAddr) -> Outco
         }
         Err(UpstreamError::Rejected { text }) => {
             upstream::close(&mut conn.stream).await;
-            if passthrough {
-                Outcome::Refused(
-                    local_failure(ctx, ip, tag, "upstream refused passthrough credentials").await,
-                )
+            if let Some(a) = pending {
+                let d = a.failed();
+                Outcome::Refused(denied(
+                    ctx,
+                    tag,
+                    d,
+                    "upstream refused passthrough credentials",
+                ))
             } else {
                 warn!(account = %account.name, upstream_reply = %Printable(&text), "upstream refused the account's credentials; check the app password (mailbridge check)");
                 Outcome::Refused(responses::upstream_auth_failed(tag))
@@ -115,20 +125,21 @@ pub async fn attempt(req: LoginRequest, ctx: &Arc<Context>, ip: IpAddr) -> Outco
     }
 }
 
-/// Records a failed login from `ip`, waits the growing delay, and says how to answer.
-async fn local_failure(ctx: &Context, ip: IpAddr, tag: &str, why: &str) -> Vec<u8> {
-    ctx.metrics.auth_failure("imap");
-    match ctx.auth.failures().record_failure(ip) {
-        FailureVerdict::Delay(d) => {
+/// The reply to a login the throttle or the password check refused.
+fn denied(ctx: &Context, tag: &str, d: Denied, why: &str) -> Vec<u8> {
+    if d.was_verified() {
+        ctx.metrics.auth_failure("imap");
+    }
+    match d {
+        Denied::Failed => {
             info!(reason = why, "login failed");
-            tokio::time::sleep(d).await;
             responses::auth_failed(tag)
         }
-        FailureVerdict::Blocked { first } => {
-            if first {
-                warn!(%ip, "too many failed logins; refusing this address for a while");
-            }
-            responses::auth_blocked(tag)
+        Denied::Blocked { .. } => responses::auth_blocked(tag),
+        Denied::Busy => {
+            // Not logged above debug: a flood would make one line per attempt.
+            debug!("login refused for now: too many logins in progress from this address");
+            responses::login_busy(tag)
         }
     }
 }

@@ -141,7 +141,16 @@ pub fn auth_blocked(tag: &str) -> Vec<u8> {
     tagged(
         tag,
         "NO",
-        "[AUTHENTICATIONFAILED] Too many failed logins from your address; try again later",
+        "[AUTHENTICATIONFAILED] Too many failed logins for this user from your address; try again later",
+    )
+}
+
+/// Over the per-address cap on logins in progress: temporary, try again.
+pub fn login_busy(tag: &str) -> Vec<u8> {
+    tagged(
+        tag,
+        "NO",
+        "[UNAVAILABLE] Too many logins in progress from your address; try again later",
     )
 }
 

@@ -21,7 +21,7 @@ use super::data::{DataOutcome, DataReader};
 use super::message::{self, TraceInfo};
 use super::replies;
 use super::session::{Session, SessionConfig, Step, Transaction};
-use crate::auth::FailureVerdict;
+use crate::auth::Denied;
 use crate::config::{ip_allowed, SmtpMode};
 use crate::disconnect::{log_close, CloseReason};
 use crate::secret::Secret;
@@ -171,7 +171,7 @@ fn log_if_gave_up(session: &Session, step: &Step) {
     }
 }
 
-/// Checks credentials with the brute-force tracker around it.
+/// Checks credentials through the login throttle.
 async fn authenticate(
     conn: &mut Conn,
     session: &mut Session,
@@ -181,33 +181,32 @@ async fn authenticate(
     password: Secret,
 ) -> Result<Step, Stop> {
     let host = &ctx.config.smtp.hostname;
-    let ip = conn.peer.ip();
-    let failures = ctx.auth.failures();
-    if failures.is_blocked(ip) {
-        return Ok(Step::Close(replies::auth_blocked(host)));
+    let login = tokio::select! {
+        r = ctx.auth.login(conn.peer.ip(), &user, &password) => r,
+        _ = shutdown.cancelled() => return Err(Stop::Shutdown),
+    };
+    let denied = match login {
+        Ok(account) => {
+            info!(account = %account, "client authenticated");
+            return Ok(session.auth_succeeded(user, account));
+        }
+        Err(d) => d,
+    };
+    if denied.was_verified() {
+        ctx.metrics.auth_failure("smtp");
     }
-    if let Some(account) = ctx.auth.verify(&user, password.expose()).await {
-        failures.record_success(ip);
-        info!(account = %account, "client authenticated");
-        return Ok(session.auth_succeeded(user, account));
-    }
-    ctx.metrics.auth_failure("smtp");
-    match failures.record_failure(ip) {
-        FailureVerdict::Delay(d) => {
+    Ok(match denied {
+        Denied::Failed => {
             debug!("authentication failed");
-            tokio::select! {
-                _ = tokio::time::sleep(d) => {}
-                _ = shutdown.cancelled() => return Err(Stop::Shutdown),
-            }
-            Ok(session.auth_failed())
+            session.auth_failed()
         }
-        FailureVerdict::Blocked { first } => {
-            if first {
-                warn!(client = %ip, "too many failed logins; refusing logins from this address for a while");
-            }
-            Ok(Step::Close(replies::auth_blocked(host)))
+        Denied::Blocked { .. } => Step::Close(replies::auth_blocked(host)),
+        Denied::Busy => {
+            // Not logged above debug: a flood would make one line per attempt.
+            debug!("login refused for now: too many logins in progress from this address");
+            session.reply(replies::AUTH_BUSY.into())
         }
-    }
+    })
 }
 
 /// Reads the message after 354 and answers it (the final DATA reply).

@@ -72,6 +72,10 @@ pub const AUTH_LOGIN_USERNAME: &str = "334 VXNlcm5hbWU6\r\n";
 /// base64("Password:")
 pub const AUTH_LOGIN_PASSWORD: &str = "334 UGFzc3dvcmQ6\r\n";
 
+/// Over the per-address cap on logins in progress: temporary, try again.
+pub const AUTH_BUSY: &str =
+    "454 4.7.0 Too many logins in progress from your address, try again later\r\n";
+
 pub fn auth_blocked(host: &str) -> String {
     format!("421 4.7.0 {host} Too many failed logins, try again later\r\n")
 }

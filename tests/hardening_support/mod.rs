@@ -165,10 +165,15 @@ impl Smtp {
 
     /// One whole reply (multi-line joined), `None` on EOF, error or 10 s silence.
     pub async fn reply(&mut self) -> Option<String> {
+        self.reply_within(Duration::from_secs(10)).await
+    }
+
+    /// [`Smtp::reply`], with `None` only after `silence` without a byte.
+    pub async fn reply_within(&mut self, silence: Duration) -> Option<String> {
         let mut out = String::new();
         loop {
             let mut line = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(10), self.r.read_line(&mut line))
+            let n = tokio::time::timeout(silence, self.r.read_line(&mut line))
                 .await
                 .ok()?
                 .ok()?;
@@ -185,6 +190,12 @@ impl Smtp {
     pub async fn cmd(&mut self, line: &str) -> Option<String> {
         self.send(format!("{line}\r\n").as_bytes()).await?;
         self.reply().await
+    }
+
+    /// [`Smtp::cmd`] for a reply that may take up to `silence` (a throttled login).
+    pub async fn cmd_within(&mut self, line: &str, silence: Duration) -> Option<String> {
+        self.send(format!("{line}\r\n").as_bytes()).await?;
+        self.reply_within(silence).await
     }
 
     /// MAIL/RCPT/DATA/body; the final reply, or `None` if the server went away
