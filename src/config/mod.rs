@@ -91,6 +91,9 @@ pub struct SmtpConfig {
     pub hostname: String,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// A client whose command lines all end in a bare LF may end DATA with
+    /// `<LF>.<LF>` (old devices); CRLF sessions always need `<CR><LF>.<CR><LF>`.
+    pub allow_lf_only_clients: bool,
 }
 
 #[derive(Debug, Clone)]

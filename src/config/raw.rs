@@ -56,6 +56,7 @@ struct RawSmtp {
     #[serde(default, deserialize_with = "opt_duration")]
     idle_timeout: Option<Duration>,
     max_connections: Option<usize>,
+    allow_lf_only_clients: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -338,6 +339,7 @@ impl RawConfig {
             hostname,
             idle_timeout: s.idle_timeout.unwrap_or(DEFAULT_SMTP_IDLE),
             max_connections: s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1),
+            allow_lf_only_clients: s.allow_lf_only_clients.unwrap_or(true),
         };
         if default_account.is_none() && !smtp.require_auth {
             return Err(err(

@@ -9,6 +9,7 @@
 
 mod check;
 mod direct;
+mod fold;
 pub mod limits;
 pub mod notify;
 mod outcome;

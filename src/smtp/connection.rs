@@ -24,7 +24,7 @@ use super::session::{Session, SessionConfig, Step, Transaction};
 use crate::auth::FailureVerdict;
 use crate::config::{ip_allowed, SmtpMode};
 use crate::secret::Secret;
-use crate::spool::Envelope;
+use crate::spool::{Envelope, QueueId};
 use crate::stream::ClientStream;
 use crate::Context;
 
@@ -201,7 +201,7 @@ async fn receive_message(
     ctx: &Context,
     shutdown: &CancellationToken,
 ) -> Result<String, Stop> {
-    let mut reader = DataReader::new(ctx.config.smtp.max_message_size);
+    let mut reader = DataReader::new(ctx.config.smtp.max_message_size, session.end_of_data());
     let started = Instant::now();
     let mut received = conn.rbuf.len();
     let outcome = loop {
@@ -227,9 +227,16 @@ async fn receive_message(
             info!(account = %txn.account, "message refused: over max_message_size");
             return Ok(replies::MESSAGE_TOO_BIG.into());
         }
+        DataOutcome::NulByte => {
+            info!(account = %txn.account, "message refused: contains NUL bytes");
+            return Ok(replies::NUL_IN_MESSAGE.into());
+        }
         DataOutcome::Complete(body) => body,
     };
-    let trace_id = message::unique_id();
+    // The Received id is the queue id, so a copy seen at the recipient
+    // matches the log lines and `mailbridge queue`.
+    let queue_id = QueueId::generate();
+    let trace_id = queue_id.to_string();
     let smtputf8 = txn.smtputf8;
     let message = message::fix_up(
         &body,
@@ -243,7 +250,7 @@ async fn receive_message(
     );
     drop(body);
     let envelope = envelope(&txn, session, conn.peer, reader.eight_bit());
-    Ok(hand_over(ctx, &envelope, &message).await)
+    Ok(hand_over(ctx, queue_id, &envelope, &message).await)
 }
 
 fn envelope(txn: &Transaction, session: &Session, peer: SocketAddr, eight_bit: bool) -> Envelope {
@@ -260,7 +267,7 @@ fn envelope(txn: &Transaction, session: &Session, peer: SocketAddr, eight_bit: b
 }
 
 /// Spools the message (or sends it upstream in direct mode); returns the reply.
-async fn hand_over(ctx: &Context, envelope: &Envelope, message: &[u8]) -> String {
+async fn hand_over(ctx: &Context, id: QueueId, envelope: &Envelope, message: &[u8]) -> String {
     if ctx.config.smtp.mode == SmtpMode::Direct {
         let Some(account) = ctx.config.account(&envelope.account) else {
             return replies::NO_DIRECT_UPSTREAM.into();
@@ -270,6 +277,7 @@ async fn hand_over(ctx: &Context, envelope: &Envelope, message: &[u8]) -> String
             .send_direct(account, envelope, message, &ctx.spool)
             .await;
         debug!(
+            trace_id = %id,
             size = message.len(),
             recipients = envelope.recipients.len(),
             account = %envelope.account,
@@ -278,7 +286,7 @@ async fn hand_over(ctx: &Context, envelope: &Envelope, message: &[u8]) -> String
         );
         return replies::relayed(r.code, r.enhanced.as_deref(), &r.text);
     }
-    match ctx.spool.enqueue(envelope, message).await {
+    match ctx.spool.enqueue_as(id, envelope, message).await {
         Ok(id) => {
             info!(
                 queue_id = %id,

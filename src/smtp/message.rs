@@ -24,7 +24,7 @@ pub struct TraceInfo<'a> {
     pub hostname: &'a str,
     /// "SMTP", "ESMTP", "ESMTPA", "UTF8SMTP", "UTF8SMTPA" (RFC 3848 / 6531).
     pub protocol: &'a str,
-    /// A per-message id for the trace (the queue id is not known yet).
+    /// The message's queue id (the one logs and `mailbridge queue` show).
     pub id: &'a str,
 }
 
