@@ -45,6 +45,10 @@ pub struct Script {
     pub mechanisms: Option<Vec<&'static str>>,
     /// Greet with this (e.g. "421 4.3.2 down") and close: the service is unavailable.
     pub greeting: Option<String>,
+    /// Refuse a message with a DATA line longer than this many octets, CRLF
+    /// included (RFC 5321 4.5.3.1.6: 1000), with `500 5.5.2 Line too long`,
+    /// as strict servers do.
+    pub max_line_length: Option<usize>,
 }
 
 /// One message as the upstream received it.
@@ -341,10 +345,15 @@ async fn session(
                 }
                 io.write_all(b"354 go ahead\r\n").await?;
                 let mut data = Vec::new();
+                let max_line = sh.script.lock().unwrap().max_line_length;
+                let mut line_too_long = false;
                 loop {
                     let mut l = Vec::new();
                     if io.read_until(b'\n', &mut l).await? == 0 {
                         return Ok(());
+                    }
+                    if max_line.is_some_and(|m| l.len() > m) {
+                        line_too_long = true;
                     }
                     if l == b".\r\n" {
                         break;
@@ -363,7 +372,9 @@ async fn session(
                 }
                 let verdict = {
                     let mut s = sh.script.lock().unwrap();
-                    if s.hang_data > 0 {
+                    if line_too_long {
+                        Verdict::Reply("500 5.5.2 Line too long".to_string())
+                    } else if s.hang_data > 0 {
                         s.hang_data -= 1;
                         Verdict::Hang
                     } else if s.data_451 > 0 {
