@@ -174,6 +174,9 @@ pub struct Account {
     pub notify: Option<String>,
     /// What to do with a client's IMAP APPEND to the Sent mailbox.
     pub sent_copy: SentCopy,
+    /// Other `From:` addresses the provider lets this account send as
+    /// (Gmail's verified "Send mail as" aliases); any other `From:` is warned about.
+    pub send_as: Vec<String>,
 }
 
 /// IMAP APPEND to Sent: Gmail already files SMTP-sent mail there.

@@ -106,6 +106,8 @@ struct RawAccount {
     notify: Option<String>,
     #[serde(default)]
     sent_copy: SentCopy,
+    #[serde(default)]
+    send_as: Vec<String>,
 }
 
 fn default_provider() -> String {
@@ -229,6 +231,9 @@ impl RawConfig {
                     return Err(err(&key("notify"), format!("{n:?} is not a mail address")));
                 }
             }
+            if let Some(bad) = a.send_as.iter().find(|s| !s.contains('@')) {
+                return Err(err(&key("send_as"), format!("{bad:?} is not a mail address")));
+            }
             accounts.push(Account {
                 name: a.name,
                 provider: a.provider,
@@ -242,6 +247,7 @@ impl RawConfig {
                 daily_limit,
                 notify: a.notify,
                 sent_copy: a.sent_copy,
+                send_as: a.send_as,
             });
         }
         if accounts.is_empty() {

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use super::data::{DataOutcome, DataReader};
 use super::message::{self, TraceInfo};
 use super::replies;
+use super::sender;
 use super::session::{Session, SessionConfig, Step, Transaction};
 use crate::auth::FailureVerdict;
 use crate::config::{ip_allowed, SmtpMode};
@@ -249,8 +250,21 @@ async fn receive_message(
         },
     );
     drop(body);
+    if let Some(account) = ctx.config.account(&txn.account) {
+        warn_if_from_rewritten(&message, account);
+    }
     let envelope = envelope(&txn, session, conn.peer, reader.eight_bit());
     Ok(hand_over(ctx, queue_id, &envelope, &message).await)
+}
+
+/// Logs, once per sender address, that the provider will likely rewrite `From:`.
+fn warn_if_from_rewritten(message: &[u8], account: &crate::config::Account) {
+    let Some(warning) = sender::rewrite_warning(message, account) else {
+        return;
+    };
+    if sender::from_address(message).is_some_and(|f| sender::first_warning_for(&f)) {
+        warn!(account = %account.name, "{warning}; add it to send_as once it is a verified alias");
+    }
 }
 
 fn envelope(txn: &Transaction, session: &Session, peer: SocketAddr, eight_bit: bool) -> Envelope {

@@ -87,7 +87,7 @@ pub fn fix_up(message: &[u8], trace: &TraceInfo<'_>) -> Vec<u8> {
 
 /// The header section: from the start up to (not including) the empty line,
 /// or empty if the first line is not a header field.
-fn header_section(message: &[u8]) -> &[u8] {
+pub(crate) fn header_section(message: &[u8]) -> &[u8] {
     if !starts_with_field(message) {
         return &[];
     }
