@@ -10,42 +10,16 @@ use std::time::Duration;
 
 use common::ca::TestCa;
 use common::daemon::start;
+use common::logs::LogBuf;
 use common::smtp_upstream::{Mode, SmtpUpstream};
 use delivery_common::{config, eventually, feed, Opts, PASSWORD, USER};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Captured log output (all levels) for the current thread's tasks.
-#[derive(Clone, Default)]
-struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
-    type Writer = LogBuf;
-    fn make_writer(&'a self) -> LogBuf {
-        self.clone()
-    }
-}
-
 #[tokio::test]
 async fn log_lines_name_the_events_but_never_the_password() {
     use base64::Engine;
-    let logs = LogBuf::default();
-    let sub = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(logs.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(sub);
+    let (logs, _guard) = LogBuf::capture(tracing::Level::TRACE);
 
     let ca = TestCa::new();
     let up = SmtpUpstream::start(&ca.server_cert(), Mode::Implicit, USER, PASSWORD).await;
@@ -70,7 +44,7 @@ async fn log_lines_name_the_events_but_never_the_password() {
     .await;
     d.stop().await;
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(
         text.contains("deferred") && text.contains("535 5.7.8"),
         "{text}"

@@ -249,8 +249,18 @@ fn cases() -> Vec<Case> {
         ),
         case("empty message", Data, ".\r\n", &[QUEUED]),
         // RFC 5321 2.3.8: no NUL in mail; refused before 250, nothing stored.
-        case("NUL bytes in the body", Data, "a\0b\r\n.\r\nNOOP\r\n", &[NUL, OK]),
-        case("NUL byte in a header", Data, "Subject: a\0\r\n\r\nb\r\n.\r\n", &[NUL]),
+        case(
+            "NUL bytes in the body",
+            Data,
+            "a\0b\r\n.\r\nNOOP\r\n",
+            &[NUL, OK],
+        ),
+        case(
+            "NUL byte in a header",
+            Data,
+            "Subject: a\0\r\n\r\nb\r\n.\r\n",
+            &[NUL],
+        ),
         case(
             "10 kB body line",
             Data,

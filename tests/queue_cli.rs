@@ -161,10 +161,7 @@ async fn show_warns_when_the_provider_will_rewrite_from() {
     );
     let o = queue(dir.path(), &["show", &ids[0].0, "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(
-        v["warning"].as_str().unwrap().contains("send_as"),
-        "{v}"
-    );
+    assert!(v["warning"].as_str().unwrap().contains("send_as"), "{v}");
     for id in &ids[1..] {
         let out = stdout(&queue(dir.path(), &["show", &id.0]));
         assert!(!out.contains("warning:"), "{out}");

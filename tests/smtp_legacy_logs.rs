@@ -12,47 +12,16 @@ use std::time::Duration;
 
 use common::ca::TestCa;
 use common::daemon::start;
+use common::logs::LogBuf;
 use common::smtp_upstream::{Mode, SmtpUpstream};
 use delivery_common::{config, Opts, PASSWORD, USER};
 use smtp_support::{assert_ok, queue_id, Client};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-#[derive(Clone, Default)]
-struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
-    type Writer = LogBuf;
-    fn make_writer(&'a self) -> LogBuf {
-        self.clone()
-    }
-}
-
-impl LogBuf {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 #[tokio::test]
 async fn received_id_matches_the_log_and_from_rewrite_is_warned_once() {
-    let logs = LogBuf::default();
-    let sub = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(logs.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(sub);
+    let (logs, _guard) = LogBuf::capture(tracing::Level::INFO);
 
     let ca = TestCa::new();
     let up = SmtpUpstream::start(&ca.server_cert(), Mode::Implicit, USER, PASSWORD).await;

@@ -232,7 +232,10 @@ impl RawConfig {
                 }
             }
             if let Some(bad) = a.send_as.iter().find(|s| !s.contains('@')) {
-                return Err(err(&key("send_as"), format!("{bad:?} is not a mail address")));
+                return Err(err(
+                    &key("send_as"),
+                    format!("{bad:?} is not a mail address"),
+                ));
             }
             accounts.push(Account {
                 name: a.name,

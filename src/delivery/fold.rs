@@ -28,7 +28,9 @@ pub fn fold_long_lines(message: &[u8], limit: usize) -> Cow<'_, [u8]> {
     let mut rest = message;
     while !rest.is_empty() {
         let (line, ending, next) = match rest.iter().position(|b| *b == b'\n') {
-            Some(i) if i > 0 && rest[i - 1] == b'\r' => (&rest[..i - 1], &b"\r\n"[..], &rest[i + 1..]),
+            Some(i) if i > 0 && rest[i - 1] == b'\r' => {
+                (&rest[..i - 1], &b"\r\n"[..], &rest[i + 1..])
+            }
             Some(i) => (&rest[..i], &b"\n"[..], &rest[i + 1..]),
             None => (rest, &b""[..], &rest[rest.len()..]),
         };
@@ -95,7 +97,12 @@ mod tests {
     #[test]
     fn body_line_broken_with_crlf_only() {
         let long = vec![b'A'; 2500];
-        let m = [b"Subject: scan\r\n\r\n".to_vec(), long.clone(), b"\r\nend\r\n".to_vec()].concat();
+        let m = [
+            b"Subject: scan\r\n\r\n".to_vec(),
+            long.clone(),
+            b"\r\nend\r\n".to_vec(),
+        ]
+        .concat();
         let out = fold_long_lines(&m, MAX_LINE);
         let l = lines(&out);
         assert_eq!(l[2].len(), 998);
@@ -111,7 +118,12 @@ mod tests {
     #[test]
     fn header_line_folded_with_crlf_space() {
         let value = vec![b'x'; 1500];
-        let m = [b"X-Long: ".to_vec(), value, b"\r\nSubject: s\r\n\r\nb\r\n".to_vec()].concat();
+        let m = [
+            b"X-Long: ".to_vec(),
+            value,
+            b"\r\nSubject: s\r\n\r\nb\r\n".to_vec(),
+        ]
+        .concat();
         let out = fold_long_lines(&m, MAX_LINE);
         let l = lines(&out);
         assert_eq!(l[0].len(), 998);

@@ -375,7 +375,7 @@ mod tests {
         assert_eq!(o, Some(DataOutcome::NulByte));
         assert_eq!(tail, b"QUIT\r\n");
         // Over the size limit wins: the size is the client's first problem.
-        let (o, _) = run(&[b"\0123456789abcdef\r\n.\r\n"], 10);
+        let (o, _) = run(&[b"\0\x00456789abcdef\r\n.\r\n"], 10);
         assert_eq!(o, Some(DataOutcome::TooBig));
     }
 

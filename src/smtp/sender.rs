@@ -173,15 +173,30 @@ mod tests {
             ("From: <a@example.com>", "a@example.com"),
             ("from:   John Doe <a@example.com>", "a@example.com"),
             ("FROM : \"Doe, John\" <a@example.com>", "a@example.com"),
-            ("From: \"x <evil@y> \\\" z\" <a@example.com>", "a@example.com"),
+            (
+                "From: \"x <evil@y> \\\" z\" <a@example.com>",
+                "a@example.com",
+            ),
             ("From: a@example.com (Scanner <b@c>)", "a@example.com"),
-            ("From: (comment (nested <x@y>)) a@example.com", "a@example.com"),
-            ("From: =?UTF-8?B?w4lyaWM=?= <a@example.com>", "a@example.com"),
-            ("From: =?ISO-8859-1?Q?Andr=E9?=\r\n <a@example.com>", "a@example.com"),
+            (
+                "From: (comment (nested <x@y>)) a@example.com",
+                "a@example.com",
+            ),
+            (
+                "From: =?UTF-8?B?w4lyaWM=?= <a@example.com>",
+                "a@example.com",
+            ),
+            (
+                "From: =?ISO-8859-1?Q?Andr=E9?=\r\n <a@example.com>",
+                "a@example.com",
+            ),
             ("From: Printer\r\n\t<a@example.com>", "a@example.com"),
             ("From: <@relay.example:a@example.com>", "a@example.com"),
             ("From: a@example.com, b@example.com", "a@example.com"),
-            ("From: \"quoted local\"@example.com", "\"quoted local\"@example.com"),
+            (
+                "From: \"quoted local\"@example.com",
+                "\"quoted local\"@example.com",
+            ),
         ];
         for (header, want) in cases {
             assert_eq!(from(header).as_deref(), Some(want), "{header:?}");
@@ -190,7 +205,13 @@ mod tests {
 
     #[test]
     fn no_address_is_none() {
-        for header in ["X-Other: a@b", "From:", "From: Printer", "From: undisclosed:;", "From: <>"] {
+        for header in [
+            "X-Other: a@b",
+            "From:",
+            "From: Printer",
+            "From: undisclosed:;",
+            "From: <>",
+        ] {
             assert_eq!(from(header), None, "{header:?}");
         }
         // Only the header section counts.
@@ -211,11 +232,19 @@ mod tests {
     fn warns_only_for_unknown_senders() {
         let a = account(&["Alias@Example.com"]);
         let msg = |f: &str| format!("From: {f}\r\nSubject: s\r\n\r\nb\r\n");
-        for known in ["me@gmail.com", "Me <ME@GMAIL.COM>", "alias@example.COM", "x <alias@example.com>"] {
+        for known in [
+            "me@gmail.com",
+            "Me <ME@GMAIL.COM>",
+            "alias@example.COM",
+            "x <alias@example.com>",
+        ] {
             assert_eq!(rewrite_warning(msg(known).as_bytes(), &a), None, "{known}");
         }
         let w = rewrite_warning(msg("Scanner <scanner@office.example>").as_bytes(), &a).unwrap();
-        assert!(w.contains("<scanner@office.example>") && w.contains("send_as"), "{w}");
+        assert!(
+            w.contains("<scanner@office.example>") && w.contains("send_as"),
+            "{w}"
+        );
         // No From: at all: nothing to rewrite.
         assert_eq!(rewrite_warning(b"Subject: s\r\n\r\nb\r\n", &a), None);
     }

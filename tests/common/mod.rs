@@ -1,8 +1,10 @@
 //! Shared test support: a CA made at test time, in-process TLS upstream
-//! servers (SMTP and IMAP), and helpers to start the real daemon on port 0.
+//! servers (SMTP and IMAP), helpers to start the real daemon on port 0, and
+//! a log capture.
 #![allow(dead_code)]
 
 pub mod ca;
 pub mod daemon;
 pub mod imap_upstream;
+pub mod logs;
 pub mod smtp_upstream;
