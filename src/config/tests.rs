@@ -177,3 +177,18 @@ fn envelope_address_cannot_carry_smtp_syntax() {
     let e = parse(&t).unwrap_err();
     assert_eq!(e.key, "accounts[0].address");
 }
+
+#[test]
+fn lf_only_allowance_and_send_as() {
+    let c = parse(MIN).unwrap();
+    assert!(c.smtp.allow_lf_only_clients);
+    assert!(c.accounts[0].send_as.is_empty());
+    let c = parse(&format!(
+        "[smtp]\nallow_lf_only_clients = false\n{MIN}send_as = [\"office@example.com\"]\n"
+    ))
+    .unwrap();
+    assert!(!c.smtp.allow_lf_only_clients);
+    assert_eq!(c.accounts[0].send_as, vec!["office@example.com"]);
+    let e = parse(&format!("{MIN}send_as = [\"office\"]\n")).unwrap_err();
+    assert_eq!(e.key, "accounts[0].send_as");
+}
