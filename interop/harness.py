@@ -243,6 +243,8 @@ class Dovecot:
         self.ca = ca
         self.users = users  # {username: password}
         self.port = free_port()
+        # Plaintext with STARTTLS, for comparing local STARTTLS with Dovecot's own.
+        self.plain_port = free_port()
         self.conf = self.dir / "dovecot.conf"
         self.base = self.dir / "run"
         self.maildirs = {}
@@ -278,7 +280,8 @@ userdb {{
 }}
 service imap-login {{
   inet_listener imap {{
-    port = 0
+    address = 127.0.0.1
+    port = {self.plain_port}
   }}
   inet_listener imaps {{
     address = 127.0.0.1

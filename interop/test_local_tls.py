@@ -8,7 +8,9 @@ import ssl
 
 import pytest
 
+import fetchmail_client as fm
 import harness as h
+import imap_compat as ic
 from mailgen import message, token
 
 
@@ -118,3 +120,39 @@ def test_curl_imaps(tls_bridge, ca):
                "-u", f"{h.DEVICE_USER}:{h.DEVICE_PASSWORD}"], timeout=60)
     assert r.returncode == 0, r.stderr.decode(errors="replace")
     assert b"Message-ID: <interop-" in r.stdout
+
+
+def test_imap_starttls_matches_dovecot(tls_bridge, dovecot, ca):
+    """Local STARTTLS, then a login, answered as Dovecot's own STARTTLS is."""
+    def steps(user, password):
+        cmd = lambda args: (lambda c: c.command(args))  # noqa: E731
+        return [
+            (">CAPABILITY", cmd("CAPABILITY")),
+            ("NOOP", cmd("NOOP")),
+            ("STARTTLS", lambda c: c.starttls(ca.ssl_context())),
+            ("CAPABILITY over TLS", cmd("CAPABILITY")),
+            ("STARTTLS again", cmd("STARTTLS")),
+            ("LOGIN", cmd(f"LOGIN {ic.quote(user)} {ic.quote(password)}")),
+            ("SELECT", cmd("SELECT INBOX")),
+            ("LOGOUT", cmd("LOGOUT")),
+        ]
+    direct = ic.run_script(lambda: ic.Conn(dovecot.plain_port), steps(h.ACCOUNT, h.APP_PASSWORD))
+    via = ic.run_script(lambda: ic.Conn(tls_bridge.imap_port), steps(h.DEVICE_USER, h.DEVICE_PASSWORD))
+    ic.compare(direct, via)
+    assert [x[1] for x in via] == ["OK", "OK", "OK", "OK", "BAD", "OK", "OK", "OK"], via
+
+
+def test_fetchmail_over_local_starttls_with_documented_settings(tls_bridge, dovecot, ca, tmp_path):
+    """fetchmail's default (STARTTLS, certificate checked) works once local
+    TLS is configured, with the README's settings: the CA file to trust."""
+    ids = fm.alt_message_ids(dovecot)
+    mbox = tmp_path / "delivered.mbox"
+    rc = tmp_path / "fetchmailrc"
+    fm.fetchmailrc(rc, tls_bridge.imap_port, mbox,
+                   tls_lines=("sslproto 'TLS1.2+'", "sslcertck", f'sslcertfile "{ca.ca}"'))
+    r = fm.run(rc, tmp_path)
+    assert r.returncode == 0, f"fetchmail exit {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert "STARTTLS" in r.stdout, r.stdout[-2000:]
+    got = mbox.read_text(errors="replace")
+    missing = [i for i in ids if i not in got]
+    assert not missing, f"not delivered by fetchmail: {missing}"

@@ -1,10 +1,12 @@
 //! `mailbridge check`: the configuration is valid, and every account can log
-//! in to its SMTP and IMAP servers; each problem comes with a hint.
+//! in to its SMTP and IMAP servers; each problem comes with a hint. What
+//! the servers said is printed escaped ([`Printable`]).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::{tls_for_port, Account, Config, Endpoint};
+use crate::text::Printable;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -49,10 +51,13 @@ pub async fn run(config: &Config) -> ExitCode {
                 _ => crate::imap::check_login(account, CHECK_TIMEOUT).await,
             };
             match result {
-                Ok(summary) => println!("  {proto} {endpoint}: OK: {summary}"),
+                Ok(summary) => println!("  {proto} {endpoint}: OK: {}", Printable(&summary)),
                 Err(problem) => {
                     ok = false;
-                    println!("  {proto} {endpoint}: FAILED: {}", scrub(&problem, account));
+                    println!(
+                        "  {proto} {endpoint}: FAILED: {}",
+                        Printable(&scrub(&problem, account))
+                    );
                 }
             }
         }

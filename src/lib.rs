@@ -9,10 +9,12 @@
 //! - [`delivery`]: the worker that sends spooled mail upstream, and the upstream SMTP client.
 //! - [`imap`]: the IMAP proxy (pre-login parser, login swap, byte pump).
 //! - [`auth`]: local device logins (argon2) and brute-force slowdown.
-//! - [`tls`]: rustls configs built once.
+//! - [`tls`]: rustls configs built once; the local acceptor per listener family.
+//! - [`legacy_tls`]: the opt-in OpenSSL profile for old devices (`legacy-tls` feature).
 //! - [`stream`]: a client connection, plaintext or local TLS (STARTTLS upgrade).
 //! - [`init`]: `mailbridge init` (local CA, certificate, starter relay.toml).
 //! - [`secret`]: a string type that never prints itself.
+//! - [`text`]: client and provider text made safe to print (escapes controls).
 //! - [`metrics`]: Prometheus metrics, `/metrics` and `/healthz`.
 //! - [`reload`]: building the [`Context`]; live reload on SIGHUP.
 #![forbid(unsafe_code)]
@@ -24,6 +26,7 @@ pub mod config;
 pub mod delivery;
 pub mod imap;
 pub mod init;
+pub mod legacy_tls;
 pub mod listener;
 pub mod metrics;
 pub mod reload;
@@ -31,6 +34,7 @@ pub mod secret;
 pub mod smtp;
 pub mod spool;
 pub mod stream;
+pub mod text;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -60,10 +64,12 @@ pub struct Context {
     pub upstream: delivery::Upstream,
     /// IMAP proxy state (per-account connection counts, upstream TLS configs).
     pub imap: imap::ImapState,
-    /// Local TLS (STARTTLS and the smtps/imaps listeners), built at start and
-    /// on each reload (never per connection);
-    /// `None` when `tls_cert`/`tls_key` are not configured.
-    pub tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
+    /// Local TLS of the SMTP listeners (STARTTLS and smtps) by
+    /// `smtp.tls_profile`, built at start and on each reload (never per
+    /// connection); `None` when `tls_cert`/`tls_key` are not configured.
+    pub smtp_tls: Option<tls::LocalAcceptor>,
+    /// The same for the IMAP listeners (STARTTLS and imaps), by `imap.tls_profile`.
+    pub imap_tls: Option<tls::LocalAcceptor>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +186,16 @@ enum Proto {
     Imaps,
 }
 
+impl Proto {
+    /// The local TLS acceptor for this listener's family (its `tls_profile`).
+    fn acceptor(self, ctx: &Context) -> Option<tls::LocalAcceptor> {
+        match self {
+            Proto::Smtp | Proto::Smtps => ctx.smtp_tls.clone(),
+            Proto::Imap | Proto::Imaps => ctx.imap_tls.clone(),
+        }
+    }
+}
+
 /// What is needed to start the listeners.
 struct Listeners<'a> {
     ctx: &'a Arc<Context>,
@@ -230,7 +246,7 @@ impl Listeners<'_> {
         if addrs.is_empty() {
             return Ok(bound);
         }
-        if implicit_tls && self.ctx.tls_acceptor.is_none() {
+        if implicit_tls && proto.acceptor(self.ctx).is_none() {
             // Config validation makes this unreachable; refuse rather than panic.
             return Err(StartError::Upstream(format!(
                 "{name} listeners need tls_cert and tls_key"
@@ -264,7 +280,7 @@ impl Listeners<'_> {
                     let (ctx, sd) = (live.load_full(), sd.clone());
                     async move {
                         let s = if implicit_tls {
-                            let Some(acceptor) = ctx.tls_acceptor.clone() else {
+                            let Some(acceptor) = proto.acceptor(&ctx) else {
                                 return;
                             };
                             let Some(s) = stream::ClientStream::accept_tls(s, &acceptor, &sd).await

@@ -27,12 +27,15 @@ pub(crate) fn build_context(
     shared: Shared,
     previous: Option<&Context>,
 ) -> Result<Context, StartError> {
-    let tls_acceptor = match &config.tls {
-        Some(t) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
-            &t.cert, &t.key,
-        )?)),
-        None => None,
-    };
+    let local_tls = tls::LocalAcceptors::new(&config)?;
+    for (section, acceptor) in [("smtp", &local_tls.smtp), ("imap", &local_tls.imap)] {
+        if let Some(tls::LocalAcceptor::Legacy(a)) = acceptor {
+            warn!(
+                "{}",
+                crate::legacy_tls::startup_warning(section, a.has_rsa_key())
+            );
+        }
+    }
     let imap = match previous {
         Some(p) => imap::ImapState::reloaded(&config, &p.imap),
         None => imap::ImapState::new(&config),
@@ -49,7 +52,8 @@ pub(crate) fn build_context(
         upstream: delivery::Upstream::new(&config)
             .map_err(|e| StartError::Upstream(e.to_string()))?,
         imap,
-        tls_acceptor,
+        smtp_tls: local_tls.smtp,
+        imap_tls: local_tls.imap,
         metrics: shared.metrics,
         config,
     })

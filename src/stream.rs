@@ -1,6 +1,7 @@
 //! A client connection that is plaintext or local TLS, and can be upgraded
 //! in the middle of a session (SMTP and IMAP STARTTLS). The TLS handshake
-//! always runs in the connection's own task, bounded by [`HANDSHAKE_TIMEOUT`].
+//! always runs in the connection's own task, bounded by [`HANDSHAKE_TIMEOUT`],
+//! with the listener's [`LocalAcceptor`] (rustls, or OpenSSL for the legacy profile).
 
 use std::io;
 use std::pin::Pin;
@@ -10,9 +11,11 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
+
+use crate::legacy_tls;
+use crate::tls::LocalAcceptor;
 
 /// How long a client may take to complete a TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,6 +24,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum ClientStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// TLS through OpenSSL (`tls_profile = "legacy"`).
+    Legacy(Box<legacy_tls::Stream>),
     /// What is left after a failed upgrade: every read and write fails.
     Closed,
 }
@@ -28,7 +33,7 @@ pub enum ClientStream {
 impl ClientStream {
     /// True once the connection runs over TLS.
     pub fn is_tls(&self) -> bool {
-        matches!(self, ClientStream::Tls(_))
+        matches!(self, ClientStream::Tls(_) | ClientStream::Legacy(_))
     }
 
     /// Implicit TLS (smtps/imaps listeners): the handshake before anything
@@ -36,7 +41,7 @@ impl ClientStream {
     /// `shutdown` fires first (a silent client never delays shutdown).
     pub async fn accept_tls(
         tcp: TcpStream,
-        acceptor: &TlsAcceptor,
+        acceptor: &LocalAcceptor,
         shutdown: &CancellationToken,
     ) -> Option<ClientStream> {
         tokio::select! {
@@ -50,7 +55,7 @@ impl ClientStream {
     /// read before this call (bytes a client pipelined after STARTTLS would
     /// otherwise be treated as if they came over TLS). On failure the stream
     /// is [`ClientStream::Closed`].
-    pub async fn start_tls(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
+    pub async fn start_tls(&mut self, acceptor: &LocalAcceptor) -> io::Result<()> {
         match std::mem::replace(self, ClientStream::Closed) {
             ClientStream::Plain(tcp) => {
                 *self = handshake(tcp, acceptor).await?;
@@ -66,22 +71,43 @@ impl ClientStream {
 
 /// The server side of a handshake. Failures are logged at info: an admin
 /// whose device only speaks SSLv3/TLS 1.0 needs to see why it cannot connect.
-async fn handshake(tcp: TcpStream, acceptor: &TlsAcceptor) -> io::Result<ClientStream> {
-    let e = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => {
+async fn handshake(tcp: TcpStream, acceptor: &LocalAcceptor) -> io::Result<ClientStream> {
+    let e = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept(tcp, acceptor)).await {
+        Ok(Ok(s)) => return Ok(s),
+        Ok(Err(e)) => e,
+        Err(_) => io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"),
+    };
+    match acceptor {
+        LocalAcceptor::Modern(_) => {
+            info!(error = %e, "TLS handshake failed (this listener accepts TLS 1.2 and 1.3 only; a device that only speaks TLS 1.0/1.1 needs tls_profile = \"legacy\" in a build with the legacy-tls feature, or the plaintext port)")
+        }
+        LocalAcceptor::Legacy(_) => {
+            info!(error = %e, "TLS handshake failed (legacy profile: TLS 1.0 to 1.3; devices limited to RSA key exchange also need an RSA certificate)")
+        }
+    }
+    Err(e)
+}
+
+async fn accept(tcp: TcpStream, acceptor: &LocalAcceptor) -> io::Result<ClientStream> {
+    match acceptor {
+        LocalAcceptor::Modern(a) => {
+            let tls = a.accept(tcp).await?;
             let (_, conn) = tls.get_ref();
             debug!(
                 version = ?conn.protocol_version(),
                 cipher = ?conn.negotiated_cipher_suite().map(|c| c.suite()),
                 "TLS established"
             );
-            return Ok(ClientStream::Tls(Box::new(tls)));
+            Ok(ClientStream::Tls(Box::new(tls)))
         }
-        Ok(Err(e)) => e,
-        Err(_) => io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"),
-    };
-    info!(error = %e, "TLS handshake failed (mailbridge accepts TLS 1.2 and 1.3 only; older clients must use the plaintext port)");
-    Err(e)
+        LocalAcceptor::Legacy(a) => {
+            let s = a.accept(tcp).await?;
+            // At info: the admin wants to know which devices still need old TLS.
+            let (version, cipher) = s.describe();
+            info!(version, cipher, "TLS established (legacy profile)");
+            Ok(ClientStream::Legacy(Box::new(s)))
+        }
+    }
 }
 
 fn closed() -> io::Error {
@@ -97,6 +123,7 @@ impl AsyncRead for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            ClientStream::Legacy(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             ClientStream::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -111,6 +138,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            ClientStream::Legacy(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             ClientStream::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -119,6 +147,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            ClientStream::Legacy(s) => Pin::new(s.as_mut()).poll_flush(cx),
             ClientStream::Closed => Poll::Ready(Ok(())),
         }
     }
@@ -127,6 +156,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            ClientStream::Legacy(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             ClientStream::Closed => Poll::Ready(Ok(())),
         }
     }
@@ -139,6 +169,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            ClientStream::Legacy(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             ClientStream::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -147,6 +178,7 @@ impl AsyncWrite for ClientStream {
         match self {
             ClientStream::Plain(s) => s.is_write_vectored(),
             ClientStream::Tls(s) => s.is_write_vectored(),
+            ClientStream::Legacy(s) => s.is_write_vectored(),
             ClientStream::Closed => false,
         }
     }

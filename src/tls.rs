@@ -1,5 +1,6 @@
 //! TLS material: the one crypto provider, upstream client configs (webpki
-//! roots plus an account's `ca_file`), and local server configs from PEM.
+//! roots plus an account's `ca_file`), and local server configs from PEM
+//! with the acceptor each local listener family uses ([`LocalAcceptor`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +19,8 @@ pub enum TlsError {
     Key { path: PathBuf, reason: String },
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
+    #[error("legacy TLS profile: {0}")]
+    Legacy(#[from] crate::legacy_tls::LegacyTlsError),
 }
 
 /// Installs ring as the process-wide rustls provider. Safe to call often.
@@ -78,4 +81,54 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     Ok(Arc::new(config))
+}
+
+/// The local TLS acceptor of one listener family, by `tls_profile`; built
+/// once (at start and on reload) and cloned per connection.
+#[derive(Clone)]
+pub enum LocalAcceptor {
+    /// rustls, TLS 1.2 and 1.3 (`tls_profile = "modern"`, the default).
+    Modern(tokio_rustls::TlsAcceptor),
+    /// OpenSSL with TLS 1.0/1.1 allowed (`tls_profile = "legacy"`).
+    Legacy(crate::legacy_tls::Acceptor),
+}
+
+/// The acceptors for the SMTP and IMAP listeners; `None` without local TLS.
+pub struct LocalAcceptors {
+    pub smtp: Option<LocalAcceptor>,
+    pub imap: Option<LocalAcceptor>,
+}
+
+impl LocalAcceptors {
+    /// Builds each profile in use once, from the configured certificate.
+    pub fn new(config: &crate::config::Config) -> Result<LocalAcceptors, TlsError> {
+        use crate::config::TlsProfile;
+        let Some(t) = &config.tls else {
+            return Ok(LocalAcceptors {
+                smtp: None,
+                imap: None,
+            });
+        };
+        let profiles = [config.smtp.tls_profile, config.imap.tls_profile];
+        let modern = match profiles.contains(&TlsProfile::Modern) {
+            true => Some(LocalAcceptor::Modern(tokio_rustls::TlsAcceptor::from(
+                server_config(&t.cert, &t.key)?,
+            ))),
+            false => None,
+        };
+        let legacy = match profiles.contains(&TlsProfile::Legacy) {
+            true => Some(LocalAcceptor::Legacy(crate::legacy_tls::Acceptor::new(
+                &t.cert, &t.key,
+            )?)),
+            false => None,
+        };
+        let pick = |p| match p {
+            TlsProfile::Modern => modern.clone(),
+            TlsProfile::Legacy => legacy.clone(),
+        };
+        Ok(LocalAcceptors {
+            smtp: pick(config.smtp.tls_profile),
+            imap: pick(config.imap.tls_profile),
+        })
+    }
 }

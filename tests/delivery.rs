@@ -3,6 +3,7 @@
 
 mod common;
 mod delivery_common;
+mod smtp_support;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -449,6 +450,37 @@ async fn eight_bit_message_is_declared_and_arrives_unchanged() {
         got[0].mail_params.contains("BODY=8BITMIME"),
         "{:?}",
         got[0].mail_params
+    );
+    d.stop().await;
+}
+
+/// A quoted local part is a different mailbox from its unquoted text: it goes
+/// from the client through the spool to the upstream exactly as received.
+#[tokio::test]
+async fn quoted_local_part_reaches_the_upstream_quoted() {
+    let ca = TestCa::new();
+    let up = upstream(&ca, Mode::Implicit).await;
+    let d = start(&config(&Opts::new(up.port(), "implicit", &ca.ca_file))).await;
+    let (mut c, _) = smtp_support::Client::connect(d.smtp_addr()).await;
+    smtp_support::assert_ok(&c.cmd("EHLO device").await, "250");
+    let reply = c
+        .send_mail(
+            "\"x y\"@example.com",
+            &["\"a b\"@example.com", "\"c\\\"d\"@example.com"],
+            b"Subject: quoted\r\n\r\nhi",
+        )
+        .await;
+    let id = smtp_support::queue_id(&reply);
+    let got = up.wait_for(1, WAIT).await;
+    // The test upstream records what was between `RCPT TO:<` and `>`.
+    assert_eq!(
+        got[0].rcpts,
+        vec!["\"a b\"@example.com", "\"c\\\"d\"@example.com"]
+    );
+    queue_empty(&d).await;
+    assert!(
+        d.daemon.context.spool.entry(&id).is_err(),
+        "delivered and removed"
     );
     d.stop().await;
 }

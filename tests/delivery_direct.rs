@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::ca::TestCa;
 use common::daemon::start;
-use common::smtp_upstream::{Mode, SmtpUpstream};
+use common::smtp_upstream::{Mode, SmtpUpstream, FORGED_AFTER_STARTTLS};
 use delivery_common::{config, envelope, Opts, PASSWORD, USER};
 use mailbridge::config::{Account, Config};
 use mailbridge::delivery::check_login;
@@ -183,4 +183,20 @@ async fn check_login_explains_wrong_name_and_expired_certificates() {
     .unwrap_err();
     assert!(err.contains("expired"), "{err}");
     assert!(wrong.auths().is_empty() && expired.auths().is_empty());
+}
+
+#[tokio::test]
+async fn check_login_refuses_replies_injected_after_starttls() {
+    let ca = TestCa::new();
+    let up = SmtpUpstream::start(&ca.server_cert(), Mode::Starttls, USER, PASSWORD).await;
+    up.script().after_starttls = Some(FORGED_AFTER_STARTTLS.into());
+    let err = check_login(
+        &account(&Opts::new(up.port(), "starttls", &ca.ca_file)),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect_err("a login check must not pass on injected replies");
+    eprintln!("{err}");
+    assert!(err.contains("data after accepting STARTTLS"), "{err}");
+    assert!(up.auths().is_empty(), "AUTH was sent: {:?}", up.auths());
 }

@@ -19,7 +19,7 @@ const WAIT: Duration = Duration::from_secs(10);
 #[tokio::test]
 async fn log_lines_name_the_events_but_never_the_password() {
     use base64::Engine;
-    let (logs, _guard) = LogBuf::capture(tracing::Level::TRACE);
+    let (logs, _guard) = LogBuf::capture();
 
     let ca = TestCa::new();
     let up = SmtpUpstream::start(&ca.server_cert(), Mode::Implicit, USER, PASSWORD).await;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::ca::{ServerCert, TestCa};
 use common::daemon::{start, TestDaemon};
-use common::smtp_upstream::{Mode, SmtpUpstream};
+use common::smtp_upstream::{Mode, SmtpUpstream, FORGED_AFTER_STARTTLS};
 use delivery_common::{config, eventually, feed, Opts, PASSWORD, USER};
 use hardening_support::Smtp;
 use mailbridge::spool::{EntryState, QueueEntry};
@@ -245,5 +245,44 @@ account = "acct"
     l.clear();
     c.read_line(&mut l).await.unwrap();
     assert_eq!(l, "b OK NOOP completed\r\n");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_injected_after_starttls_defer_the_message_and_no_auth_is_sent() {
+    let ca = TestCa::new();
+    let up = SmtpUpstream::start(&ca.server_cert(), Mode::Starttls, USER, PASSWORD).await;
+    up.script().after_starttls = Some(FORGED_AFTER_STARTTLS.into());
+    // The real server rejects the message: only the forged replies accept it.
+    up.script().mail_reply = Some("554 5.7.1 rejected by the real server".into());
+    let d = start(&config(&Opts::new(up.port(), "starttls", &ca.ca_file))).await;
+    let id = feed(&d, &["a@example.org"], b"injected\r\n").await;
+    let spool = &d.daemon.context.spool;
+    // Deferred and retried, never delivered nor failed. (Gone from the
+    // spool means it was taken as delivered on the forged replies.)
+    let e = eventually("a second attempt, or the message gone", WAIT, || async {
+        match spool.entry(&id) {
+            Ok(e) if e.attempts < 2 => None,
+            r => Some(r.ok()),
+        }
+    })
+    .await;
+    let Some(e) = e else {
+        panic!(
+            "the message left the spool: delivered on forged replies; AUTH sent: {:?}",
+            up.auths()
+        );
+    };
+    let why = e.last_error.clone().unwrap_or_default();
+    println!("deferred: {why}");
+    assert_eq!(e.state, EntryState::Deferred, "{why}");
+    assert!(why.contains("data after accepting STARTTLS"), "{why}");
+    assert!(
+        up.auths().is_empty(),
+        "AUTH sent after injected replies: {:?}",
+        up.auths()
+    );
+    assert!(up.received().is_empty());
+    assert!(spool.list_queued().unwrap().iter().any(|q| q.id == id));
     d.stop().await;
 }

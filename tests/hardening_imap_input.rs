@@ -11,6 +11,7 @@ mod imap_support;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use imap_support::*;
+use mailbridge::imap::framing::MAX_LINE;
 
 /// A line: exact text (CRLF stripped), or with `*` at the end, a prefix.
 type Expect = &'static str;
@@ -87,8 +88,8 @@ fn cases() -> Vec<Case> {
         case("literal to NOOP", "a NOOP {3+}\r\nabc\r\n", &[NO_ARGS]),
         case("lower case is fine", "a noop\r\n", &["a OK NOOP completed"]),
         // --- line length
-        case("line at the limit", line_of(8 * 1024), &[NO_ARGS]),
-        closing("line one over the limit", line_of(8 * 1024 + 1), &["a BAD Command line too long; closing"]),
+        case("line at the limit", line_of(MAX_LINE), &[NO_ARGS]),
+        closing("line one over the limit", line_of(MAX_LINE + 1), &["a BAD Command line too long; closing"]),
         // --- LOGIN syntax
         case("LOGIN with one argument", "a LOGIN dev\r\n", &[LOGIN_ARGS]),
         case("LOGIN with three arguments", "a LOGIN dev pw more\r\n", &[LOGIN_ARGS]),

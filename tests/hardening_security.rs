@@ -143,6 +143,50 @@ fn non_loopback_bind_open_to_all_refuses_to_start() {
     assert!(p.smtp.is_some(), "{}", p.text());
 }
 
+/// No prefix of 0 but the whole IPv4 space all the same: the guard judges
+/// what the networks cover. The same goes for IMAP with `passthrough`.
+#[test]
+fn allowlist_covering_public_space_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let base =
+        toml(1, 1, Path::new("/nonexistent"), "").replace("ca_file = \"/nonexistent\"\n", "");
+    let pair = "allowed_networks = [\"0.0.0.0/1\", \"128.0.0.0/1\"]\n";
+    let smtp = base.replacen(
+        "[smtp]\nlisten = [\"127.0.0.1:0\"]\n",
+        &format!("[smtp]\nlisten = [\"0.0.0.0:0\"]\n{pair}"),
+        1,
+    );
+    let imap = base.replacen(
+        "[imap]\nlisten = [\"127.0.0.1:0\"]\n",
+        &format!("[imap]\nlisten = [\"0.0.0.0:0\"]\npassthrough = true\n{pair}"),
+        1,
+    );
+    for (text, key, risk) in [
+        (&smtp, "smtp.allowed_networks", "open relay"),
+        (&imap, "imap.allowed_networks", "open login proxy"),
+    ] {
+        let cfg = write_config(dir.path(), text);
+        let mut p = Proc::spawn(command(&cfg, &["run"]));
+        let status = p.wait_exit(Duration::from_secs(20));
+        assert_eq!(status.code(), Some(2), "{}", p.text());
+        assert!(
+            p.smtp.is_none() && p.imap.is_none(),
+            "it listened: {}",
+            p.text()
+        );
+        let out = p.text();
+        assert!(
+            out.contains("configuration error") && out.contains(key) && out.contains(risk),
+            "{out}"
+        );
+    }
+    // With a local login required, the same allowlist starts.
+    let text = smtp.replacen(pair, &format!("{pair}require_auth = true\n"), 1);
+    let cfg = write_config(dir.path(), &text);
+    let p = Proc::spawn(command(&cfg, &["run"]));
+    assert!(p.smtp.is_some(), "{}", p.text());
+}
+
 #[tokio::test]
 async fn client_outside_allowed_networks_is_refused_by_the_binary() {
     let dir = tempfile::tempdir().unwrap();

@@ -26,6 +26,10 @@ const OK: Expect = "250 2.0.0 Ok\r\n";
 const CHARS: Expect = "500 5.5.2 Invalid characters in command (NUL or invalid UTF-8)\r\n";
 const LONG: Expect = "500 5.5.2 Line too long\r\n";
 const UNKNOWN: Expect = "502 5.5.2 Command not recognized\r\n";
+const HELO_CTRL: Expect = "501 5.5.2 Control characters are not allowed in the HELO/EHLO name\r\n";
+const FROM_CTRL: Expect = "553 5.1.7 Control characters are not allowed in the sender address\r\n";
+const RCPT_CTRL: Expect =
+    "553 5.1.3 Control characters are not allowed in the recipient address\r\n";
 const NUL: Expect =
     "554 5.6.0 Message contains NUL bytes, which SMTP does not allow; not accepted\r\n";
 
@@ -134,6 +138,104 @@ fn cases() -> Vec<Case> {
             &["501 5.5.4 Syntax: EHLO domain\r\n"],
         ),
         case("TAB between verb and argument", Ehlo, "NOOP\tx\r\n", &[OK]),
+        // --- control characters in HELO names and addresses (as Postfix refuses non-printables)
+        case(
+            "ESC sequence in the EHLO name",
+            Greeted,
+            "EHLO \x1b[2Jhost\r\n",
+            &[HELO_CTRL],
+        ),
+        case(
+            "BEL in the HELO name",
+            Greeted,
+            "HELO a\x07b\r\n",
+            &[HELO_CTRL],
+        ),
+        case(
+            "DEL in the EHLO name",
+            Greeted,
+            "EHLO host\x7f\r\n",
+            &[HELO_CTRL],
+        ),
+        case(
+            "C1 CSI (U+009B) in the EHLO name",
+            Greeted,
+            "EHLO a\u{9b}31m\r\n",
+            &[HELO_CTRL],
+        ),
+        case(
+            "bare CR inside the EHLO name",
+            Greeted,
+            "EHLO a\rb\r\n",
+            &[HELO_CTRL],
+        ),
+        case(
+            "ESC after the EHLO name",
+            Greeted,
+            "EHLO host \x1b]0;x\x07\r\n",
+            &[HELO_CTRL],
+        ),
+        case("NUL in the EHLO name", Greeted, "EHLO a\0b\r\n", &[CHARS]),
+        case(
+            "ESC sequence in the sender",
+            Ehlo,
+            "MAIL FROM:<a\x1b[31m@example.com>\r\n",
+            &[FROM_CTRL],
+        ),
+        case(
+            "BEL in a quoted sender",
+            Ehlo,
+            "MAIL FROM:<\"a\x07\"@example.com>\r\n",
+            &[FROM_CTRL],
+        ),
+        case(
+            "DEL in the sender",
+            Ehlo,
+            "MAIL FROM:<a\x7f@example.com>\r\n",
+            &[FROM_CTRL],
+        ),
+        case(
+            "C1 NEL (U+0085) in the sender domain",
+            Ehlo,
+            "MAIL FROM:<a@exa\u{85}mple.com>\r\n",
+            &[FROM_CTRL],
+        ),
+        case(
+            "ESC in a quoted recipient",
+            Mail,
+            "RCPT TO:<\"\x1b[2J\"@example.com>\r\n",
+            &[RCPT_CTRL],
+        ),
+        case(
+            "C1 CSI (U+009B) in the recipient",
+            Mail,
+            "RCPT TO:<a\u{9b}2J@example.com>\r\n",
+            &[RCPT_CTRL],
+        ),
+        case(
+            "bare CR in the recipient",
+            Mail,
+            "RCPT TO:<a\rb@example.com>\r\n",
+            &[RCPT_CTRL],
+        ),
+        case(
+            "TAB in a quoted recipient",
+            Mail,
+            "RCPT TO:<\"a\tb\"@example.com>\r\n",
+            &[RCPT_CTRL],
+        ),
+        case(
+            "BS in a source route",
+            Mail,
+            "RCPT TO:<@relay\x08.example:b@example.com>\r\n",
+            &[RCPT_CTRL],
+        ),
+        case(
+            "quoted local part is accepted",
+            Mail,
+            "RCPT TO:<\"a b\"@example.com>\r\n",
+            &["250 2.1.5 Ok\r\n"],
+        ),
         // --- MAIL FROM and its parameters
         case(
             "SIZE = u64::MAX + 1",
@@ -441,6 +543,34 @@ async fn smuggled_text_is_stored_as_content_with_one_recipient() {
             "{tail:?}: {text:?}"
         );
     }
+    assert_serves(&d).await;
+    d.stop().await;
+}
+
+/// Quoted local parts are stored exactly as received (smtp-proto alone drops
+/// the quotes, which names another mailbox); `queue show` and delivery use
+/// the stored envelope.
+#[tokio::test]
+async fn quoted_local_parts_are_stored_as_received() {
+    let d = start("").await;
+    let (mut c, _) = Client::connect(d.smtp_addr()).await;
+    reach(&mut c, At::Ehlo).await;
+    let reply = c
+        .send_mail(
+            "\"x y\"@example.com",
+            &["\"a b\"@example.com", "\"q\\\"t\"@example.com"],
+            b"Subject: s\r\n\r\nbody",
+        )
+        .await;
+    let (entry, _) = stored(&d, &queue_id(&reply));
+    assert_eq!(entry.envelope.mail_from, "\"x y\"@example.com");
+    assert_eq!(
+        entry.envelope.recipients,
+        vec![
+            "\"a b\"@example.com".to_string(),
+            "\"q\\\"t\"@example.com".to_string()
+        ]
+    );
     assert_serves(&d).await;
     d.stop().await;
 }

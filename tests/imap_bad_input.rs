@@ -58,7 +58,7 @@ async fn over_long_line_gets_bad_and_close() {
     let env = setup(Setup::default()).await;
     let mut c = env.client().await;
     let mut line = b"a LOGIN ".to_vec();
-    line.resize(20_000, b'x');
+    line.resize(mailbridge::imap::framing::MAX_LINE + 20_000, b'x');
     // The daemon may close before reading everything: ignore write errors.
     let _ = c.s.get_mut().write_all(&line).await;
     assert_eq!(c.line().await, "a BAD Command line too long; closing");

@@ -3,6 +3,7 @@
 
 mod common;
 mod delivery_common;
+mod smtp_support;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -11,7 +12,7 @@ use std::time::Duration;
 use common::ca::TestCa;
 use common::daemon::start_in;
 use common::smtp_upstream::{Mode, SmtpUpstream};
-use delivery_common::{config, envelope, eventually, feed, Opts, PASSWORD, USER};
+use delivery_common::{config, envelope, eventually, feed, wait_failed, Opts, PASSWORD, USER};
 use mailbridge::spool::{EntryState, QueueId, Spool};
 
 fn queue(dir: &Path, args: &[&str]) -> Output {
@@ -168,5 +169,99 @@ async fn show_warns_when_the_provider_will_rewrite_from() {
         let o = queue(dir.path(), &["show", &id.0, "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert!(v.get("warning").is_none(), "{v}");
+    }
+}
+
+/// Would a terminal act on this character (a control other than the line
+/// ends and TAB, or a bidi override)?
+fn drives_a_terminal(c: char) -> bool {
+    (c.is_control() && !matches!(c, '\n' | '\t'))
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+fn assert_printable(what: &str, out: &str) {
+    let bad: Vec<char> = out.chars().filter(|c| drives_a_terminal(*c)).collect();
+    assert!(bad.is_empty(), "{what}: raw {bad:?} in {out:?}");
+}
+
+/// Escape sequences in a message's headers (sent by the client) and in the
+/// upstream's reply are shown escaped by `queue list` and `queue show`, text
+/// and JSON, so the terminal running them cannot be driven; JSON values
+/// stay exact. An entry spooled before HELO names and addresses were checked
+/// is shown escaped too.
+#[tokio::test]
+async fn client_and_provider_text_is_shown_escaped() {
+    let ca = TestCa::new();
+    let up = SmtpUpstream::start(&ca.server_cert(), Mode::Implicit, USER, PASSWORD).await;
+    let reply = "554 5.7.1 \x1b[2J\x1b]0;pwned\x07rejected\u{9b}31m \u{202e}txt.exe";
+    up.script().data_reply = Some(reply.into());
+    let toml = config(&Opts::new(up.port(), "implicit", &ca.ca_file));
+    let d = start_in(&toml, tempfile::tempdir().unwrap()).await;
+    let (mut c, _) = smtp_support::Client::connect(d.smtp_addr()).await;
+    smtp_support::assert_ok(&c.cmd("EHLO device").await, "250");
+    let message = "From: \x1b[1mboss\x1b[0m <b@example.org>\r\n\
+                   Subject: \x1b]8;;http://evil/\x07click\x1b]8;;\x07 a\x08b \u{85}\u{2066}\r\n\r\nbody";
+    let r = c
+        .send_mail("s@example.org", &["a@example.org"], message.as_bytes())
+        .await;
+    let id = smtp_support::queue_id(&r);
+    let spool = &d.daemon.context.spool;
+    wait_failed(spool, &id).await;
+    // As an older version spooled it: control characters in the envelope.
+    let mut old = envelope(&["r\x1b[8m@example.org"]);
+    old.mail_from = "\"s\x1b[5m\"@example.org".into();
+    old.helo = "h\x1b[31mx\u{202d}".into();
+    let old_id = spool
+        .enqueue(&old, b"Subject: old\rfake\r\n\r\nx\r\n")
+        .await
+        .unwrap();
+    let dir = d.stop().await;
+
+    let list = stdout(&queue(dir.path(), &["list"]));
+    assert_printable("queue list", &list);
+    assert!(
+        list.contains("554 5.7.1 \\x1b[2J\\x1b]0;pwned\\x07rejected\\u{9b}31m \\u{202e}txt.exe"),
+        "{list}"
+    );
+    assert!(list.contains("r\\x1b[8m@example.org"), "{list}");
+
+    let show = stdout(&queue(dir.path(), &["show", &id.0]));
+    assert_printable("queue show", &show);
+    assert!(
+        show.contains("From: \\x1b[1mboss\\x1b[0m <b@example.org>"),
+        "{show}"
+    );
+    assert!(
+        show.contains(
+            "Subject: \\x1b]8;;http://evil/\\x07click\\x1b]8;;\\x07 a\\x08b \\u{85}\\u{2066}"
+        ),
+        "{show}"
+    );
+    assert!(show.contains("\\x1b]0;pwned"), "{show}");
+
+    let show_old = stdout(&queue(dir.path(), &["show", &old_id.0]));
+    assert_printable("queue show (old entry)", &show_old);
+    assert!(
+        show_old.contains("from:         <\"s\\x1b[5m\"@example.org>"),
+        "{show_old}"
+    );
+    assert!(
+        show_old.contains("(HELO h\\x1b[31mx\\u{202d})"),
+        "{show_old}"
+    );
+    assert!(
+        show_old.contains("recipients:   r\\x1b[8m@example.org"),
+        "{show_old}"
+    );
+    assert!(show_old.contains("Subject: old\\x0dfake"), "{show_old}");
+
+    for args in [&["list", "--json"][..], &["show", &id.0, "--json"]] {
+        let o = queue(dir.path(), args);
+        let json = stdout(&o);
+        assert_printable("--json", &json);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let entry = if v.is_array() { v[0].clone() } else { v };
+        let last_error = entry["last_error"].as_str().unwrap();
+        assert!(last_error.ends_with(reply), "{last_error:?}");
     }
 }

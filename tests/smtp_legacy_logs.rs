@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use common::ca::TestCa;
 use common::daemon::start;
-use common::logs::LogBuf;
 use common::smtp_upstream::{Mode, SmtpUpstream};
 use delivery_common::{config, Opts, PASSWORD, USER};
 use smtp_support::{assert_ok, queue_id, Client};
@@ -21,7 +20,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn received_id_matches_the_log_and_from_rewrite_is_warned_once() {
-    let (logs, _guard) = LogBuf::capture(tracing::Level::INFO);
+    let (logs, _guard) = common::logs::capture(tracing::Level::INFO);
 
     let ca = TestCa::new();
     let up = SmtpUpstream::start(&ca.server_cert(), Mode::Implicit, USER, PASSWORD).await;

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::secret::Secret;
 
+mod exposure;
 mod raw;
 use raw::RawConfig;
 
@@ -67,6 +68,18 @@ pub struct LocalTls {
     pub key: PathBuf,
 }
 
+/// `tls_profile` of a listener family: which TLS versions the local side accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsProfile {
+    /// rustls, TLS 1.2 and 1.3 (the default).
+    #[default]
+    Modern,
+    /// Also TLS 1.0/1.1 and RSA key exchange, through OpenSSL, for old
+    /// printers; only in a build with the `legacy-tls` feature.
+    Legacy,
+}
+
 /// `[metrics]`: the optional HTTP listener for /metrics and /healthz.
 #[derive(Debug, Clone, Default)]
 pub struct MetricsConfig {
@@ -91,6 +104,8 @@ pub struct SmtpConfig {
     pub hostname: String,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Local TLS of STARTTLS and `smtps_listen`.
+    pub tls_profile: TlsProfile,
     /// A client whose command lines all end in a bare LF may end DATA with
     /// `<LF>.<LF>` (old devices); CRLF sessions always need `<CR><LF>.<CR><LF>`.
     pub allow_lf_only_clients: bool,
@@ -107,6 +122,8 @@ pub struct ImapConfig {
     pub login_timeout: Duration,
     pub allowed_networks: Vec<IpNet>,
     pub max_connections: usize,
+    /// Local TLS of STARTTLS and `imaps_listen`.
+    pub tls_profile: TlsProfile,
 }
 
 #[derive(Debug, Clone)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
+use super::exposure;
 use super::*;
 use crate::secret::Secret;
 
@@ -56,6 +57,7 @@ struct RawSmtp {
     #[serde(default, deserialize_with = "opt_duration")]
     idle_timeout: Option<Duration>,
     max_connections: Option<usize>,
+    tls_profile: Option<TlsProfile>,
     allow_lf_only_clients: Option<bool>,
 }
 
@@ -72,6 +74,7 @@ struct RawImap {
     login_timeout: Option<Duration>,
     allowed_networks: Option<Vec<String>>,
     max_connections: Option<usize>,
+    tls_profile: Option<TlsProfile>,
 }
 
 #[derive(Deserialize, Default)]
@@ -313,7 +316,8 @@ impl RawConfig {
         let require_auth = s.require_auth.unwrap_or(false);
         let smtps_listen = parse_listen(path, "smtp.smtps_listen", s.smtps_listen, None)?;
         let all: Vec<SocketAddr> = listen.iter().chain(&smtps_listen).copied().collect();
-        check_open_relay(path, "smtp", &all, &allowed, require_auth)?;
+        let unguarded = (!require_auth).then_some(exposure::OPEN_RELAY);
+        exposure::refuse_open_access(path, "smtp", &all, &allowed, unguarded)?;
         if require_auth && users.is_empty() {
             return Err(err(
                 "smtp.require_auth",
@@ -348,6 +352,7 @@ impl RawConfig {
             hostname,
             idle_timeout: s.idle_timeout.unwrap_or(DEFAULT_SMTP_IDLE),
             max_connections: s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1),
+            tls_profile: s.tls_profile.unwrap_or_default(),
             allow_lf_only_clients: s.allow_lf_only_clients.unwrap_or(true),
         };
         if default_account.is_none() && !smtp.require_auth {
@@ -370,7 +375,16 @@ impl RawConfig {
             login_timeout: m.login_timeout.unwrap_or(DEFAULT_IMAP_LOGIN_TIMEOUT),
             allowed_networks: parse_nets(path, "imap.allowed_networks", m.allowed_networks)?,
             max_connections: m.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1),
+            tls_profile: m.tls_profile.unwrap_or_default(),
         };
+        let imap_all: Vec<SocketAddr> = imap
+            .listen
+            .iter()
+            .chain(&imap.imaps_listen)
+            .copied()
+            .collect();
+        let unguarded = imap.passthrough.then_some(exposure::OPEN_LOGIN_PROXY);
+        exposure::refuse_open_access(path, "imap", &imap_all, &imap.allowed_networks, unguarded)?;
 
         // --- delivery
         let d = self.delivery;
@@ -423,6 +437,9 @@ impl RawConfig {
                 "needs tls_cert and tls_key (see `mailbridge init`)".into(),
             ));
         }
+
+        check_tls_profile(path, "smtp.tls_profile", smtp.tls_profile, tls.is_some())?;
+        check_tls_profile(path, "imap.tls_profile", imap.tls_profile, tls.is_some())?;
 
         // --- metrics
         let metrics = MetricsConfig {
@@ -595,23 +612,28 @@ fn parse_nets(path: &Path, key: &str, raw: Option<Vec<String>>) -> Result<Vec<Ip
     Ok(nets)
 }
 
-/// Never an open relay: a listener reachable from other hosts needs either a
-/// real allowlist or local authentication.
-fn check_open_relay(
+/// `tls_profile = "legacy"` needs local TLS and a build that has it.
+fn check_tls_profile(
     path: &Path,
-    section: &str,
-    listen: &[SocketAddr],
-    allowed: &[IpNet],
-    require_auth: bool,
+    key: &str,
+    profile: TlsProfile,
+    has_tls: bool,
 ) -> Result<(), ConfigError> {
-    let exposed = listen.iter().any(|a| !a.ip().is_loopback());
-    let open = allowed.iter().any(|n| n.prefix_len() == 0);
-    if exposed && open && !require_auth {
+    if profile == TlsProfile::Modern {
+        return Ok(());
+    }
+    if !crate::legacy_tls::AVAILABLE {
         return Err(ConfigError::new(
             path,
-            format!("{section}.allowed_networks"),
-            "a non-loopback listen address with allowed_networks open to every address would make an open relay; \
-             narrow allowed_networks (e.g. [\"192.168.1.0/24\"]) or set require_auth = true",
+            key,
+            crate::legacy_tls::not_built_message(),
+        ));
+    }
+    if !has_tls {
+        return Err(ConfigError::new(
+            path,
+            key,
+            "\"legacy\" needs tls_cert and tls_key (an RSA certificate for devices limited to RSA key exchange)",
         ));
     }
     Ok(())

@@ -192,3 +192,76 @@ fn lf_only_allowance_and_send_as() {
     let e = parse(&format!("{MIN}send_as = [\"office\"]\n")).unwrap_err();
     assert_eq!(e.key, "accounts[0].send_as");
 }
+
+#[test]
+fn allowlists_covering_public_space_need_a_login() {
+    let user = "[[users]]\nname = \"dev\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$zJ0ZzP1nu0Bb/5kDv3r2Q1M4v8s3qQ4a8Yb6e2c2Cg8\"\naccount = \"gmail\"\n";
+    for nets in [
+        "\"0.0.0.0/1\", \"128.0.0.0/1\"",
+        "\"192.168.1.0/24\", \"203.0.114.7/32\"",
+        "\"::/1\"",
+    ] {
+        let smtp = format!("[smtp]\nlisten = [\"0.0.0.0:2525\"]\nallowed_networks = [{nets}]\n");
+        let e = parse(&format!("{smtp}{MIN}")).unwrap_err();
+        assert_eq!(e.key, "smtp.allowed_networks", "{nets}");
+        assert!(e.message.contains("open relay") && e.message.contains("require_auth = true"));
+        assert!(
+            parse(&format!("{smtp}require_auth = true\n{MIN}{user}")).is_ok(),
+            "{nets}"
+        );
+        let imap = format!("[imap]\nlisten = [\"[::]:1143\"]\nallowed_networks = [{nets}]\n");
+        assert!(parse(&format!("{imap}{MIN}")).is_ok(), "{nets}");
+        let e = parse(&format!("{imap}passthrough = true\n{MIN}")).unwrap_err();
+        assert_eq!(e.key, "imap.allowed_networks", "{nets}");
+        assert!(e.message.contains("open login proxy"), "{e}");
+    }
+    // Local networks only: no login needed, even with passthrough.
+    let local = "allowed_networks = [\"10.0.0.0/8\", \"100.64.0.0/10\", \"fd00::/8\"]\n";
+    let t = format!("[smtp]\nlisten = [\"0.0.0.0:2525\"]\n{local}[imap]\nlisten = [\"0.0.0.0:1143\"]\npassthrough = true\n{local}{MIN}");
+    assert!(parse(&t).is_ok());
+}
+
+// --- tls_profile (the legacy profile itself: crate::legacy_tls)
+
+const CERT: &str = "tls_cert = \"certs/localhost.pem\"\ntls_key = \"certs/localhost.key\"\n";
+
+#[test]
+fn tls_profile_defaults_to_modern() {
+    let c = parse(&format!("{CERT}{MIN}")).unwrap();
+    assert_eq!(c.smtp.tls_profile, TlsProfile::Modern);
+    assert_eq!(c.imap.tls_profile, TlsProfile::Modern);
+    let c = parse(&format!("{CERT}[smtp]\ntls_profile = \"modern\"\n{MIN}")).unwrap();
+    assert_eq!(c.smtp.tls_profile, TlsProfile::Modern);
+}
+
+#[test]
+fn tls_profile_unknown_is_refused() {
+    let e = parse(&format!("{CERT}[smtp]\ntls_profile = \"old\"\n{MIN}")).unwrap_err();
+    assert!(e.to_string().contains("unknown variant `old`"), "{e}");
+}
+
+#[cfg(not(feature = "legacy-tls"))]
+#[test]
+fn tls_profile_legacy_without_the_feature_refuses_to_start() {
+    for section in ["smtp", "imap"] {
+        let t = format!("{CERT}[{section}]\ntls_profile = \"legacy\"\n{MIN}");
+        let e = parse(&t).unwrap_err();
+        assert_eq!(e.key, format!("{section}.tls_profile"));
+        assert!(
+            e.to_string()
+                .contains("cargo build --release --features legacy-tls"),
+            "{e}"
+        );
+    }
+}
+
+#[cfg(feature = "legacy-tls")]
+#[test]
+fn tls_profile_legacy_with_the_feature_parses_and_needs_a_certificate() {
+    let c = parse(&format!("{CERT}[imap]\ntls_profile = \"legacy\"\n{MIN}")).unwrap();
+    assert_eq!(c.imap.tls_profile, TlsProfile::Legacy);
+    assert_eq!(c.smtp.tls_profile, TlsProfile::Modern);
+    let e = parse(&format!("[smtp]\ntls_profile = \"legacy\"\n{MIN}")).unwrap_err();
+    assert_eq!(e.key, "smtp.tls_profile");
+    assert!(e.to_string().contains("tls_cert and tls_key"), "{e}");
+}

@@ -9,6 +9,7 @@ use super::outcome::DirectReply;
 use super::upstream::{no_password, Upstream};
 use crate::config::Account;
 use crate::spool::{Envelope, Spool};
+use crate::text::Printable;
 
 impl Upstream {
     /// Delivers now and returns the reply the SMTP client should get.
@@ -29,7 +30,7 @@ impl Upstream {
         {
             Ok(r) => r,
             Err(full) => {
-                info!(size, rcpts = envelope.recipients.len(), reply = %full.reason(), "direct: deferred to the client");
+                info!(size, rcpts = envelope.recipients.len(), reply = %Printable(&full.reason()), "direct: deferred to the client");
                 return DirectReply::daily_limit(&full.reason());
             }
         };
@@ -39,15 +40,15 @@ impl Upstream {
         reservation.commit(report.delivered.len());
         if report.delivered.is_empty() {
             if let Some(f) = &report.connect_failure {
-                warn!(size, rcpts = envelope.recipients.len(), reply = %f.reason(), "direct: deferred to the client");
+                warn!(size, rcpts = envelope.recipients.len(), reply = %Printable(f.reason()), "direct: deferred to the client");
                 return DirectReply::unavailable(f.reason());
             }
             if let Some((_, r)) = report.temporary.first() {
-                info!(size, rcpts = envelope.recipients.len(), reply = %r, "direct: deferred to the client");
+                info!(size, rcpts = envelope.recipients.len(), reply = %Printable(r), "direct: deferred to the client");
                 return upstream_reply(r, 451);
             }
             if let Some((_, r)) = report.permanent.first() {
-                warn!(size, rcpts = envelope.recipients.len(), reply = %r, "direct: rejected");
+                warn!(size, rcpts = envelope.recipients.len(), reply = %Printable(r), "direct: rejected");
                 return upstream_reply(r, 554);
             }
             return DirectReply::unavailable("no recipients");
@@ -55,7 +56,7 @@ impl Upstream {
         info!(
             size,
             rcpts = report.delivered.len(),
-            reply = report.last_reply.as_deref().unwrap_or(""),
+            reply = %Printable(report.last_reply.as_deref().unwrap_or("")),
             "direct: delivered"
         );
         if !report.permanent.is_empty() {
@@ -64,7 +65,10 @@ impl Upstream {
                     warn!(failed_id = %id, rcpts = report.permanent.len(), "direct: some recipients failed; recorded in the failed area")
                 }
                 Err(e) => {
-                    error!("direct: cannot record failed recipients: {e}");
+                    error!(
+                        "direct: cannot record failed recipients: {}",
+                        Printable(&e.to_string())
+                    );
                     return DirectReply::spool_error();
                 }
             }
@@ -77,7 +81,10 @@ impl Upstream {
                     info!(queue_id = %id, rcpts = env.recipients.len(), "direct: queued the temporarily failed recipients for retry")
                 }
                 Err(e) => {
-                    error!("direct: cannot queue temporarily failed recipients: {e}");
+                    error!(
+                        "direct: cannot queue temporarily failed recipients: {}",
+                        Printable(&e.to_string())
+                    );
                     return DirectReply::spool_error();
                 }
             }

@@ -188,6 +188,8 @@ impl DailyLimits {
             .filter_map(|a| a.daily_limit.map(|l| (a.name.clone(), l)))
             .collect();
         let path = spool_dir.join(FILE_NAME);
+        // Written 0600 from now on; one from an older version is tightened.
+        crate::spool::make_private(&path, crate::spool::FILE_MODE);
         let key = fs::canonicalize(spool_dir)
             .map(|d| d.join(FILE_NAME))
             .unwrap_or_else(|_| path.clone());
@@ -408,7 +410,7 @@ fn save(path: &Path, p: &Persisted) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(p).map_err(std::io::Error::other)?;
     let tmp = path.with_extension(format!("json.{}.tmp", crate::spool::unique_suffix()));
     let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
+        let mut f = crate::spool::create_private(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;

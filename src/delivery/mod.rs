@@ -3,6 +3,7 @@
 //! plus direct mode and the login check built on the same upstream client.
 //!
 //! - [`upstream`]: connections, TLS, AUTH, pooling, one transaction.
+//! - [`starttls`]: the strict plaintext greeting/EHLO/STARTTLS before the handshake.
 //! - [`outcome`]: error classification, reasons and hints, direct-mode replies.
 //! - [`schedule`]: which message is due next (oldest first, per-account back-off).
 //! - [`direct`], [`check`]: `mode = "direct"` and `mailbridge check`.
@@ -14,6 +15,7 @@ pub mod limits;
 pub mod notify;
 mod outcome;
 mod schedule;
+mod starttls;
 mod transport;
 mod upstream;
 
@@ -30,6 +32,7 @@ pub use outcome::{ConnectFailure, DeliveryReport, DirectReply};
 pub use upstream::Upstream;
 
 use crate::spool::{to_ms, Deferral, QueueEntry, QueueId, SpoolError};
+use crate::text::Printable;
 use crate::Context;
 use schedule::Schedule;
 
@@ -203,7 +206,7 @@ fn rescan(ctx: &Context, sched: &mut Schedule) -> Vec<QueueId> {
     let entries = match ctx.spool.list_queued() {
         Ok(e) => e,
         Err(e) => {
-            error!("cannot read the spool: {e}");
+            error!("cannot read the spool: {}", Printable(&e.to_string()));
             return failed;
         }
     };
@@ -221,7 +224,7 @@ fn rescan(ctx: &Context, sched: &mut Schedule) -> Vec<QueueId> {
                     "expired after {} in the queue; last error: {why}",
                     humantime::format_duration(expire)
                 );
-                warn!(queue_id = %e.id, size = e.size, rcpts = e.remaining.len(), reply = %why, "failed: moved to the failed area");
+                warn!(queue_id = %e.id, size = e.size, rcpts = e.remaining.len(), reply = %Printable(&why), "failed: moved to the failed area");
                 ctx.metrics.message_failed(&e.envelope.account);
                 if let Err(err) = ctx
                     .spool
@@ -263,7 +266,7 @@ async fn deliver_one(ctx: &Context, id: QueueId, account_name: String) -> Done {
         Ok(x) => x,
         Err(SpoolError::NotFound(_)) | Err(SpoolError::Corrupt { .. }) => return done,
         Err(e) => {
-            error!(queue_id = %id, "cannot read spooled message: {e}");
+            error!(queue_id = %id, "cannot read spooled message: {}", Printable(&e.to_string()));
             done.due_ms = Some(to_ms(SystemTime::now() + ctx.config.delivery.retry_initial));
             return done;
         }
@@ -331,7 +334,7 @@ fn hold(ctx: &Context, entry: &QueueEntry, reason: &str, wait: Duration) -> Opti
         remaining: Some(entry.remaining.clone()),
     };
     if entry.state != crate::spool::EntryState::Held {
-        warn!(queue_id = %entry.id, size = entry.size, rcpts = entry.remaining.len(), "held: {reason}");
+        warn!(queue_id = %entry.id, size = entry.size, rcpts = entry.remaining.len(), "held: {}", Printable(reason));
     }
     if let Err(e) = ctx.spool.defer(&entry.id, &d) {
         error!(queue_id = %entry.id, "cannot record hold: {e}");
@@ -354,7 +357,7 @@ fn record(
     if !report.delivered.is_empty() {
         info!(
             queue_id = %id, size, rcpts = report.delivered.len(),
-            reply = report.last_reply.as_deref().unwrap_or(""),
+            reply = %Printable(report.last_reply.as_deref().unwrap_or("")),
             "delivered"
         );
         ctx.metrics.message_delivered(&entry.envelope.account);
@@ -362,7 +365,7 @@ fn record(
     if !report.permanent.is_empty() {
         let reason = join_reasons(&report.permanent);
         if report.delivered.is_empty() && report.temporary.is_empty() {
-            warn!(queue_id = %id, size, rcpts, reply = %reason, "failed: moved to the failed area");
+            warn!(queue_id = %id, size, rcpts, reply = %Printable(&reason), "failed: moved to the failed area");
             ctx.metrics.message_failed(&entry.envelope.account);
             if let Err(e) = ctx.spool.fail(id, attempts, &reason, None) {
                 error!(queue_id = %id, "cannot move to the failed area: {e}");
@@ -377,13 +380,13 @@ fn record(
         {
             Ok(fid) => {
                 warn!(
-                    queue_id = %id, failed_id = %fid, size, rcpts = report.permanent.len(), reply = %reason,
+                    queue_id = %id, failed_id = %fid, size, rcpts = report.permanent.len(), reply = %Printable(&reason),
                     "failed for some recipients: recorded in the failed area"
                 );
                 failed.push(fid);
             }
             Err(e) => {
-                error!(queue_id = %id, reply = %reason, "recipients failed but cannot be recorded: {e}")
+                error!(queue_id = %id, reply = %Printable(&reason), "recipients failed but cannot be recorded: {}", Printable(&e.to_string()))
             }
         }
     }
@@ -400,7 +403,7 @@ fn record(
             "expired after {} in the queue; last error: {reason}",
             humantime::format_duration(Duration::from_secs(age.as_secs()))
         );
-        warn!(queue_id = %id, size, rcpts = remaining.len(), reply = %why, "failed: moved to the failed area");
+        warn!(queue_id = %id, size, rcpts = remaining.len(), reply = %Printable(&why), "failed: moved to the failed area");
         ctx.metrics.message_failed(&entry.envelope.account);
         if let Err(e) = ctx.spool.fail(id, attempts, &why, Some(remaining)) {
             error!(queue_id = %id, "cannot move to the failed area: {e}");
@@ -413,9 +416,9 @@ fn record(
     let next = SystemTime::now() + delay;
     let config_problem = matches!(report.connect_failure, Some(ConnectFailure::Config(_)));
     if config_problem {
-        warn!(queue_id = %id, size, rcpts = remaining.len(), attempts, retry_in = %humantime::format_duration(delay), reply = %reason, "deferred");
+        warn!(queue_id = %id, size, rcpts = remaining.len(), attempts, retry_in = %humantime::format_duration(delay), reply = %Printable(&reason), "deferred");
     } else {
-        info!(queue_id = %id, size, rcpts = remaining.len(), attempts, retry_in = %humantime::format_duration(delay), reply = %reason, "deferred");
+        info!(queue_id = %id, size, rcpts = remaining.len(), attempts, retry_in = %humantime::format_duration(delay), reply = %Printable(&reason), "deferred");
     }
     ctx.metrics.message_deferred(&entry.envelope.account);
     let d = Deferral {

@@ -95,22 +95,35 @@ pub fn is_notice(headers: &[u8]) -> bool {
     })
 }
 
-/// The header section (up to the blank line), at most [`MAX_HEADERS`] bytes.
+/// The header section as far as it is clearly headers: the leading lines
+/// that are header fields (`Name: value`, the name printable ASCII without
+/// spaces) or their continuations, ending at the blank line or at the first
+/// line of any other shape, whichever comes first, and at most
+/// [`MAX_HEADERS`] bytes, cut at a line end. A message without a blank line
+/// thus never has its body text quoted: it ends where the lines stop looking
+/// like headers (the rule MTAs apply to a missing separator).
 fn header_section(message: &[u8]) -> &[u8] {
-    let end = message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + 2)
-        .unwrap_or(message.len());
-    let mut end = end.min(MAX_HEADERS);
-    // Cut at a line end so a header is never half quoted.
-    if end < message.len() && end > 0 && message[end - 1] != b'\n' {
-        end = message[..end]
-            .iter()
-            .rposition(|b| *b == b'\n')
-            .map_or(0, |p| p + 1);
+    let mut end = 0;
+    for line in message.split_inclusive(|b| *b == b'\n') {
+        let text = line.strip_suffix(b"\n").unwrap_or(line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        let continuation = end > 0
+            && text.first().is_some_and(|b| matches!(b, b' ' | b'\t'))
+            && text.iter().any(|b| !b.is_ascii_whitespace());
+        if !(continuation || is_field(text)) || end + line.len() > MAX_HEADERS {
+            break;
+        }
+        end += line.len();
     }
     &message[..end]
+}
+
+/// `Name: value` with a field name of printable ASCII other than `:` (RFC 5322 2.2).
+fn is_field(line: &[u8]) -> bool {
+    match line.iter().position(|b| *b == b':') {
+        Some(colon) if colon > 0 => line[..colon].iter().all(|b| matches!(b, 33..=126)),
+        _ => false,
+    }
 }
 
 /// The original `Subject`, unfolded, without control characters, shortened.
@@ -234,23 +247,28 @@ impl Notice<'_> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn renders_a_marked_notice_with_subject_reply_and_headers_only() {
-        let orig =
-            b"From: scanner@local\r\nSubject: Scan\r\n  page 1\r\nX-A: b\r\n\r\nSECRET BODY\r\n";
-        let headers = header_section(orig);
-        assert_eq!(subject_of(headers), "Scan page 1");
-        let n = Notice {
+    /// A notice about a message to a@example.org with `reply` and `headers`.
+    fn render(reply: &str, headers: &[u8]) -> Vec<u8> {
+        Notice {
             from: "relay@example.com",
             to: "admin@example.com",
             hostname: "mb.local",
             queue_id: "0abc",
             account: "gmail",
             recipients: &["a@example.org".into()],
-            reply: "DATA: 554 5.7.0 rejected\r\nX-Injected: 1",
+            reply,
             headers,
         }
-        .render();
+        .render()
+    }
+
+    #[test]
+    fn renders_a_marked_notice_with_subject_reply_and_headers_only() {
+        let orig =
+            b"From: scanner@local\r\nSubject: Scan\r\n  page 1\r\nX-A: b\r\n\r\nSECRET BODY\r\n";
+        let headers = header_section(orig);
+        assert_eq!(subject_of(headers), "Scan page 1");
+        let n = render("DATA: 554 5.7.0 rejected\r\nX-Injected: 1", headers);
         let text = String::from_utf8(n.clone()).unwrap();
         assert!(text.contains("Subject: Undelivered mail: Scan page 1\r\n"));
         assert!(text.contains("Upstream reply: DATA: 554 5.7.0 rejected  X-Injected: 1\r\n"));
@@ -260,6 +278,52 @@ mod tests {
         assert!(!is_notice(headers));
         assert!(is_notice(b"Auto-Submitted: auto-generated\r\n"));
         assert!(!is_notice(b"Auto-Submitted: no\r\n"));
+    }
+
+    #[test]
+    fn only_header_shaped_lines_are_quoted_even_without_a_blank_line() {
+        let cases: &[(&[u8], &[u8])] = &[
+            // No blank line: the first line that is not a field ends the quote.
+            (
+                b"Subject: Scan\r\nFrom: a@b\r\nSECRET BODY line\r\nX-Later: v\r\n",
+                b"Subject: Scan\r\nFrom: a@b\r\n",
+            ),
+            (b"SECRET BODY with no headers\r\nmore\r\n", b""),
+            (
+                b"Subject: only headers\r\nX-A: b",
+                b"Subject: only headers\r\nX-A: b",
+            ),
+            // Folded headers stay; a blank line ends the section as before.
+            (
+                b"Subject: a\r\n  b\r\n\r\nSECRET: BODY\r\n",
+                b"Subject: a\r\n  b\r\n",
+            ),
+            // A whitespace-only line or a space in a field name is not a header.
+            (b"A: 1\r\n \r\nSECRET\r\n", b"A: 1\r\n"),
+            (b"A: 1\r\nSECRET text: here\r\n", b"A: 1\r\n"),
+            (b" leading: fold\r\n", b""),
+            (b": no name\r\n", b""),
+        ];
+        for (message, quoted) in cases {
+            assert_eq!(
+                String::from_utf8_lossy(header_section(message)),
+                String::from_utf8_lossy(quoted)
+            );
+        }
+        // The bound cuts at a line end.
+        let mut big = Vec::new();
+        while big.len() < 2 * MAX_HEADERS {
+            big.extend_from_slice(b"X-Filler: 0123456789012345678901234567890123456789\r\n");
+        }
+        let h = header_section(&big);
+        assert!(h.len() <= MAX_HEADERS && h.len() > MAX_HEADERS - 64);
+        assert!(h.ends_with(b"\r\n"));
+        let n = render("554 no", header_section(b"Subject: s\r\nSECRET BODY\r\n"));
+        let text = String::from_utf8(n).unwrap();
+        assert!(
+            text.ends_with("Subject: s\r\n") && !text.contains("SECRET"),
+            "{text}"
+        );
     }
 
     #[test]

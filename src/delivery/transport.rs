@@ -1,7 +1,8 @@
 //! The byte stream under the upstream SMTP client: TCP with `TCP_NODELAY`
 //! (lettre writes the message and the final `.` separately; with Nagle's
-//! algorithm every message would wait for a delayed ACK, ~40 ms) and, for
-//! implicit TLS, our own verified rustls handshake (webpki roots + `ca_file`).
+//! algorithm every message would wait for a delayed ACK, ~40 ms) and our own
+//! verified rustls handshake (webpki roots + `ca_file`), for implicit TLS and
+//! after our own STARTTLS exchange ([`super::starttls`]) alike.
 
 use std::fmt;
 use std::io;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use lettre::transport::smtp::client::{AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::client::AsyncTokioStream;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -22,42 +23,17 @@ use tokio_rustls::TlsConnector;
 use super::outcome::describe_text;
 use crate::config::{Account, Endpoint};
 
-/// TLS settings of one account, built once: rustls for implicit TLS, lettre's
-/// parameters (same roots) for STARTTLS.
+/// TLS settings of one account, built once; used for implicit TLS and STARTTLS.
 #[derive(Clone)]
 pub struct AccountTls {
     pub rustls: Arc<ClientConfig>,
-    pub lettre: TlsParameters,
 }
 
 /// The TLS settings for `account`: webpki roots plus its `ca_file`. Verification is never disabled.
 pub fn account_tls(account: &Account) -> Result<AccountTls, String> {
-    use lettre::transport::smtp::client::{Certificate, CertificateStore};
     let rustls = crate::tls::upstream_client_config(account.ca_file.as_deref())
         .map_err(|e| format!("account {:?}: {e}", account.name))?;
-    let mut b = TlsParameters::builder(account.smtp.host.clone())
-        .certificate_store(CertificateStore::WebpkiRoots);
-    if let Some(path) = &account.ca_file {
-        let pem = std::fs::read(path).map_err(|e| {
-            format!(
-                "account {:?}: cannot read ca_file {}: {e}",
-                account.name,
-                path.display()
-            )
-        })?;
-        let cert = Certificate::from_pem(&pem).map_err(|e| {
-            format!(
-                "account {:?}: ca_file {}: {e}",
-                account.name,
-                path.display()
-            )
-        })?;
-        b = b.add_root_certificate(cert);
-    }
-    let lettre = b
-        .build_rustls()
-        .map_err(|e| format!("account {:?}: TLS set-up: {e}", account.name))?;
-    Ok(AccountTls { rustls, lettre })
+    Ok(AccountTls { rustls })
 }
 
 /// Connects TCP (bounded by `timeout`) with `TCP_NODELAY`.
@@ -71,8 +47,9 @@ pub async fn tcp(ep: &Endpoint, timeout: Duration) -> Result<TcpStream, String> 
     Ok(s)
 }
 
-/// The implicit-TLS handshake, certificate and host name verified.
-pub async fn implicit_tls(
+/// The TLS handshake (implicit TLS, or after STARTTLS was accepted),
+/// certificate and host name verified.
+pub async fn tls_handshake(
     tcp: TcpStream,
     ep: &Endpoint,
     config: Arc<ClientConfig>,
@@ -83,12 +60,34 @@ pub async fn implicit_tls(
     TlsConnector::from(config)
         .connect(name, tcp)
         .await
-        .map(TlsTransport)
+        .map(|stream| TlsTransport {
+            stream,
+            prelude: b"",
+        })
         .map_err(|e| describe_text(&e.to_string(), &stage))
 }
 
-/// An implicit-TLS stream handed to lettre as its transport.
-pub struct TlsTransport(TlsStream<TcpStream>);
+/// Handed to lettre in place of the greeting a server does not repeat after
+/// STARTTLS; lettre reads it, ignores its text and sends EHLO over TLS.
+const GREETING_AFTER_STARTTLS: &[u8] = b"220 TLS established after STARTTLS\r\n";
+
+/// A verified TLS stream handed to lettre as its transport.
+pub struct TlsTransport {
+    stream: TlsStream<TcpStream>,
+    /// Served before the stream's own bytes (made here, never from the network).
+    prelude: &'static [u8],
+}
+
+impl TlsTransport {
+    /// For a stream secured by STARTTLS: lettre's connect reads a greeting
+    /// first, so it gets a local one (see [`GREETING_AFTER_STARTTLS`]).
+    pub fn after_starttls(self) -> TlsTransport {
+        TlsTransport {
+            prelude: GREETING_AFTER_STARTTLS,
+            ..self
+        }
+    }
+}
 
 impl fmt::Debug for TlsTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -102,7 +101,13 @@ impl AsyncRead for TlsTransport {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        if !self.prelude.is_empty() {
+            let n = self.prelude.len().min(buf.remaining());
+            buf.put_slice(&self.prelude[..n]);
+            self.prelude = &self.prelude[n..];
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
@@ -112,20 +117,20 @@ impl AsyncWrite for TlsTransport {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
 impl AsyncTokioStream for TlsTransport {
     fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.0.get_ref().0.peer_addr()
+        self.stream.get_ref().0.peer_addr()
     }
 }

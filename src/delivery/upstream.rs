@@ -17,6 +17,7 @@ use lettre::transport::smtp::response::Response;
 use super::outcome::{
     classify, describe, reply_text, ConnectFailure, DeliveryReport, Verdict, AUTH_HINT,
 };
+use super::starttls;
 use super::transport::{self, account_tls, AccountTls};
 use crate::config::{Account, Config, TlsMode};
 use crate::spool::Envelope;
@@ -70,41 +71,33 @@ pub(crate) async fn connect(
     let tcp = transport::tcp(ep, connect_timeout)
         .await
         .map_err(ConnectFailure::Temporary)?;
-    let greeting =
-        |e: lettre::transport::smtp::Error| connect_error(&e, &format!("greeting/EHLO from {ep}"));
-    let (mut conn, encrypted) = match ep.tls {
+    // Both paths hand lettre a verified TLS stream: AUTH never goes in plaintext.
+    let (stream, stage) = match ep.tls {
         TlsMode::Implicit => {
-            let stream = transport::implicit_tls(tcp, ep, tls.rustls.clone())
+            let stream = transport::tls_handshake(tcp, ep, tls.rustls.clone())
                 .await
                 .map_err(ConnectFailure::Temporary)?;
-            let c = AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello)
-                .await
-                .map_err(greeting)?;
-            (c, true)
+            (stream, format!("greeting/EHLO from {ep}"))
         }
         TlsMode::Starttls => {
-            let mut c = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), hello)
+            // Our own strict plaintext exchange: lettre's would take bytes
+            // injected after the 220 as if they came over TLS.
+            let mut tcp = tcp;
+            starttls::negotiate(&mut tcp, hello)
                 .await
-                .map_err(greeting)?;
-            if !c.can_starttls() {
-                c.abort().await;
-                return Err(ConnectFailure::Config(format!(
-                    "{ep}: the server does not offer STARTTLS; refusing to send credentials in plaintext"
-                )));
-            }
-            c.starttls(tls.lettre.clone(), hello)
+                .map_err(|(phase, e)| starttls::failure(ep, phase, &e))?;
+            let stream = transport::tls_handshake(tcp, ep, tls.rustls.clone())
                 .await
-                .map_err(|e| connect_error(&e, &format!("STARTTLS with {ep}")))?;
-            let encrypted = c.is_encrypted();
-            (c, encrypted)
+                .map_err(ConnectFailure::Temporary)?;
+            (
+                stream.after_starttls(),
+                format!("EHLO after STARTTLS with {ep}"),
+            )
         }
     };
-    if !encrypted {
-        conn.abort().await;
-        return Err(ConnectFailure::Config(format!(
-            "{ep}: connection is not encrypted; refusing to authenticate"
-        )));
-    }
+    let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello)
+        .await
+        .map_err(|e| connect_error(&e, &stage))?;
     let Some(password) = &account.password else {
         conn.abort().await;
         return Err(ConnectFailure::Config(no_password(account)));
@@ -142,6 +135,7 @@ fn connect_error(e: &lettre::transport::smtp::Error, stage: &str) -> ConnectFail
     })
 }
 
+/// A reply as one line: its code and its lines joined by spaces.
 pub(crate) fn positive_text(r: &Response) -> String {
     let lines: Vec<&str> = r.message().collect();
     format!("{} {}", r.code(), lines.join(" "))
@@ -360,7 +354,9 @@ async fn transaction(
     }
     let mut accepted = Vec::new();
     for r in rcpts {
-        if r.contains(['\r', '\n', '<', '>']) {
+        // Sent exactly as received (a quoted local part stays quoted), so it
+        // must still be one path on one line.
+        if !crate::smtp::path::fits_in_brackets(r) {
             report
                 .permanent
                 .push((r.clone(), "553 5.1.3 invalid recipient address".into()));

@@ -10,12 +10,39 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::parser::tag_of;
 use super::responses;
 
-/// Longest pre-login line (CRLF included).
-pub const MAX_LINE: usize = 8 * 1024;
-/// Largest pre-login literal.
+/// RFC 2971 3.3: an ID has at most 30 field/value pairs, fields of at most
+/// 30 octets and values of at most 1024 octets.
+pub const ID_MAX_PAIRS: usize = 30;
+pub const ID_MAX_FIELD: usize = 30;
+pub const ID_MAX_VALUE: usize = 1024;
+
+/// The longest encoding the grammar allows for a string of `n` octets: quoted,
+/// every octet escaped (`\"` or `\\`). A literal (`{n}` CRLF, data) is shorter.
+const fn string_max(n: usize) -> usize {
+    2 + 2 * n
+}
+
+/// `ID (` pairs `)` at the RFC 2971 maximum, encoded as long as the grammar
+/// permits. The largest pre-login command the RFCs bound: the others are far
+/// smaller (AUTHENTICATE PLAIN, RFC 4616: three 255-octet parts, is about
+/// 1 KiB of base64; a LOGIN user name and password are what a person types).
+pub const ID_MAX_ENCODED: usize = "ID (".len()
+    + ID_MAX_PAIRS * (string_max(ID_MAX_FIELD) + " ".len() + string_max(ID_MAX_VALUE))
+    + (ID_MAX_PAIRS - 1) * " ".len()
+    + ")".len();
+
+/// Room for the tag, the space after it and CRLF around [`ID_MAX_ENCODED`].
+const SLACK: usize = 2 * 1024;
+
+/// Longest pre-login line (CRLF included): the largest command the RFCs
+/// allow before login, plus slack. A hard cap: a longer line is refused and
+/// the connection closed, so a client before login holds at most this much.
+pub const MAX_LINE: usize = ID_MAX_ENCODED + SLACK;
+/// Largest pre-login literal (one ID value, a user name or password).
 pub const MAX_LITERAL: usize = 8 * 1024;
-/// Largest whole pre-login command (lines and literals together).
-pub const MAX_COMMAND: usize = 24 * 1024;
+/// Largest whole pre-login command (lines and literals together). Literals
+/// are shorter than the worst quoted form, so the line cap covers them too.
+pub const MAX_COMMAND: usize = MAX_LINE;
 const READ_CHUNK: usize = 4096;
 
 #[derive(Debug)]
@@ -199,6 +226,33 @@ mod tests {
             Err(FrameError::LiteralTooLarge { tag }) => assert_eq!(tag.as_deref(), Some("t1")),
             r => panic!("{r:?}"),
         }
+    }
+
+    /// The RFC 2971 maximum ID is read whole in every encoding, with a `+`
+    /// for each synchronising literal, and the next command stays buffered.
+    #[tokio::test]
+    async fn maximal_id_is_read_whole() {
+        use crate::imap::parser::{maximal_id, IdForm};
+        for form in [IdForm::Escaped, IdForm::Literal, IdForm::LiteralPlus] {
+            let id = maximal_id("t3", form);
+            let (mut client, mut server) = tokio::io::duplex(1 << 20);
+            client.write_all(&id).await.unwrap();
+            client.write_all(b"t4 NOOP\r\n").await.unwrap();
+            let mut buf = LineBuffer::default();
+            let cmd = read_command(&mut buf, &mut server).await.unwrap();
+            assert!(cmd == id, "{form:?}");
+            assert_eq!(buf.take_rest(), b"t4 NOOP\r\n");
+            drop(server);
+            let mut said = Vec::new();
+            client.read_to_end(&mut said).await.unwrap();
+            let literals = if matches!(form, IdForm::Literal) {
+                2 * ID_MAX_PAIRS
+            } else {
+                0
+            };
+            assert_eq!(said, responses::LITERAL_READY.repeat(literals), "{form:?}");
+        }
+        assert!(ID_MAX_ENCODED + "tag ".len() + 2 <= MAX_LINE);
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ use super::{responses, AccountSlot};
 use crate::auth::FailureVerdict;
 use crate::config::Account;
 use crate::secret::Secret;
+use crate::text::Printable;
 use crate::Context;
 
 /// Connect, TLS and greeting together must finish within this.
@@ -79,7 +80,7 @@ pub async fn attempt(req: LoginRequest, ctx: &Arc<Context>, ip: IpAddr) -> Outco
     let mut conn = match upstream::connect(&account.imap, &tls, UPSTREAM_CONNECT_TIMEOUT).await {
         Ok(c) => c,
         Err(e) => {
-            warn!(account = %account.name, upstream = %account.imap, error = %e, "upstream IMAP unavailable");
+            warn!(account = %account.name, upstream = %account.imap, error = %Printable(&e.to_string()), "upstream IMAP unavailable");
             return Outcome::Refused(responses::upstream_unavailable(tag));
         }
     };
@@ -103,12 +104,12 @@ pub async fn attempt(req: LoginRequest, ctx: &Arc<Context>, ip: IpAddr) -> Outco
                     local_failure(ctx, ip, tag, "upstream refused passthrough credentials").await,
                 )
             } else {
-                warn!(account = %account.name, upstream_reply = %text, "upstream refused the account's credentials; check the app password (mailbridge check)");
+                warn!(account = %account.name, upstream_reply = %Printable(&text), "upstream refused the account's credentials; check the app password (mailbridge check)");
                 Outcome::Refused(responses::upstream_auth_failed(tag))
             }
         }
         Err(e) => {
-            warn!(account = %account.name, upstream = %account.imap, error = %e, "upstream IMAP login failed");
+            warn!(account = %account.name, upstream = %account.imap, error = %Printable(&e.to_string()), "upstream IMAP login failed");
             Outcome::Refused(responses::upstream_unavailable(tag))
         }
     }

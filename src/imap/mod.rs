@@ -31,6 +31,7 @@ use tracing::{debug, info, info_span, Instrument};
 
 use crate::config::{ip_allowed, Account, Config};
 use crate::stream::ClientStream;
+use crate::text::Printable;
 use crate::Context;
 use framing::{FrameError, LineBuffer};
 use login::{LoggedIn, Outcome};
@@ -130,7 +131,7 @@ pub async fn handle_connection(
     let _active = ctx.metrics.imap_session();
     let mut buf = LineBuffer::default();
     let deadline = tokio::time::Instant::now() + ctx.config.imap.login_timeout;
-    let mut session = match &ctx.tls_acceptor {
+    let mut session = match &ctx.imap_tls {
         Some(_) => Session::with_starttls(),
         None => Session::new(),
     };
@@ -152,19 +153,20 @@ pub async fn handle_connection(
                 return;
             }
             Err(_) => {
-                debug!("no login before the pre-login timeout");
+                info!(reason = "no login before imap.login_timeout", "closing the client connection");
                 say_and_close(&mut stream, responses::LOGIN_TIMEOUT).await;
                 return;
             }
         },
         _ = shutdown.cancelled() => {
+            info!(reason = "shutting down before login", "closing the client connection");
             say_and_close(&mut stream, responses::SHUTTING_DOWN).await;
             return;
         }
     };
     let client_rest = buf.take_rest();
     drop(buf);
-    let span = info_span!("imap", user = %user, account = %logged.account);
+    let span = info_span!("imap", user = %Printable(&user), account = %logged.account);
     proxy(stream, *logged, client_rest, &ctx, &shutdown)
         .instrument(span)
         .await;
@@ -192,12 +194,22 @@ async fn pre_login(
                 return None;
             }
             Err(FrameError::TooLong { tag }) => {
+                info!(
+                    reason = "command line too long before login",
+                    limit = framing::MAX_LINE,
+                    "closing the client connection"
+                );
                 let _ = stream
                     .write_all(&responses::line_too_long(tag.as_deref().unwrap_or("*")))
                     .await;
                 return None;
             }
             Err(FrameError::LiteralTooLarge { tag }) => {
+                info!(
+                    reason = "literal too large before login",
+                    limit = framing::MAX_LITERAL,
+                    "closing the client connection"
+                );
                 let _ = stream
                     .write_all(&responses::literal_too_large(tag.as_deref().unwrap_or("*")))
                     .await;
@@ -212,11 +224,12 @@ async fn pre_login(
         match step {
             Step::Reply(b) | Step::Continue(b) => stream.write_all(&b).await.ok()?,
             Step::Close(b) => {
+                debug!("client logged out before login");
                 let _ = stream.write_all(&b).await;
                 return None;
             }
             Step::StartTls(b) => {
-                let acceptor = ctx.tls_acceptor.as_ref()?;
+                let acceptor = ctx.imap_tls.as_ref()?;
                 stream.write_all(&b).await.ok()?;
                 stream.flush().await.ok()?;
                 // Sent before the handshake, so in plaintext: never act on it.
@@ -229,6 +242,7 @@ async fn pre_login(
                 }
                 if stream.start_tls(acceptor).await.is_err() {
                     ctx.metrics.tls_error("imap");
+                    // The handshake has logged why, at info.
                     return None;
                 }
                 session.tls_started();
@@ -289,23 +303,33 @@ async fn proxy(
     }
     drop((reply, upstream_rest, client_rest));
     let idle = ctx.config.imap.idle_timeout;
+    // Freed by the pump when the upstream session ends, or below once the
+    // upstream is closed: never held by a client that merely stays connected.
+    let mut slot = Some(slot);
     let stats = if skip_sent {
         let mut filtered = sent_copy::SentCopyFilter::new(&mut client);
         filtered.preload(&filter_rest);
-        pump::run(&mut filtered, &mut stream, idle, shutdown).await
+        pump::run(&mut filtered, &mut stream, idle, shutdown, &mut slot).await
     } else {
-        pump::run(&mut client, &mut stream, idle, shutdown).await
+        pump::run(&mut client, &mut stream, idle, shutdown, &mut slot).await
     };
+    if slot.is_none() {
+        debug!("upstream session over; account connection slot freed");
+    }
     match &stats.end {
         PumpEnd::Idle => say(&mut client, responses::IDLE_TIMEOUT).await,
         PumpEnd::Shutdown => say(&mut client, responses::SHUTTING_DOWN).await,
-        PumpEnd::Closed | PumpEnd::Error(_) => {}
+        PumpEnd::Closed | PumpEnd::LingerExpired | PumpEnd::Error(_) => {}
     }
     upstream::close(&mut stream).await;
-    upstream::close(&mut client).await;
     drop(slot);
+    upstream::close(&mut client).await;
     let end = match &stats.end {
         PumpEnd::Closed => "closed".to_string(),
+        PumpEnd::LingerExpired => format!(
+            "closed by mailbridge: one side closed and the other had not followed after {}",
+            humantime::format_duration(pump::LINGER)
+        ),
         PumpEnd::Idle => "idle timeout".to_string(),
         PumpEnd::Shutdown => "shutdown".to_string(),
         PumpEnd::Error(e) => format!("error: {e}"),

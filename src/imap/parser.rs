@@ -347,9 +347,76 @@ fn sasl_initial(i: &[u8]) -> IResult<&[u8], &[u8]> {
     take_while1(|c: u8| c.is_ascii_alphanumeric() || c == b'+' || c == b'/' || c == b'=').parse(i)
 }
 
+/// How [`maximal_id`] encodes its strings.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum IdForm {
+    /// Quoted, every octet escaped: the longest line the grammar allows.
+    Escaped,
+    /// `{n}` literals (each waits for a `+`).
+    Literal,
+    /// `{n+}` literals (LITERAL+).
+    LiteralPlus,
+}
+
+/// The RFC 2971 maximum ID command: 30 pairs of 30-octet fields and
+/// 1024-octet values.
+#[cfg(test)]
+pub(crate) fn maximal_id(tag: &str, form: IdForm) -> Vec<u8> {
+    use super::framing::{ID_MAX_FIELD, ID_MAX_PAIRS, ID_MAX_VALUE};
+    let string = |out: &mut Vec<u8>, n: usize, seed: usize| match form {
+        IdForm::Escaped => {
+            out.push(b'"');
+            for k in 0..n {
+                out.extend_from_slice(if (k + seed) % 2 == 0 {
+                    b"\\\""
+                } else {
+                    b"\\\\"
+                });
+            }
+            out.push(b'"');
+        }
+        IdForm::Literal | IdForm::LiteralPlus => {
+            let plus = if matches!(form, IdForm::LiteralPlus) {
+                "+"
+            } else {
+                ""
+            };
+            out.extend_from_slice(format!("{{{n}{plus}}}\r\n").as_bytes());
+            const BYTES: &[u8] = b"(){}\"\\ x*%\xe4";
+            out.extend((0..n).map(|k| BYTES[(k + seed) % BYTES.len()]));
+        }
+    };
+    let mut cmd = format!("{tag} ID (").into_bytes();
+    for pair in 0..ID_MAX_PAIRS {
+        if pair > 0 {
+            cmd.push(b' ');
+        }
+        string(&mut cmd, ID_MAX_FIELD, pair);
+        cmd.push(b' ');
+        string(&mut cmd, ID_MAX_VALUE, pair);
+    }
+    cmd.extend_from_slice(b")\r\n");
+    cmd
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maximal_id_parses_in_every_form() {
+        for form in [IdForm::Escaped, IdForm::Literal, IdForm::LiteralPlus] {
+            let cmd = maximal_id("t9", form);
+            let p = parse_command(&cmd).unwrap_or_else(|e| panic!("{form:?}: {e:?}"));
+            assert_eq!((p.tag.as_str(), p.command), ("t9", Command::Id), "{form:?}");
+        }
+        let escaped = maximal_id("t9", IdForm::Escaped);
+        assert_eq!(
+            escaped.len(),
+            "t9 ".len() + super::super::framing::ID_MAX_ENCODED + 2
+        );
+    }
 
     fn login(input: &[u8]) -> (String, String) {
         match parse_command(input).unwrap().command {

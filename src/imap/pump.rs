@@ -1,6 +1,7 @@
 //! The post-login byte pump: both directions at once with small fixed
 //! buffers (tokio's `copy_bidirectional`), counting bytes and watching for
-//! idleness (no byte either way) and shutdown.
+//! idleness (no byte either way) and shutdown. It also holds the account's
+//! connection slot and frees it the moment the upstream session ends.
 
 use std::io;
 use std::pin::Pin;
@@ -13,16 +14,20 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::AccountSlot;
+
 /// Per-direction copy buffer. Small on purpose: memory per idle connection.
 const BUFFER: usize = 4096;
 /// Once one side has closed, how long the other may take to follow.
-const LINGER: Duration = Duration::from_secs(30);
+pub const LINGER: Duration = Duration::from_secs(30);
 
 /// Why the pump stopped.
 #[derive(Debug)]
 pub enum PumpEnd {
     /// Both sides finished (one closed, the other followed).
     Closed,
+    /// One side closed and the other did not follow within [`LINGER`].
+    LingerExpired,
     Idle,
     Shutdown,
     Error(io::Error),
@@ -46,6 +51,9 @@ struct Tracked<'a, S> {
     /// Wakes the pump loop so the shorter linger deadline takes effect.
     eof_signal: &'a Notify,
     epoch: Instant,
+    /// Dropped when this side's reading ends (end of stream or error): for
+    /// the upstream, its session is over, whatever the client still does.
+    held: Option<AccountSlot>,
 }
 
 impl<S> Tracked<'_, S> {
@@ -79,7 +87,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<'_, S> {
             self.read.fetch_add(n as u64, Ordering::Relaxed);
             self.touch();
         } else if matches!(r, Poll::Ready(Ok(()))) && buf.remaining() > 0 {
+            self.held = None;
             self.saw_eof();
+        } else if matches!(r, Poll::Ready(Err(_))) {
+            self.held = None;
         }
         r
     }
@@ -110,11 +121,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<'_, S> {
 /// Copies between `client` and `upstream` until both directions end, no byte
 /// moves for `idle`, or `shutdown` fires. Once one side has closed the other
 /// gets [`LINGER`] to follow. The caller closes the streams.
+///
+/// `slot` is released as soon as reading from the upstream ends (it closed
+/// after LOGOUT, or dropped us), before its close is passed on to the
+/// client: a client that keeps its socket open after LOGOUT holds no slot.
+/// Otherwise it is handed back for the caller to drop once it has closed
+/// the upstream.
 pub async fn run<C, U>(
     client: &mut C,
     upstream: &mut U,
     idle: Duration,
     shutdown: &CancellationToken,
+    slot: &mut Option<AccountSlot>,
 ) -> PumpStats
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -141,6 +159,7 @@ where
             eof_at: &eof_at,
             eof_signal: &eof_signal,
             epoch,
+            held: None,
         };
         let mut u = Tracked {
             inner: upstream,
@@ -149,25 +168,30 @@ where
             eof_at: &eof_at,
             eof_signal: &eof_signal,
             epoch,
+            held: slot.take(),
         };
-        let copy = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut u, BUFFER, BUFFER);
-        tokio::pin!(copy);
-        loop {
-            tokio::select! {
-                r = &mut copy => break match r {
-                    Ok(_) => PumpEnd::Closed,
-                    Err(e) => PumpEnd::Error(e),
-                },
-                _ = tokio::time::sleep_until(deadline()) => {
-                    if Instant::now() >= deadline() {
-                        // A side that closed while the other lingered is a close, not idleness.
-                        break if eof_at.load(Ordering::Relaxed) != 0 { PumpEnd::Closed } else { PumpEnd::Idle };
+        let end = {
+            let copy = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut u, BUFFER, BUFFER);
+            tokio::pin!(copy);
+            loop {
+                tokio::select! {
+                    r = &mut copy => break match r {
+                        Ok(_) => PumpEnd::Closed,
+                        Err(e) => PumpEnd::Error(e),
+                    },
+                    _ = tokio::time::sleep_until(deadline()) => {
+                        if Instant::now() >= deadline() {
+                            // A side that closed while the other lingered is not idleness.
+                            break if eof_at.load(Ordering::Relaxed) != 0 { PumpEnd::LingerExpired } else { PumpEnd::Idle };
+                        }
                     }
+                    _ = eof_signal.notified() => {}
+                    _ = shutdown.cancelled() => break PumpEnd::Shutdown,
                 }
-                _ = eof_signal.notified() => {}
-                _ = shutdown.cancelled() => break PumpEnd::Shutdown,
             }
-        }
+        };
+        *slot = u.held.take();
+        end
     };
     PumpStats {
         client_to_upstream: from_client.load(Ordering::Relaxed),
@@ -179,6 +203,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
@@ -186,10 +212,16 @@ mod tests {
         let (mut client_far, mut client) = tokio::io::duplex(1024);
         let (mut up_far, mut up) = tokio::io::duplex(1024);
         let sd = CancellationToken::new();
-        let pump =
-            tokio::spawn(
-                async move { run(&mut client, &mut up, Duration::from_secs(10), &sd).await },
-            );
+        let pump = tokio::spawn(async move {
+            run(
+                &mut client,
+                &mut up,
+                Duration::from_secs(10),
+                &sd,
+                &mut None,
+            )
+            .await
+        });
         let big = vec![7u8; 100_000];
         let big2 = big.clone();
         let w = tokio::spawn(async move {
@@ -220,8 +252,9 @@ mod tests {
         drop(client_far);
         let sd = CancellationToken::new();
         let start = Instant::now();
-        let stats = run(&mut client, &mut up, Duration::from_secs(3600), &sd).await;
-        assert!(matches!(stats.end, PumpEnd::Closed));
+        let hour = Duration::from_secs(3600);
+        let stats = run(&mut client, &mut up, hour, &sd, &mut None).await;
+        assert!(matches!(stats.end, PumpEnd::LingerExpired));
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "{:?} {:?}",
@@ -230,12 +263,63 @@ mod tests {
         );
     }
 
+    fn held_slot() -> (Arc<AtomicUsize>, Option<AccountSlot>) {
+        let counter = Arc::new(AtomicUsize::new(1));
+        (counter.clone(), Some(AccountSlot(counter)))
+    }
+
+    /// The upstream answers LOGOUT and closes; the client keeps its socket
+    /// open. The slot is free by the time the client sees our close, while
+    /// the pump still lingers for the client.
     #[tokio::test(start_paused = true)]
-    async fn idle_connection_ends() {
+    async fn slot_is_freed_when_the_upstream_closes() {
+        let (mut client_far, mut client) = tokio::io::duplex(1024);
+        let (mut up_far, mut up) = tokio::io::duplex(1024);
+        let (counter, mut slot) = held_slot();
+        let sd = CancellationToken::new();
+        let pump = tokio::spawn(async move {
+            let hour = Duration::from_secs(3600);
+            let stats = run(&mut client, &mut up, hour, &sd, &mut slot).await;
+            (stats, slot.is_none())
+        });
+        client_far.write_all(b"a LOGOUT\r\n").await.unwrap();
+        let mut cmd = [0u8; 10];
+        up_far.read_exact(&mut cmd).await.unwrap();
+        up_far.write_all(b"* BYE\r\na OK\r\n").await.unwrap();
+        drop(up_far);
+        let mut got = Vec::new();
+        client_far.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"* BYE\r\na OK\r\n");
+        assert_eq!(
+            counter.load(Ordering::SeqCst),
+            0,
+            "slot still held after our FIN"
+        );
+        assert!(!pump.is_finished());
+        let (stats, freed) = pump.await.unwrap();
+        assert!(matches!(stats.end, PumpEnd::LingerExpired), "{stats:?}");
+        assert!(freed);
+    }
+
+    /// Ended by us (idle): the slot comes back to the caller, still held,
+    /// to be dropped once the upstream is closed.
+    #[tokio::test(start_paused = true)]
+    async fn idle_connection_ends_and_hands_the_slot_back() {
         let (_client_far, mut client) = tokio::io::duplex(64);
         let (_up_far, mut up) = tokio::io::duplex(64);
+        let (counter, mut slot) = held_slot();
         let sd = CancellationToken::new();
-        let stats = run(&mut client, &mut up, Duration::from_secs(30), &sd).await;
+        let stats = run(
+            &mut client,
+            &mut up,
+            Duration::from_secs(30),
+            &sd,
+            &mut slot,
+        )
+        .await;
         assert!(matches!(stats.end, PumpEnd::Idle));
+        assert_eq!(counter.load(Ordering::SeqCst), 1);
+        drop(slot);
+        assert_eq!(counter.load(Ordering::SeqCst), 0);
     }
 }

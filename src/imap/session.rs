@@ -176,6 +176,20 @@ mod tests {
         );
     }
 
+    /// The RFC 2971 maximum ID gets the same answer as a short one.
+    #[test]
+    fn maximal_id_is_answered() {
+        use crate::imap::parser::{maximal_id, IdForm};
+        let mut s = Session::new();
+        for form in [IdForm::Escaped, IdForm::Literal, IdForm::LiteralPlus] {
+            assert_eq!(
+                reply(s.on_command(&maximal_id("a", form))),
+                String::from_utf8(responses::id("a")).unwrap(),
+                "{form:?}"
+            );
+        }
+    }
+
     #[test]
     fn authenticate_plain_flows() {
         let mut s = Session::new();

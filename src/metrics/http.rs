@@ -120,7 +120,10 @@ async fn handle(mut stream: TcpStream, sources: &HealthSources) {
             } else {
                 "503 Service Unavailable"
             };
-            let mut body = serde_json::to_vec_pretty(&report).unwrap_or_default();
+            // Upstream replies inside: no raw DEL/C1/bidi for a terminal running curl.
+            let mut body = serde_json::to_string_pretty(&report)
+                .map(|json| crate::text::printable_json(&json).into_bytes())
+                .unwrap_or_default();
             body.push(b'\n');
             (status, "application/json", body)
         }

@@ -85,7 +85,7 @@ pub async fn serve(
     conn.wbuf
         .extend_from_slice(replies::banner(&host).as_bytes());
     let mut cfg = SessionConfig::from_config(&ctx.config);
-    cfg.starttls_offered = ctx.tls_acceptor.is_some();
+    cfg.starttls_offered = ctx.smtp_tls.is_some();
     let mut session = Session::new(cfg);
     if conn.stream.is_tls() {
         session.tls_started();
@@ -136,7 +136,7 @@ async fn run(
                 let reply = receive_message(conn, session, ctx, shutdown).await?;
                 session.reply(reply)
             }
-            Step::StartTls(reply) => match &ctx.tls_acceptor {
+            Step::StartTls(reply) => match &ctx.smtp_tls {
                 Some(acceptor) => {
                     let started = conn.start_tls(&reply, acceptor, shutdown).await;
                     if matches!(started, Err(Stop::Io(_))) {
@@ -342,7 +342,7 @@ impl Conn {
     async fn start_tls(
         &mut self,
         reply: &str,
-        acceptor: &tokio_rustls::TlsAcceptor,
+        acceptor: &crate::tls::LocalAcceptor,
         shutdown: &CancellationToken,
     ) -> Result<(), Stop> {
         self.wbuf.extend_from_slice(reply.as_bytes());

@@ -90,6 +90,16 @@ pub const UNKNOWN_COMMAND: &str = "502 5.5.2 Command not recognized\r\n";
 pub const NOT_IMPLEMENTED: &str = "502 5.5.1 Command not implemented\r\n";
 pub const BAD_SENDER: &str = "501 5.1.7 Bad sender address syntax\r\n";
 pub const BAD_RECIPIENT: &str = "501 5.1.3 Bad recipient address syntax\r\n";
+/// A sender with a control character (553: mailbox name not allowed,
+/// RFC 5321 4.2.3; 5.1.7: bad sender's mailbox address syntax, RFC 3463).
+pub const SENDER_CONTROL_CHARACTERS: &str =
+    "553 5.1.7 Control characters are not allowed in the sender address\r\n";
+/// A recipient with a control character (553; 5.1.3: bad destination
+/// mailbox address syntax, RFC 3463).
+pub const RECIPIENT_CONTROL_CHARACTERS: &str =
+    "553 5.1.3 Control characters are not allowed in the recipient address\r\n";
+/// A HELO/EHLO name with a control character (5.5.2: syntax error, RFC 3463).
+pub const BAD_HELO: &str = "501 5.5.2 Control characters are not allowed in the HELO/EHLO name\r\n";
 pub const UNSUPPORTED_PARAMETER: &str = "555 5.5.4 Unsupported MAIL or RCPT parameter\r\n";
 pub const NEED_MAIL: &str = "503 5.5.1 Bad sequence of commands: need MAIL first\r\n";
 pub const NESTED_MAIL: &str = "503 5.5.1 Bad sequence of commands: nested MAIL\r\n";

@@ -10,6 +10,7 @@ use std::sync::{Mutex, OnceLock};
 
 use super::message::header_section;
 use crate::config::Account;
+use crate::text::Printable;
 
 /// Warned-about sender addresses above this many are not remembered (a
 /// client cannot grow memory without bound by sending many From: values).
@@ -23,7 +24,8 @@ pub fn from_address(message: &[u8]) -> Option<String> {
     first_address(&value)
 }
 
-/// Why the upstream will likely rewrite `From:`, or `None` if it will not:
+/// Why the upstream will likely rewrite `From:` (client text escaped, safe
+/// for logs and terminals), or `None` if it will not:
 /// the `From:` address is the account's address or username, or is listed
 /// in `send_as` (compared without regard to case).
 pub fn rewrite_warning(message: &[u8], account: &Account) -> Option<String> {
@@ -34,9 +36,12 @@ pub fn rewrite_warning(message: &[u8], account: &Account) -> Option<String> {
         .any(|a| same_address(a, &from));
     (!known).then(|| {
         format!(
-            "From: <{from}> is neither the address of account {:?} ({}) nor in its send_as list; \
+            "From: <{}> is neither the address of account {:?} ({}) nor in its send_as list; \
              {} may rewrite it to the account's address",
-            account.name, account.address, account.provider
+            Printable(&from),
+            account.name,
+            account.address,
+            account.provider
         )
     })
 }
@@ -243,6 +248,12 @@ mod tests {
         let w = rewrite_warning(msg("Scanner <scanner@office.example>").as_bytes(), &a).unwrap();
         assert!(
             w.contains("<scanner@office.example>") && w.contains("send_as"),
+            "{w}"
+        );
+        // The client's text is escaped: the warning goes to logs and terminals.
+        let w = rewrite_warning(msg("<\x1b]0;x\x07@evil.example>").as_bytes(), &a).unwrap();
+        assert!(
+            w.contains("<\\x1b]0;x\\x07@evil.example>") && !w.contains('\x1b'),
             "{w}"
         );
         // No From: at all: nothing to rewrite.

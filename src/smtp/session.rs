@@ -10,10 +10,12 @@ use smtp_proto::{
 };
 
 use super::data::EndOfData;
+use super::path;
 use super::replies;
 use super::sasl::{self, SaslError};
 use crate::config::Config;
 use crate::secret::Secret;
+use crate::text::has_control;
 
 /// After this many error replies the session is closed with 421.
 pub const MAX_ERRORS: u32 = 20;
@@ -251,14 +253,19 @@ impl Session {
         }
         let mut bytes = line.iter();
         match Request::parse(&mut bytes) {
-            Ok(req) => self.request(req, line),
-            Err(e) => Step::Reply(parse_error_reply(&e)),
+            Ok(req) => self.request(req, text),
+            Err(e) => Step::Reply(parse_error_reply(&e, text)),
         }
     }
 
-    fn request(&mut self, req: Request<Cow<'_, str>>, line: &[u8]) -> Step {
+    fn request(&mut self, req: Request<Cow<'_, str>>, line: &str) -> Step {
         let host = &self.cfg.hostname;
         match req {
+            Request::Ehlo { host: client } | Request::Helo { host: client }
+                if !helo_name_ok(&client, line) =>
+            {
+                Step::Reply(replies::BAD_HELO.into())
+            }
             Request::Ehlo { host: client } => {
                 self.helo = Some(client.into_owned());
                 self.esmtp = true;
@@ -281,7 +288,7 @@ impl Session {
                 initial_response,
             } => self.auth_start(mechanism, &initial_response),
             Request::Mail { from } => self.mail(from, line),
-            Request::Rcpt { to } => self.rcpt(&to.address),
+            Request::Rcpt { to } => self.rcpt(&to.address, line),
             Request::Data => match &self.txn {
                 None => Step::Reply(replies::NEED_MAIL.into()),
                 Some(t) if t.recipients.is_empty() => Step::Reply(replies::NEED_RCPT.into()),
@@ -309,7 +316,7 @@ impl Session {
         }
     }
 
-    fn mail(&mut self, from: smtp_proto::MailFrom<Cow<'_, str>>, line: &[u8]) -> Step {
+    fn mail(&mut self, from: smtp_proto::MailFrom<Cow<'_, str>>, line: &str) -> Step {
         if self.txn.is_some() {
             return Step::Reply(replies::NESTED_MAIL.into());
         }
@@ -322,17 +329,17 @@ impl Session {
             },
         };
         // smtp-proto saturates huge SIZE values wrongly; read it ourselves.
-        match declared_size(line) {
+        match declared_size(line.as_bytes()) {
             Ok(Some(size)) if size > self.cfg.max_message_size => {
                 return Step::Reply(replies::MESSAGE_TOO_BIG.into())
             }
             Ok(_) => {}
             Err(()) => return Step::Reply(replies::bad_parameter("SIZE")),
         }
-        let mail_from = from.address.into_owned();
-        if !mail_from.is_empty() && !is_mailbox(&mail_from) {
-            return Step::Reply(replies::BAD_SENDER.into());
-        }
+        let mail_from = match received_address(PathKind::Sender, &from.address, line) {
+            Ok(a) => a,
+            Err(reply) => return Step::Reply(reply.into()),
+        };
         self.txn = Some(Transaction {
             account,
             smtputf8: from.flags & MAIL_SMTPUTF8 != 0 || !mail_from.is_ascii(),
@@ -343,21 +350,22 @@ impl Session {
         Step::Reply(replies::MAIL_OK.into())
     }
 
-    fn rcpt(&mut self, address: &str) -> Step {
+    fn rcpt(&mut self, parsed: &str, line: &str) -> Step {
         let max = self.cfg.max_client_recipients;
         let Some(txn) = &mut self.txn else {
             return Step::Reply(replies::NEED_MAIL.into());
         };
-        if !is_mailbox(address) {
-            return Step::Reply(replies::BAD_RECIPIENT.into());
-        }
+        let address = match received_address(PathKind::Recipient, parsed, line) {
+            Ok(a) => a,
+            Err(reply) => return Step::Reply(reply.into()),
+        };
         if txn.recipients.len() >= max {
             return Step::Reply(replies::TOO_MANY_RECIPIENTS.into());
         }
         if !address.is_ascii() {
             txn.smtputf8 = true;
         }
-        txn.recipients.push(address.to_string());
+        txn.recipients.push(address);
         Step::Reply(replies::RCPT_OK.into())
     }
 
@@ -415,12 +423,12 @@ impl Session {
     }
 }
 
-/// The reply for a command smtp-proto could not parse.
-fn parse_error_reply(e: &ParseError) -> String {
+/// The reply for a command smtp-proto could not parse (`line` without NULs).
+fn parse_error_reply(e: &ParseError, line: &str) -> String {
     match e {
         ParseError::UnknownCommand => replies::UNKNOWN_COMMAND.into(),
-        ParseError::InvalidSenderAddress => replies::BAD_SENDER.into(),
-        ParseError::InvalidRecipientAddress => replies::BAD_RECIPIENT.into(),
+        ParseError::InvalidSenderAddress => PathKind::Sender.refusal(line).into(),
+        ParseError::InvalidRecipientAddress => PathKind::Recipient.refusal(line).into(),
         ParseError::SyntaxError { syntax } => replies::syntax(syntax),
         ParseError::InvalidParameter { param } => replies::bad_parameter(param),
         ParseError::UnsupportedParameter { .. } => replies::UNSUPPORTED_PARAMETER.into(),
@@ -429,6 +437,55 @@ fn parse_error_reply(e: &ParseError) -> String {
         | ParseError::ResponseTooLong
         | ParseError::InvalidResponse { .. } => replies::syntax("command not understood"),
     }
+}
+
+/// Which envelope path a MAIL or RCPT line carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PathKind {
+    Sender,
+    Recipient,
+}
+
+impl PathKind {
+    /// The reply refusing this line's path: `553` (mailbox name not allowed,
+    /// RFC 5321 4.2.3) if it holds a control character, as Postfix refuses
+    /// non-printables, else `501` (syntax). The enhanced code is X.1.7 for a
+    /// sender and X.1.3 for a recipient either way (RFC 3463 3.2).
+    fn refusal(self, line: &str) -> &'static str {
+        match (self, path::has_control_in_path(line)) {
+            (PathKind::Sender, true) => replies::SENDER_CONTROL_CHARACTERS,
+            (PathKind::Sender, false) => replies::BAD_SENDER,
+            (PathKind::Recipient, true) => replies::RECIPIENT_CONTROL_CHARACTERS,
+            (PathKind::Recipient, false) => replies::BAD_RECIPIENT,
+        }
+    }
+}
+
+/// The address to keep for a MAIL/RCPT line that smtp-proto parsed as
+/// `parsed`: the path exactly as the client sent it (a quoted local part
+/// stays quoted), "" for a null reverse-path, or the reply refusing it
+/// (control characters, not a mailbox, a null forward-path).
+fn received_address(kind: PathKind, parsed: &str, line: &str) -> Result<String, &'static str> {
+    if path::has_control_in_path(line) {
+        return Err(kind.refusal(line));
+    }
+    // smtp-proto turns `<>` (and `<postmaster>`) into "".
+    if parsed.is_empty() && kind == PathKind::Sender {
+        return Ok(String::new());
+    }
+    match path::as_received(line) {
+        Some(address) if is_mailbox(address) => Ok(address.to_string()),
+        _ => Err(kind.refusal(line)),
+    }
+}
+
+/// May a HELO/EHLO line with this name (as smtp-proto parsed it) be taken?
+/// The name must be free of control characters, and so must the rest of the
+/// line (`line` as received, which still holds a bare CR smtp-proto would
+/// drop) apart from TABs between the words and the final CRLF.
+fn helo_name_ok(name: &str, line: &str) -> bool {
+    let line = line.trim_end_matches(['\r', '\n']);
+    !has_control(name) && !line.chars().any(|c| c.is_control() && c != '\t')
 }
 
 /// `local@domain` with both parts present (we relay only to real mailboxes).

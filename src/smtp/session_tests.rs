@@ -395,3 +395,169 @@ fn lf_only_allowance_can_be_switched_off() {
     assert_eq!(code(&mut s, "HELO printer\n"), "250 relay");
     assert_eq!(s.end_of_data(), EndOfData::CrlfOnly);
 }
+
+/// Every control character of the C0 and C1 sets and DEL, as received.
+fn controls() -> Vec<char> {
+    (0u32..=0x9f)
+        .filter_map(char::from_u32)
+        .filter(|c| c.is_control() && !matches!(c, '\0' | '\n'))
+        .collect()
+}
+
+#[test]
+fn helo_and_ehlo_names_with_control_characters_are_refused() {
+    for c in controls() {
+        for verb in ["EHLO", "HELO"] {
+            let mut s = Session::new(cfg());
+            for line in [
+                format!("{verb} dev{c}ice\r\n"),
+                format!("{verb} {c}[2J\r\n"),
+                format!("{verb} device junk{c}\r\n"),
+            ] {
+                // TABs separate words; CRs just before the LF end the line.
+                let tab_between = c == '\t' && !line.contains("dev\t");
+                if tab_between || (c == '\r' && line.ends_with("\r\r\n")) {
+                    continue;
+                }
+                assert_eq!(reply(&mut s, &line), replies::BAD_HELO, "{line:?}");
+            }
+            assert_eq!(s.helo(), "unknown", "{verb} {c:?}");
+        }
+    }
+    // Spaces and TABs around the name, and UTF-8, are fine.
+    let mut s = Session::new(cfg());
+    assert_eq!(code(&mut s, "EHLO\tdevice \t\r\n"), "250-relay");
+    assert_eq!(s.helo(), "device");
+    assert_eq!(code(&mut s, "HELO caf\u{e9}.example\r\n"), "250 relay");
+    assert_eq!(s.helo(), "caf\u{e9}.example");
+}
+
+#[test]
+fn addresses_with_control_characters_get_553() {
+    for c in controls() {
+        let mut s = Session::new(cfg());
+        reply(&mut s, "EHLO d\r\n");
+        for from in [
+            format!("MAIL FROM:<a{c}b@example.com>\r\n"),
+            format!("MAIL FROM:<\"a{c}b\"@example.com>\r\n"),
+            format!("MAIL FROM:<a@exa{c}mple.com> SIZE=10\r\n"),
+        ] {
+            assert_eq!(
+                reply(&mut s, &from),
+                replies::SENDER_CONTROL_CHARACTERS,
+                "{from:?}"
+            );
+        }
+        assert_eq!(code(&mut s, "MAIL FROM:<a@example.com>\r\n"), "250 2.1.0");
+        for to in [
+            format!("RCPT TO:<a{c}b@example.com>\r\n"),
+            format!("RCPT TO:<\"{c}\"@example.com>\r\n"),
+            format!("RCPT TO:<@route{c}.example:a@example.com>\r\n"),
+        ] {
+            assert_eq!(
+                reply(&mut s, &to),
+                replies::RECIPIENT_CONTROL_CHARACTERS,
+                "{to:?}"
+            );
+        }
+        assert_eq!(code(&mut s, "RCPT TO:<b@example.com>\r\n"), "250 2.1.5");
+        let t = s.take_transaction().unwrap();
+        assert_eq!(t.mail_from, "a@example.com");
+        assert_eq!(t.recipients, vec!["b@example.com".to_string()]);
+    }
+    // Other bad addresses keep their 501.
+    let mut s = Session::new(cfg());
+    assert_eq!(code(&mut s, "MAIL FROM:<a b@c>\r\n"), "501 5.1.7");
+}
+
+#[test]
+fn quoted_local_parts_are_kept_exactly_as_received() {
+    let mut s = Session::new(cfg());
+    assert_eq!(
+        code(&mut s, "MAIL FROM:<\"x y\"@example.com>\r\n"),
+        "250 2.1.0"
+    );
+    for to in [
+        "RCPT TO:<\"a b\"@example.com>\r\n",
+        "RCPT TO:<\"a\\\"b\"@example.com>\r\n",
+        "RCPT TO:<\"a>b\"@example.com>\r\n",
+    ] {
+        assert_eq!(code(&mut s, to), "250 2.1.5", "{to:?}");
+    }
+    let t = s.take_transaction().unwrap();
+    assert_eq!(t.mail_from, "\"x y\"@example.com");
+    assert_eq!(
+        t.recipients,
+        vec![
+            "\"a b\"@example.com".to_string(),
+            "\"a\\\"b\"@example.com".to_string(),
+            "\"a>b\"@example.com".to_string(),
+        ]
+    );
+    // A source route is dropped (RFC 5321 4.1.1.3), the mailbox kept.
+    assert_eq!(
+        code(&mut s, "MAIL FROM:<@relay.example:\"x y\"@example.com>\r\n"),
+        "250 2.1.0"
+    );
+    assert_eq!(
+        code(&mut s, "RCPT TO:<@a.example,@b.example:c@example.com>\r\n"),
+        "250 2.1.5"
+    );
+    let t = s.take_transaction().unwrap();
+    assert_eq!(t.mail_from, "\"x y\"@example.com");
+    assert_eq!(t.recipients, vec!["c@example.com".to_string()]);
+    // Spaces smtp-proto skips before the mailbox are not part of it.
+    assert_eq!(code(&mut s, "MAIL FROM:< a@example.com>\r\n"), "250 2.1.0");
+    assert_eq!(code(&mut s, "RCPT TO:<  b@example.com>\r\n"), "250 2.1.5");
+    let t = s.take_transaction().unwrap();
+    assert_eq!(
+        (t.mail_from.as_str(), &t.recipients[..]),
+        ("a@example.com", &["b@example.com".to_string()][..])
+    );
+    assert_eq!(code(&mut s, "MAIL FROM:<>\r\n"), "250 2.1.0");
+    assert_eq!(s.take_transaction().unwrap().mail_from, "");
+}
+
+/// Without quotes or backslashes the path as received is what smtp-proto
+/// parsed, so only quoted local parts change what is stored.
+#[test]
+fn unquoted_paths_as_received_match_smtp_proto() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let parts = [
+        "a",
+        "b.c",
+        ".",
+        "@",
+        ":",
+        ",",
+        " ",
+        "<",
+        ">",
+        "-",
+        "+",
+        "x@y.z",
+        "\u{e9}",
+        "@r.example",
+    ];
+    let mut accepted = 0;
+    for _ in 0..50_000 {
+        let path: String = (0..rng.gen_range(1..7))
+            .map(|_| parts[rng.gen_range(0..parts.len())])
+            .collect();
+        let line = format!("RCPT TO:<{path}>\r\n");
+        let Ok(Request::Rcpt { to }) = Request::parse(&mut line.as_bytes().iter()) else {
+            continue;
+        };
+        if to.address.is_empty() {
+            continue;
+        }
+        accepted += 1;
+        assert_eq!(
+            path::as_received(&line),
+            Some(to.address.as_ref()),
+            "{line:?}"
+        );
+    }
+    assert!(accepted > 1000, "only {accepted} accepted");
+}

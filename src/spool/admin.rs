@@ -2,6 +2,10 @@
 //! the spool directory, safe while the daemon runs (every change is an atomic
 //! rename; the worker re-reads the queue every few seconds and tolerates
 //! entries that vanish under it).
+//!
+//! Everything shown that came from a client or a provider (addresses, HELO
+//! name, headers, upstream replies) goes through [`Printable`] (text) or
+//! [`printable_json`] (`--json`), so a terminal cannot be driven by it.
 
 use std::process::ExitCode;
 use std::time::SystemTime;
@@ -11,6 +15,7 @@ use serde::Serialize;
 use super::{EntryState, QueueEntry, QueueId, Spool, SpoolError};
 use crate::cli::QueueCommand;
 use crate::config::Config;
+use crate::text::{printable_json, Printable};
 
 /// One entry as `--json` prints it.
 #[derive(Serialize)]
@@ -90,12 +95,21 @@ pub fn run(config: &Config, command: QueueCommand) -> ExitCode {
 }
 
 fn fail(msg: &str) -> ExitCode {
-    eprintln!("mailbridge queue: {msg}");
+    // Errors can quote damaged spool contents.
+    eprintln!("mailbridge queue: {}", Printable(msg));
     ExitCode::from(1)
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<String, SpoolError> {
-    serde_json::to_string_pretty(v).map_err(|e| SpoolError::Task(e.to_string()))
+    serde_json::to_string_pretty(v)
+        .map(|json| printable_json(&json))
+        .map_err(|e| SpoolError::Task(e.to_string()))
+}
+
+/// Addresses for a text line, each escaped.
+fn addresses(list: &[String]) -> String {
+    let shown: Vec<String> = list.iter().map(|a| Printable(a).to_string()).collect();
+    shown.join(", ")
 }
 
 fn list(spool: &Spool, json: bool) -> Result<(), SpoolError> {
@@ -116,8 +130,8 @@ fn list(spool: &Spool, json: bool) -> Result<(), SpoolError> {
     for e in &entries {
         let rcpts = match e.remaining.len() {
             0 => String::new(),
-            1 => e.remaining[0].clone(),
-            n => format!("{} (+{})", e.remaining[0], n - 1),
+            1 => Printable(&e.remaining[0]).to_string(),
+            n => format!("{} (+{})", Printable(&e.remaining[0]), n - 1),
         };
         let received = rfc3339(e.received_at);
         println!(
@@ -128,7 +142,7 @@ fn list(spool: &Spool, json: bool) -> Result<(), SpoolError> {
             e.attempts,
             received.get(..19).unwrap_or(&received),
             rcpts,
-            e.last_error.as_deref().unwrap_or("")
+            Printable(e.last_error.as_deref().unwrap_or(""))
         );
     }
     let failed = entries
@@ -162,18 +176,20 @@ fn show(config: &Config, spool: &Spool, id: &QueueId, json: bool) -> Result<(), 
     println!("id:           {}", v.id);
     println!("state:        {}", e.state);
     println!("account:      {}", v.account);
-    println!("from:         <{}>", v.mail_from);
-    println!("recipients:   {}", v.recipients.join(", "));
+    println!("from:         <{}>", Printable(v.mail_from));
+    println!("recipients:   {}", addresses(v.recipients));
     if v.remaining != v.recipients {
-        println!("remaining:    {}", v.remaining.join(", "));
+        println!("remaining:    {}", addresses(v.remaining));
     }
     println!("size:         {} bytes", v.size);
     println!(
         "received:     {} from {} (HELO {})",
-        v.received_at, v.client, v.helo
+        v.received_at,
+        Printable(v.client),
+        Printable(v.helo)
     );
     if let Some(u) = v.local_user {
-        println!("local user:   {u}");
+        println!("local user:   {}", Printable(u));
     }
     println!("attempts:     {}", v.attempts);
     if let Some(n) = &v.next_attempt {
@@ -183,10 +199,10 @@ fn show(config: &Config, spool: &Spool, id: &QueueId, json: bool) -> Result<(), 
         println!("failed at:    {f}");
     }
     if let Some(err) = v.last_error {
-        println!("last error:   {err}");
+        println!("last error:   {}", Printable(err));
     }
     if let Some(w) = &v.warning {
-        println!("warning:      {w}");
+        println!("warning:      {}", Printable(w));
     }
     // The header section, to recognise the message (bodies can be large).
     if let Ok(msg) = message {
@@ -197,7 +213,7 @@ fn show(config: &Config, spool: &Spool, id: &QueueId, json: bool) -> Result<(), 
             .min(8192);
         println!("headers:");
         for line in String::from_utf8_lossy(&msg[..end]).lines() {
-            println!("  {line}");
+            println!("  {}", Printable(line));
         }
     }
     Ok(())

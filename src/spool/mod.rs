@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+pub(crate) use store::{create_private, make_private, FILE_MODE};
 use store::{io_err, msg_path, state_path, Header, State};
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +174,16 @@ pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
 
+/// `Ok` if `id` can name a spool file (the same rule as for `mailbridge
+/// queue` arguments), so no path outside the spool is ever touched.
+fn checked(id: &QueueId) -> Result<(), SpoolError> {
+    if valid_id(&id.0) {
+        Ok(())
+    } else {
+        Err(SpoolError::NotFound(format!("{:?}", id.0)))
+    }
+}
+
 /// A new id: receipt time in microseconds (so ids sort by age) and a unique suffix.
 fn new_id() -> QueueId {
     let micros = SystemTime::now()
@@ -194,8 +205,8 @@ impl Spool {
             fresh: Mutex::new(Vec::new()),
             queue_sync: Arc::new(store::DirSync::new(&dir.join("queue"))),
         };
-        for d in [&spool.queue, &spool.failed, &spool.corrupt, &spool.tmp] {
-            fs::create_dir_all(d).map_err(io_err(d))?;
+        for d in [dir, &spool.queue, &spool.failed, &spool.corrupt, &spool.tmp] {
+            store::private_dir(d)?;
         }
         Ok(spool)
     }
@@ -304,9 +315,7 @@ impl Spool {
     /// A queued entry and its bytes, for delivery. Damaged entries are moved aside
     /// (and reported as `Corrupt`).
     pub fn load_queued(&self, id: &QueueId) -> Result<(QueueEntry, Vec<u8>), SpoolError> {
-        if !valid_id(&id.0) {
-            return Err(SpoolError::NotFound(id.0.clone()));
-        }
+        checked(id)?;
         match store::read_message(&msg_path(&self.queue, &id.0)) {
             Ok((h, msg)) => Ok((
                 make_entry(h, store::read_state(&self.queue, &id.0), false),
@@ -337,6 +346,7 @@ impl Spool {
 
     /// Delivered to every recipient: remove it.
     pub fn complete(&self, id: &QueueId) -> Result<(), SpoolError> {
+        checked(id)?;
         let p = msg_path(&self.queue, &id.0);
         match fs::remove_file(&p) {
             Ok(()) => {}
@@ -350,6 +360,7 @@ impl Spool {
     /// Records a temporary failure (or a hold) and when to try again.
     /// A no-op if the entry was deleted meanwhile.
     pub fn defer(&self, id: &QueueId, d: &Deferral) -> Result<(), SpoolError> {
+        checked(id)?;
         if !msg_path(&self.queue, &id.0).exists() {
             return Ok(());
         }
@@ -376,6 +387,7 @@ impl Spool {
         reason: &str,
         remaining: Option<Vec<String>>,
     ) -> Result<(), SpoolError> {
+        checked(id)?;
         let src = msg_path(&self.queue, &id.0);
         if !src.exists() {
             return Ok(());
@@ -487,7 +499,7 @@ impl Spool {
 
     /// Moves a damaged entry to `corrupt/` and logs it.
     fn quarantine(&self, dir: &Path, id: &str, why: &str) {
-        warn!(queue_id = %id, "damaged spool entry moved to {}: {why}", self.corrupt.display());
+        warn!(queue_id = %id, "damaged spool entry moved to {}: {}", self.corrupt.display(), crate::text::Printable(why));
         for p in [msg_path(dir, id), state_path(dir, id)] {
             if let Some(name) = p.file_name() {
                 let _ = fs::rename(&p, self.corrupt.join(name));
@@ -495,8 +507,17 @@ impl Spool {
         }
     }
 
-    /// Start-up clean-up: stale temp files and state files without a message.
+    /// Start-up clean-up: stale temp files and state files without a message;
+    /// files others could read (written by an older version) made private.
     pub fn recover(&self) {
+        for dir in [&self.queue, &self.failed, &self.corrupt, &self.tmp] {
+            let Ok(rd) = fs::read_dir(dir) else { continue };
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_file()) {
+                    make_private(&e.path(), FILE_MODE);
+                }
+            }
+        }
         let stale = Duration::from_secs(60);
         let old = |p: &Path| {
             fs::metadata(p)

@@ -73,6 +73,61 @@ pub(crate) fn state_path(dir: &Path, id: &str) -> PathBuf {
     dir.join(format!("{id}.{STATE_EXT}"))
 }
 
+/// Mode of every directory under the spool: owner only, whatever the umask.
+pub(crate) const DIR_MODE: u32 = 0o700;
+/// Mode of every file the daemon writes under the spool.
+pub(crate) const FILE_MODE: u32 = 0o600;
+
+/// Creates `path` (and missing parents) with [`DIR_MODE`], and sets an
+/// existing directory to it (a spool made by an older version or by hand).
+/// A chmod that fails is logged, not fatal.
+pub(crate) fn private_dir(path: &Path) -> Result<(), SpoolError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(DIR_MODE);
+    }
+    builder.create(path).map_err(io_err(path))?;
+    make_private(path, DIR_MODE);
+    Ok(())
+}
+
+/// Sets `mode` on an existing file or directory that has another one (e.g.
+/// readable by others, left by an older version); logs a failure.
+pub(crate) fn make_private(path: &Path, mode: u32) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = fs::metadata(path) else { return };
+        if meta.permissions().mode() & 0o777 == mode {
+            return;
+        }
+        if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(mode)) {
+            tracing::warn!(
+                "cannot make {} private (mode {mode:o}): {e}",
+                path.display()
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+}
+
+/// A new file (never an existing one) with [`FILE_MODE`], whatever the umask
+/// (a umask only takes bits away: 0600 stays 0600 under 022, 027, 077).
+pub(crate) fn create_private(path: &Path) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(FILE_MODE);
+    }
+    options.open(path)
+}
+
 /// fsync a directory so a rename inside it is durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
@@ -94,11 +149,7 @@ pub(crate) fn write_atomic(
         .unwrap_or_default();
     let tmp_path = tmp.join(format!("{name}.{}.tmp", super::unique_suffix()));
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp_path)
-            .map_err(io_err(&tmp_path))?;
+        let mut f = create_private(&tmp_path).map_err(io_err(&tmp_path))?;
         for p in parts {
             f.write_all(p).map_err(io_err(&tmp_path))?;
         }
@@ -221,6 +272,15 @@ pub(crate) fn read_header(path: &Path) -> Result<(Header, u64), SpoolError> {
     }
     let header: Header = serde_json::from_slice(&line[..line.len() - 1])
         .map_err(|e| corrupt(format!("bad header: {e}")))?;
+    // The id names files the worker later removes or renames: it must be a
+    // spool id, and the one this file is stored under.
+    let stem = path.file_stem().and_then(|s| s.to_str());
+    if !super::valid_id(&header.id) || stem != Some(header.id.as_str()) {
+        return Err(corrupt(format!(
+            "header id {:?} is not this file's id",
+            header.id
+        )));
+    }
     let offset = line.len() as u64;
     if offset + header.size != file_len {
         return Err(corrupt(format!(

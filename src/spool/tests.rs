@@ -171,3 +171,79 @@ async fn concurrent_enqueues_share_directory_syncs() {
     assert_eq!(s.list_queued().unwrap().len(), 40);
     fs::remove_dir_all(dir).unwrap();
 }
+
+/// A `.msg` file (valid name) whose header line claims another id: loading
+/// it moves it aside, and the worker's later `complete`/`fail`/`defer` with
+/// such an id never touch a path outside the spool.
+#[tokio::test]
+async fn an_id_from_a_crafted_header_never_names_a_path() {
+    let top = tempdir();
+    let dir = top.join("spool");
+    let s = Spool::open(&dir).unwrap();
+    let victim = top.join("victim.msg");
+    fs::write(&victim, b"not spool data").unwrap();
+    let evil = "../../victim";
+    let body = b"Subject: x\r\n\r\nhi\r\n";
+    let header = serde_json::json!({
+        "v": 1, "id": evil, "received_at_ms": 1, "size": body.len(),
+        "envelope": serde_json::to_value(env(&["a@x"])).unwrap(),
+    });
+    let name = "0123456789abcdef";
+    let mut file = serde_json::to_vec(&header).unwrap();
+    file.push(b'\n');
+    file.extend_from_slice(body);
+    fs::write(dir.join("queue").join(format!("{name}.msg")), &file).unwrap();
+
+    let loaded = s.load_queued(&QueueId(name.into()));
+    assert!(
+        matches!(loaded, Err(SpoolError::Corrupt { .. })),
+        "{:?}",
+        loaded.map(|(e, _)| e.id)
+    );
+    assert!(dir.join("corrupt").join(format!("{name}.msg")).exists());
+    assert!(s.list().unwrap().is_empty());
+
+    let evil = QueueId(evil.into());
+    assert!(matches!(s.complete(&evil), Err(SpoolError::NotFound(_))));
+    assert!(matches!(
+        s.fail(&evil, 1, "554 no", None),
+        Err(SpoolError::NotFound(_))
+    ));
+    let d = Deferral {
+        attempts: 1,
+        next_attempt: SystemTime::now(),
+        reason: "451".into(),
+        held: false,
+        remaining: None,
+    };
+    assert!(matches!(s.defer(&evil, &d), Err(SpoolError::NotFound(_))));
+    assert_eq!(fs::read(&victim).unwrap(), b"not spool data");
+    assert!(!top.join("victim.state").exists());
+    fs::remove_dir_all(top).unwrap();
+}
+
+/// A spool left by an older version (directories 0755, files 0644) is made
+/// private when opened and recovered.
+#[cfg(unix)]
+#[test]
+fn an_existing_spool_is_made_private_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let set = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+    for sub in ["queue", "failed", "corrupt", "tmp"] {
+        fs::create_dir_all(dir.join(sub)).unwrap();
+        set(&dir.join(sub), 0o755);
+    }
+    set(&dir, 0o755);
+    let old = dir.join("queue/0123abcd.state");
+    fs::write(&old, b"{}").unwrap();
+    set(&old, 0o644);
+    let s = Spool::open(&dir).unwrap();
+    s.recover();
+    for d in ["", "queue", "failed", "corrupt", "tmp"] {
+        assert_eq!(mode(&dir.join(d)), 0o700, "{d}");
+    }
+    assert_eq!(mode(&old), 0o600);
+    fs::remove_dir_all(dir).unwrap();
+}

@@ -1,27 +1,16 @@
-//! Captured tracing output for tests that check log lines.
+//! Log capture for the tests that check what the daemon logs: every event of
+//! the current thread's subscriber (plain text, no colours) into memory. The
+//! daemon's tasks run on the test's current-thread runtime, so they log into
+//! it too. A test using it should be alone in its test binary: a thread-local
+//! subscriber can miss events while other tests register call sites.
 
-/// A `MakeWriter` that collects everything written into one buffer.
+use std::sync::{Arc, Mutex};
+
+use tracing::subscriber::DefaultGuard;
+
+/// The captured log output.
 #[derive(Clone, Default)]
-pub struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl LogBuf {
-    /// Captures every event at `level` or above logged on this thread (the
-    /// test's tasks on a current-thread runtime) until the guard is dropped.
-    pub fn capture(level: tracing::Level) -> (LogBuf, tracing::subscriber::DefaultGuard) {
-        let logs = LogBuf::default();
-        let sub = tracing_subscriber::fmt()
-            .with_max_level(level)
-            .with_ansi(false)
-            .with_writer(logs.clone())
-            .finish();
-        (logs, tracing::subscriber::set_default(sub))
-    }
-
-    /// Everything logged so far.
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
+pub struct LogBuf(Arc<Mutex<Vec<u8>>>);
 
 impl std::io::Write for LogBuf {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
@@ -38,4 +27,28 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
     fn make_writer(&'a self) -> LogBuf {
         self.clone()
     }
+}
+
+impl LogBuf {
+    /// Starts capturing every level until the guard is dropped.
+    pub fn capture() -> (LogBuf, DefaultGuard) {
+        capture(tracing::Level::TRACE)
+    }
+
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Logs at `level` and above from this thread go to the returned buffer
+/// until the guard is dropped.
+pub fn capture(level: tracing::Level) -> (LogBuf, DefaultGuard) {
+    let logs = LogBuf::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_writer(logs.clone())
+        .finish();
+    (logs, tracing::subscriber::set_default(subscriber))
 }

@@ -45,11 +45,23 @@ pub struct Script {
     pub mechanisms: Option<Vec<&'static str>>,
     /// Greet with this (e.g. "421 4.3.2 down") and close: the service is unavailable.
     pub greeting: Option<String>,
+    /// Sent right after the `220` to STARTTLS, in the same write and before
+    /// the TLS handshake (a man in the middle forging the replies that follow).
+    pub after_starttls: Option<String>,
     /// Refuse a message with a DATA line longer than this many octets, CRLF
     /// included (RFC 5321 4.5.3.1.6: 1000), with `500 5.5.2 Line too long`,
     /// as strict servers do.
     pub max_line_length: Option<usize>,
 }
+
+/// Replies a man in the middle appends to the `220` to STARTTLS: a forged
+/// EHLO offering AUTH, then `235` to AUTH and the whole transaction accepted.
+/// A client that reads them as if they came over TLS "delivers" a message
+/// the real server never accepted.
+pub const FORGED_AFTER_STARTTLS: &str =
+    "250-upstream.test\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n\
+    235 2.7.0 accepted\r\n250 2.1.0 OK\r\n250 2.1.5 OK\r\n354 go ahead\r\n\
+    250 2.0.0 OK queued as forged\r\n221 2.0.0 bye\r\n";
 
 /// One message as the upstream received it.
 #[derive(Debug, Clone)]
@@ -227,7 +239,9 @@ async fn session(
                 io.write_all(out.as_bytes()).await?;
             }
             "STARTTLS" if mode == Mode::Starttls && !tls => {
-                io.write_all(b"220 2.0.0 go ahead\r\n").await?;
+                let injected = sh.script.lock().unwrap().after_starttls.clone();
+                let reply = format!("220 2.0.0 go ahead\r\n{}", injected.unwrap_or_default());
+                io.write_all(reply.as_bytes()).await?;
                 let inner = io.into_inner();
                 match acceptor.accept(inner).await {
                     Ok(s) => {

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
-use mailbridge::spool::{Envelope, QueueId};
+use mailbridge::spool::{EntryState, Envelope, QueueEntry, QueueId, Spool};
 
 use crate::common::daemon::TestDaemon;
 
@@ -112,4 +112,15 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until `id` is in the failed area and returns its entry.
+pub async fn wait_failed(spool: &Spool, id: &QueueId) -> QueueEntry {
+    eventually("failed", Duration::from_secs(10), || async {
+        spool
+            .entry(id)
+            .ok()
+            .filter(|e| e.state == EntryState::Failed)
+    })
+    .await
 }

@@ -72,9 +72,7 @@ impl Env {
     /// A client that has logged in as `dev`.
     pub async fn logged_in(&self) -> Client {
         let mut c = self.client().await;
-        c.send(format!("a LOGIN {DEV} {DEV_PW}\r\n").as_bytes())
-            .await;
-        let lines = c.tagged("a").await;
+        let lines = c.login_dev().await;
         assert!(lines.last().unwrap().starts_with("a OK"), "{lines:?}");
         c
     }
@@ -211,6 +209,13 @@ impl Client {
         String::from_utf8_lossy(&v)
             .trim_end_matches("\r\n")
             .to_string()
+    }
+
+    /// Sends `a LOGIN` as [`DEV`]; the lines up to the tagged answer.
+    pub async fn login_dev(&mut self) -> Vec<String> {
+        self.send(format!("a LOGIN {DEV} {DEV_PW}\r\n").as_bytes())
+            .await;
+        self.tagged("a").await
     }
 
     /// Lines up to and including the one tagged `tag`.
