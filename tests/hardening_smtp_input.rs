@@ -30,6 +30,8 @@ const HELO_CTRL: Expect = "501 5.5.2 Control characters are not allowed in the H
 const FROM_CTRL: Expect = "553 5.1.7 Control characters are not allowed in the sender address\r\n";
 const RCPT_CTRL: Expect =
     "553 5.1.3 Control characters are not allowed in the recipient address\r\n";
+const NUL: Expect =
+    "554 5.6.0 Message contains NUL bytes, which SMTP does not allow; not accepted\r\n";
 
 struct Case {
     name: &'static str,
@@ -332,8 +334,14 @@ fn cases() -> Vec<Case> {
         case(
             "garbage pipelined after DATA is content",
             Rcpt,
-            b"DATA\r\nGARBAGE\r\n\0\xff\r\n.\r\nNOOP\r\n",
+            b"DATA\r\nGARBAGE\r\n\xff\r\n.\r\nNOOP\r\n",
             &["354 End data with <CR><LF>.<CR><LF>\r\n", QUEUED, OK],
+        ),
+        case(
+            "garbage with a NUL pipelined after DATA is refused, the session goes on",
+            Rcpt,
+            b"DATA\r\nGARBAGE\r\n\0\xff\r\n.\r\nNOOP\r\n",
+            &["354 End data with <CR><LF>.<CR><LF>\r\n", NUL, OK],
         ),
         case(
             "garbage after the end of data is a command",
@@ -342,7 +350,19 @@ fn cases() -> Vec<Case> {
             &[QUEUED, UNKNOWN],
         ),
         case("empty message", Data, ".\r\n", &[QUEUED]),
-        case("NUL bytes in the body", Data, "a\0b\r\n.\r\n", &[QUEUED]),
+        // RFC 5321 2.3.8: no NUL in mail; refused before 250, nothing stored.
+        case(
+            "NUL bytes in the body",
+            Data,
+            "a\0b\r\n.\r\nNOOP\r\n",
+            &[NUL, OK],
+        ),
+        case(
+            "NUL byte in a header",
+            Data,
+            "Subject: a\0\r\n\r\nb\r\n.\r\n",
+            &[NUL],
+        ),
         case(
             "10 kB body line",
             Data,
@@ -357,10 +377,11 @@ fn cases() -> Vec<Case> {
         case("smuggle CRLF.LF", Data, body(b"\r\n.\n"), &[QUEUED, OK]),
         case("smuggle CR.CR", Data, body(b"\r.\r"), &[QUEUED, OK]),
         case(
+            // Not the end of data, and refused as a whole for its NUL.
             "smuggle CRLF.NUL CRLF",
             Data,
             body(b"\r\n.\0\r\n"),
-            &[QUEUED, OK],
+            &[NUL, OK],
         ),
         case(
             "smuggle CRLF SP.CRLF",

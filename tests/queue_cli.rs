@@ -134,6 +134,44 @@ async fn delete_while_the_worker_delivers_it() {
     d.stop().await;
 }
 
+#[tokio::test]
+async fn show_warns_when_the_provider_will_rewrite_from() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = Opts::new(1, "implicit", &ca.ca_file);
+    o.password_line = "password = \"app pass word\"\nsend_as = [\"Alias@Example.org\"]";
+    std::fs::write(dir.path().join("relay.toml"), config(&o)).unwrap();
+    let spool = Spool::open(&dir.path().join("spool")).unwrap();
+    let mut ids = Vec::new();
+    for from in [
+        "\"Office, Scanner\" <scanner@office.example>",
+        "=?UTF-8?Q?B=C3=BCro?= <alias@EXAMPLE.org>",
+        &format!("Relay (account) <{USER}>"),
+    ] {
+        let msg = format!("From: {from}\r\nSubject: s\r\n\r\nbody\r\n");
+        let id = spool
+            .enqueue(&envelope(&["a@example.org"]), msg.as_bytes())
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let out = stdout(&queue(dir.path(), &["show", &ids[0].0]));
+    assert!(
+        out.contains("warning:      From: <scanner@office.example> is neither"),
+        "{out}"
+    );
+    let o = queue(dir.path(), &["show", &ids[0].0, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["warning"].as_str().unwrap().contains("send_as"), "{v}");
+    for id in &ids[1..] {
+        let out = stdout(&queue(dir.path(), &["show", &id.0]));
+        assert!(!out.contains("warning:"), "{out}");
+        let o = queue(dir.path(), &["show", &id.0, "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(v.get("warning").is_none(), "{v}");
+    }
+}
+
 /// Would a terminal act on this character (a control other than the line
 /// ends and TAB, or a bidi override)?
 fn drives_a_terminal(c: char) -> bool {

@@ -154,7 +154,8 @@ Subject: p\r\n\r\npipelined\r\n.\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<d@exam
 #[tokio::test]
 async fn smuggling_payloads_do_not_end_the_message() {
     let d = start("").await;
-    for payload in [&b"\n.\n"[..], b"\r\n.\r", b"\n.\r\n"] {
+    // `\r\n.\n` too: an LF-only client may end with it, a CRLF session may not.
+    for payload in [&b"\n.\n"[..], b"\r\n.\r", b"\n.\r\n", b"\r\n.\n"] {
         let (mut c, _) = Client::connect(d.smtp_addr()).await;
         c.cmd("EHLO smuggler").await;
         let before = queue_len(&d);
@@ -362,4 +363,98 @@ async fn shutdown_lets_a_message_in_data_finish() {
     let _dir = stopping.await.unwrap();
     let bytes = spool.spool.read_message(&id).unwrap();
     assert!(bytes.ends_with(b"first half\r\nsecond half\r\n"));
+}
+
+/// Sends `line` with a bare LF and reads the reply.
+async fn lf_cmd(c: &mut Client, line: &str) -> String {
+    c.send(format!("{line}\n").as_bytes()).await;
+    c.reply().await
+}
+
+#[tokio::test]
+async fn lf_only_client_is_answered_and_ends_data_with_lf_dot_lf() {
+    let d = start("").await;
+    let (mut c, _) = Client::connect(d.smtp_addr()).await;
+    assert_ok(&lf_cmd(&mut c, "HELO oldscanner").await, "250");
+    assert_ok(&lf_cmd(&mut c, "MAIL FROM:<scan@lan>").await, "250");
+    assert_ok(&lf_cmd(&mut c, "RCPT TO:<to@example.com>").await, "250");
+    assert_ok(&lf_cmd(&mut c, "DATA").await, "354");
+    c.send(b"Subject: scan\nFrom: scan@lan\n\npage 1\n..dot\n.\n")
+        .await;
+    let id = queue_id(&c.reply().await);
+    let (_, bytes) = stored(&d, &id);
+    added_part(
+        &bytes,
+        b"Subject: scan\r\nFrom: scan@lan\r\n\r\npage 1\r\n.dot\r\n",
+    );
+    assert_crlf_only(&bytes);
+    // A second message on the same session, then QUIT, all bare LF.
+    assert_ok(&lf_cmd(&mut c, "MAIL FROM:<scan@lan>").await, "250");
+    assert_ok(&lf_cmd(&mut c, "RCPT TO:<to@example.com>").await, "250");
+    assert_ok(&lf_cmd(&mut c, "DATA").await, "354");
+    c.send(b"Subject: 2\n\nx\n.\nQUIT\n").await;
+    queue_id(&c.reply().await);
+    assert_eq!(c.reply().await, "221 2.0.0 Bye\r\n");
+    c.expect_closed().await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn crlf_then_lf_session_and_switched_off_allowance_need_crlf_dot_crlf() {
+    // One CRLF line makes a session strict; `allow_lf_only_clients = false`
+    // makes every session strict. Either way "\n.\n" is content.
+    for (extra, first) in [
+        ("", "HELO mixed\r\n"),
+        ("allow_lf_only_clients = false", "HELO old\n"),
+    ] {
+        let d = start(extra).await;
+        let (mut c, _) = Client::connect(d.smtp_addr()).await;
+        c.send(first.as_bytes()).await;
+        assert_ok(&c.reply().await, "250");
+        assert_ok(&lf_cmd(&mut c, "MAIL FROM:<scan@lan>").await, "250");
+        assert_ok(&lf_cmd(&mut c, "RCPT TO:<to@example.com>").await, "250");
+        assert_ok(&lf_cmd(&mut c, "DATA").await, "354");
+        c.send(b"Subject: s\n\nfirst\n.\nNOOP\nmore\r\n.\r\n").await;
+        let id = queue_id(&c.reply().await);
+        let (_, bytes) = stored(&d, &id);
+        added_part(&bytes, b"Subject: s\r\n\r\nfirst\r\n.\r\nNOOP\r\nmore\r\n");
+        assert_eq!(queue_len(&d), 1, "{extra}");
+        d.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn nul_in_data_is_refused_before_250_and_nothing_is_stored() {
+    let d = start("").await;
+    let (mut c, _) = Client::connect(d.smtp_addr()).await;
+    c.cmd("EHLO dev").await;
+    let r = c
+        .send_mail(
+            "a@example.com",
+            &["b@example.com"],
+            b"Subject: x\r\n\r\na\0b",
+        )
+        .await;
+    assert_eq!(
+        r,
+        "554 5.6.0 Message contains NUL bytes, which SMTP does not allow; not accepted\r\n"
+    );
+    assert_eq!(queue_len(&d), 0);
+    // The session goes on.
+    let r = c
+        .send_mail(
+            "a@example.com",
+            &["b@example.com"],
+            b"Subject: x\r\n\r\nclean",
+        )
+        .await;
+    let id = queue_id(&r);
+    // Its Received id is the queue id of the reply and of `queue list`.
+    let listed = d.daemon.context.spool.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, id);
+    let (_, bytes) = stored(&d, &id);
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains(&format!(" id {id};\r\n")), "{text}");
+    d.stop().await;
 }

@@ -121,6 +121,9 @@ pub struct SmtpConfig {
     pub max_connections: usize,
     /// Local TLS of STARTTLS and `smtps_listen`.
     pub tls_profile: TlsProfile,
+    /// A client whose command lines all end in a bare LF may end DATA with
+    /// `<LF>.<LF>` (old devices); CRLF sessions always need `<CR><LF>.<CR><LF>`.
+    pub allow_lf_only_clients: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -203,6 +206,9 @@ pub struct Account {
     pub notify: Option<String>,
     /// What to do with a client's IMAP APPEND to the Sent mailbox.
     pub sent_copy: SentCopy,
+    /// Other `From:` addresses the provider lets this account send as
+    /// (Gmail's verified "Send mail as" aliases); any other `From:` is warned about.
+    pub send_as: Vec<String>,
 }
 
 /// IMAP APPEND to Sent: Gmail already files SMTP-sent mail there.

@@ -60,6 +60,7 @@ struct RawSmtp {
     idle_timeout: Option<Duration>,
     max_connections: Option<usize>,
     tls_profile: Option<TlsProfile>,
+    allow_lf_only_clients: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -110,6 +111,8 @@ struct RawAccount {
     notify: Option<String>,
     #[serde(default)]
     sent_copy: SentCopy,
+    #[serde(default)]
+    send_as: Vec<String>,
 }
 
 fn default_provider() -> String {
@@ -233,6 +236,12 @@ impl RawConfig {
                     return Err(err(&key("notify"), format!("{n:?} is not a mail address")));
                 }
             }
+            if let Some(bad) = a.send_as.iter().find(|s| !s.contains('@')) {
+                return Err(err(
+                    &key("send_as"),
+                    format!("{bad:?} is not a mail address"),
+                ));
+            }
             accounts.push(Account {
                 name: a.name,
                 provider: a.provider,
@@ -246,6 +255,7 @@ impl RawConfig {
                 daily_limit,
                 notify: a.notify,
                 sent_copy: a.sent_copy,
+                send_as: a.send_as,
             });
         }
         if accounts.is_empty() {
@@ -345,6 +355,7 @@ impl RawConfig {
             idle_timeout: s.idle_timeout.unwrap_or(DEFAULT_SMTP_IDLE),
             max_connections: s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1),
             tls_profile: s.tls_profile.unwrap_or_default(),
+            allow_lf_only_clients: s.allow_lf_only_clients.unwrap_or(true),
         };
         if default_account.is_none() && !smtp.require_auth {
             return Err(err(

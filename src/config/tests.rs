@@ -179,6 +179,21 @@ fn envelope_address_cannot_carry_smtp_syntax() {
 }
 
 #[test]
+fn lf_only_allowance_and_send_as() {
+    let c = parse(MIN).unwrap();
+    assert!(c.smtp.allow_lf_only_clients);
+    assert!(c.accounts[0].send_as.is_empty());
+    let c = parse(&format!(
+        "[smtp]\nallow_lf_only_clients = false\n{MIN}send_as = [\"office@example.com\"]\n"
+    ))
+    .unwrap();
+    assert!(!c.smtp.allow_lf_only_clients);
+    assert_eq!(c.accounts[0].send_as, vec!["office@example.com"]);
+    let e = parse(&format!("{MIN}send_as = [\"office\"]\n")).unwrap_err();
+    assert_eq!(e.key, "accounts[0].send_as");
+}
+
+#[test]
 fn allowlists_covering_public_space_need_a_login() {
     let user = "[[users]]\nname = \"dev\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$zJ0ZzP1nu0Bb/5kDv3r2Q1M4v8s3qQ4a8Yb6e2c2Cg8\"\naccount = \"gmail\"\n";
     for nets in [

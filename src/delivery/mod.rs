@@ -10,6 +10,7 @@
 
 mod check;
 mod direct;
+mod fold;
 pub mod limits;
 pub mod notify;
 mod outcome;

@@ -238,7 +238,9 @@ impl Upstream {
         if utf8 && conn.server_info().supports_feature(Extension::SmtpUtfEight) {
             params.push_str(" SMTPUTF8");
         }
-        let body = strip_final_crlf(message);
+        // Lines over 998 octets would be refused by a strict upstream.
+        let folded = super::fold::fold_long_lines(message, super::fold::MAX_LINE);
+        let body = strip_final_crlf(&folded);
         for chunk in recipients.chunks(self.max_recipients) {
             match transaction(&mut conn, &account.address, &params, chunk, body, report).await {
                 Ok(()) => {}

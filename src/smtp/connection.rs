@@ -20,12 +20,13 @@ use tracing::{debug, info, warn};
 use super::data::{DataOutcome, DataReader};
 use super::message::{self, TraceInfo};
 use super::replies;
+use super::sender;
 use super::session::{Session, SessionConfig, Step, Transaction};
 use crate::auth::Denied;
 use crate::config::{ip_allowed, SmtpMode};
 use crate::disconnect::{log_close, CloseReason};
 use crate::secret::Secret;
-use crate::spool::Envelope;
+use crate::spool::{Envelope, QueueId};
 use crate::stream::ClientStream;
 use crate::Context;
 
@@ -216,7 +217,7 @@ async fn receive_message(
     ctx: &Context,
     shutdown: &CancellationToken,
 ) -> Result<String, Stop> {
-    let mut reader = DataReader::new(ctx.config.smtp.max_message_size);
+    let mut reader = DataReader::new(ctx.config.smtp.max_message_size, session.end_of_data());
     let started = Instant::now();
     let mut received = conn.rbuf.len();
     let outcome = loop {
@@ -242,9 +243,16 @@ async fn receive_message(
             info!(account = %txn.account, "message refused: over max_message_size");
             return Ok(replies::MESSAGE_TOO_BIG.into());
         }
+        DataOutcome::NulByte => {
+            info!(account = %txn.account, "message refused: contains NUL bytes");
+            return Ok(replies::NUL_IN_MESSAGE.into());
+        }
         DataOutcome::Complete(body) => body,
     };
-    let trace_id = message::unique_id();
+    // The Received id is the queue id, so a copy seen at the recipient
+    // matches the log lines and `mailbridge queue`.
+    let queue_id = QueueId::generate();
+    let trace_id = queue_id.to_string();
     let smtputf8 = txn.smtputf8;
     let message = message::fix_up(
         &body,
@@ -257,8 +265,21 @@ async fn receive_message(
         },
     );
     drop(body);
+    if let Some(account) = ctx.config.account(&txn.account) {
+        warn_if_from_rewritten(&message, account);
+    }
     let envelope = envelope(&txn, session, conn.peer, reader.eight_bit());
-    Ok(hand_over(ctx, &envelope, &message).await)
+    Ok(hand_over(ctx, queue_id, &envelope, &message).await)
+}
+
+/// Logs, once per sender address, that the provider will likely rewrite `From:`.
+fn warn_if_from_rewritten(message: &[u8], account: &crate::config::Account) {
+    let Some(warning) = sender::rewrite_warning(message, account) else {
+        return;
+    };
+    if sender::from_address(message).is_some_and(|f| sender::first_warning_for(&f)) {
+        warn!(account = %account.name, "{warning}; add it to send_as once it is a verified alias");
+    }
 }
 
 fn envelope(txn: &Transaction, session: &Session, peer: SocketAddr, eight_bit: bool) -> Envelope {
@@ -275,7 +296,7 @@ fn envelope(txn: &Transaction, session: &Session, peer: SocketAddr, eight_bit: b
 }
 
 /// Spools the message (or sends it upstream in direct mode); returns the reply.
-async fn hand_over(ctx: &Context, envelope: &Envelope, message: &[u8]) -> String {
+async fn hand_over(ctx: &Context, id: QueueId, envelope: &Envelope, message: &[u8]) -> String {
     if ctx.config.smtp.mode == SmtpMode::Direct {
         let Some(account) = ctx.config.account(&envelope.account) else {
             return replies::NO_DIRECT_UPSTREAM.into();
@@ -285,6 +306,7 @@ async fn hand_over(ctx: &Context, envelope: &Envelope, message: &[u8]) -> String
             .send_direct(account, envelope, message, &ctx.spool)
             .await;
         debug!(
+            trace_id = %id,
             size = message.len(),
             recipients = envelope.recipients.len(),
             account = %envelope.account,
@@ -293,7 +315,7 @@ async fn hand_over(ctx: &Context, envelope: &Envelope, message: &[u8]) -> String
         );
         return replies::relayed(r.code, r.enhanced.as_deref(), &r.text);
     }
-    match ctx.spool.enqueue(envelope, message).await {
+    match ctx.spool.enqueue_as(id, envelope, message).await {
         Ok(id) => {
             info!(
                 queue_id = %id,

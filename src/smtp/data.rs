@@ -7,14 +7,31 @@
 //! bare CR (`\n.\n`, `\r\n.\r`, `\n.\r\n`) is content: it is stored as a
 //! "." line, which the upstream client dot-stuffs on send, so it round-trips.
 //!
+//! LF-only clients (old devices whose every command line so far ended in a
+//! bare LF, see [`EndOfData`]): for them a "." line between two line ends
+//! of either kind (`\n.\n`, `\r\n.\n`, `\n.\r\n`) also ends the message.
+//! Such a client cannot be forwarding someone else's content with a
+//! different line-end convention, so this reopens no smuggling hole; a
+//! session that has sent one CRLF line keeps the strict rule.
+//!
 //! smtp-proto's `DataReceiver` was not used: it keeps bare LF and bare CR
 //! as they are and has no size limit.
+
+/// Which "." lines end the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndOfData {
+    /// Only CRLF "." CRLF (every client that has sent a CRLF line).
+    CrlfOnly,
+    /// Also a "." line next to bare LFs (a client that only ever sent bare LF).
+    BareLfAllowed,
+}
 
 /// Where the reader is inside the current line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// At the start of a line; `crlf` says whether the line before ended
-    /// with a real CRLF (or this is the first line).
+    /// in a way that may precede the final "." (a real CRLF, the first line,
+    /// or a bare LF under [`EndOfData::BareLfAllowed`]).
     LineStart { crlf: bool },
     /// A leading "." was seen (not yet stored).
     Dot { crlf: bool },
@@ -33,24 +50,33 @@ pub enum DataOutcome {
     Complete(Vec<u8>),
     /// The message was over the limit; its bytes were read and discarded.
     TooBig,
+    /// The message contained a NUL byte (RFC 5321 2.3.8 forbids it); its
+    /// bytes were read and discarded.
+    NulByte,
 }
 
 pub struct DataReader {
     state: State,
+    /// A bare LF counts as a line end for the terminator.
+    bare_lf_ends: bool,
     out: Vec<u8>,
     max: usize,
     too_big: bool,
+    /// Did the body contain a NUL byte?
+    nul: bool,
     /// Did the body contain bytes above 0x7f (8-bit content)?
     eight_bit: bool,
 }
 
 impl DataReader {
-    pub fn new(max_size: u64) -> Self {
+    pub fn new(max_size: u64, end: EndOfData) -> Self {
         DataReader {
             state: State::LineStart { crlf: true },
+            bare_lf_ends: end == EndOfData::BareLfAllowed,
             out: Vec::new(),
             max: usize::try_from(max_size).unwrap_or(usize::MAX),
             too_big: false,
+            nul: false,
             eight_bit: false,
         }
     }
@@ -83,6 +109,9 @@ impl DataReader {
             if self.step(b) {
                 let outcome = if self.too_big {
                     DataOutcome::TooBig
+                } else if self.nul {
+                    self.out = Vec::new();
+                    DataOutcome::NulByte
                 } else {
                     DataOutcome::Complete(std::mem::take(&mut self.out))
                 };
@@ -105,9 +134,14 @@ impl DataReader {
             State::Dot { crlf } => match b {
                 b'\r' => self.state = State::DotCr { crlf },
                 b'\n' => {
+                    if crlf && self.bare_lf_ends {
+                        return true;
+                    }
                     // "." ended by a bare LF: content, kept as a "." line.
                     self.push(b".\r\n");
-                    self.state = State::LineStart { crlf: false };
+                    self.state = State::LineStart {
+                        crlf: self.bare_lf_ends,
+                    };
                 }
                 _ => {
                     // A stuffed leading dot: drop it, keep the rest of the line.
@@ -120,7 +154,8 @@ impl DataReader {
                     if crlf {
                         return true;
                     }
-                    // "\n.\r\n": a "." line after a bare LF is content.
+                    // "\n.\r\n": a "." line after a bare LF is content
+                    // (`crlf` is already true here for an LF-only client).
                     self.push(b".\r\n");
                     self.state = State::LineStart { crlf: true };
                 } else {
@@ -156,9 +191,12 @@ impl DataReader {
         match b {
             b'\r' => self.state = State::Cr,
             b'\n' => {
-                // Bare LF: normalised to CRLF, but it is not a real line end for the terminator.
+                // Bare LF: normalised to CRLF, but it is not a real line end
+                // for the terminator (unless the client is LF-only).
                 self.push(b"\r\n");
-                self.state = State::LineStart { crlf: false };
+                self.state = State::LineStart {
+                    crlf: self.bare_lf_ends,
+                };
             }
             _ => {
                 self.push(&[b]);
@@ -170,6 +208,9 @@ impl DataReader {
     fn push(&mut self, bytes: &[u8]) {
         if !self.eight_bit && bytes.iter().any(|b| *b >= 0x80) {
             self.eight_bit = true;
+        }
+        if !self.nul && bytes.contains(&0) {
+            self.nul = true;
         }
         if self.too_big {
             return;
@@ -189,7 +230,11 @@ mod tests {
 
     /// Feeds `chunks` one by one; returns the outcome and the unconsumed tail.
     fn run(chunks: &[&[u8]], max: u64) -> (Option<DataOutcome>, Vec<u8>) {
-        let mut r = DataReader::new(max);
+        run_mode(chunks, max, EndOfData::CrlfOnly)
+    }
+
+    fn run_mode(chunks: &[&[u8]], max: u64, end: EndOfData) -> (Option<DataOutcome>, Vec<u8>) {
+        let mut r = DataReader::new(max, end);
         for (n, c) in chunks.iter().enumerate() {
             let (used, outcome) = r.ingest(c);
             if let Some(o) = outcome {
@@ -272,6 +317,68 @@ mod tests {
         }
     }
 
+    fn complete_lf(input: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        match run_mode(&[input], 1 << 20, EndOfData::BareLfAllowed) {
+            (Some(DataOutcome::Complete(m)), tail) => (m, tail),
+            other => panic!("not complete: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn lf_only_client_ends_with_lf_dot_lf() {
+        let (m, tail) = complete_lf(b"Subject: x\n\nhello\n..dot\n.\nQUIT\n");
+        assert_eq!(m, b"Subject: x\r\n\r\nhello\r\n.dot\r\n");
+        assert_eq!(tail, b"QUIT\n");
+        // The first line, mixed line ends, and the strict form still work.
+        assert_eq!(complete_lf(b".\n").0, b"");
+        for input in [&b"a\r\n.\n"[..], b"a\n.\r\n", b"a\r\n.\r\n"] {
+            assert_eq!(complete_lf(input).0, b"a\r\n", "{input:?}");
+        }
+        // Byte by byte gives the same.
+        let input = b"a\nb\n.\nNOOP\n";
+        let chunks: Vec<&[u8]> = input.chunks(1).collect();
+        let (o, tail) = run_mode(&chunks, 1 << 20, EndOfData::BareLfAllowed);
+        assert_eq!(o, Some(DataOutcome::Complete(b"a\r\nb\r\n".to_vec())));
+        assert_eq!(tail, b"NOOP\n");
+    }
+
+    #[test]
+    fn lf_only_client_bare_cr_is_still_content() {
+        // A bare CR is no line end for anyone: "\r.\n" and "\n.\r" stay content.
+        let (m, _) = complete_lf(b"a\r.\nb\n.\rc\n.\n");
+        assert_eq!(m, b"a\r\n.\r\nb\r\n.\r\nc\r\n");
+    }
+
+    #[test]
+    fn crlf_session_smuggling_attempts_stay_content() {
+        // What an LF-only client may use to end its message is content from a
+        // session in strict mode, whatever follows it.
+        for s in [&b"\n.\n"[..], b"\r\n.\n", b"\n.\r\n"] {
+            let mut input = b"Subject: s\r\n\r\nbody".to_vec();
+            input.extend_from_slice(s);
+            input.extend_from_slice(b"MAIL FROM:<evil@x>\r\n");
+            let (o, _) = run(&[&input], 1 << 20);
+            assert!(o.is_none(), "{s:?} ended the message");
+            input.extend_from_slice(b"\r\n.\r\n");
+            let (m, tail) = complete(&input);
+            assert!(tail.is_empty());
+            assert!(
+                String::from_utf8_lossy(&m).contains("\r\n.\r\nMAIL FROM:<evil@x>\r\n"),
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nul_byte_is_refused_at_the_end() {
+        let (o, tail) = run(&[b"Subject: x\r\n\r\na\0b\r\n", b".\r\nQUIT\r\n"], 1 << 20);
+        assert_eq!(o, Some(DataOutcome::NulByte));
+        assert_eq!(tail, b"QUIT\r\n");
+        // Over the size limit wins: the size is the client's first problem.
+        let (o, _) = run(&[b"\0\x00456789abcdef\r\n.\r\n"], 10);
+        assert_eq!(o, Some(DataOutcome::TooBig));
+    }
+
     #[test]
     fn end_split_across_chunks() {
         let chunks: &[&[u8]] = &[b"abc\r", b"\n", b".", b"\r", b"\nNOOP\r\n"];
@@ -290,7 +397,7 @@ mod tests {
 
     #[test]
     fn too_big_is_read_to_the_end_and_discarded() {
-        let mut r = DataReader::new(10);
+        let mut r = DataReader::new(10, EndOfData::CrlfOnly);
         let (used, o) = r.ingest(b"0123456789abcdef\r\nmore\r\n");
         assert!(o.is_none());
         assert_eq!(used, 24);
@@ -304,7 +411,7 @@ mod tests {
 
     #[test]
     fn eight_bit_detected_and_kept() {
-        let mut r = DataReader::new(100);
+        let mut r = DataReader::new(100, EndOfData::CrlfOnly);
         let (_, o) = r.ingest("Subject: é\r\n\r\n\u{1F600}\r\n.\r\n".as_bytes());
         assert!(r.eight_bit());
         assert_eq!(

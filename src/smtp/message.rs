@@ -24,7 +24,7 @@ pub struct TraceInfo<'a> {
     pub hostname: &'a str,
     /// "SMTP", "ESMTP", "ESMTPA", "UTF8SMTP", "UTF8SMTPA" (RFC 3848 / 6531).
     pub protocol: &'a str,
-    /// A per-message id for the trace (the queue id is not known yet).
+    /// The message's queue id (the one logs and `mailbridge queue` show).
     pub id: &'a str,
 }
 
@@ -87,7 +87,7 @@ pub fn fix_up(message: &[u8], trace: &TraceInfo<'_>) -> Vec<u8> {
 
 /// The header section: from the start up to (not including) the empty line,
 /// or empty if the first line is not a header field.
-fn header_section(message: &[u8]) -> &[u8] {
+pub(crate) fn header_section(message: &[u8]) -> &[u8] {
     if !starts_with_field(message) {
         return &[];
     }

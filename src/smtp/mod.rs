@@ -1,7 +1,8 @@
 //! Inbound SMTP: the session state machine ([`session`], no I/O), the tokio
 //! connection loop ([`connection`]), the DATA reader ([`data`]), SASL
 //! decoding ([`sasl`]), message fix-ups ([`message`]), envelope paths as
-//! received ([`path`]) and every reply text ([`replies`]).
+//! received ([`path`]), the `From:` check ([`sender`]) and every reply text
+//! ([`replies`]).
 
 pub mod connection;
 pub mod data;
@@ -9,6 +10,7 @@ pub mod message;
 pub mod path;
 pub mod replies;
 pub mod sasl;
+pub mod sender;
 pub mod session;
 
 use std::net::SocketAddr;

@@ -118,6 +118,8 @@ pub fn bad_parameter(param: &str) -> String {
 }
 
 // --- limits and failures
+pub const NUL_IN_MESSAGE: &str =
+    "554 5.6.0 Message contains NUL bytes, which SMTP does not allow; not accepted\r\n";
 pub const MESSAGE_TOO_BIG: &str = "552 5.3.4 Message size exceeds fixed maximum message size\r\n";
 pub const TOO_MANY_RECIPIENTS: &str = "452 4.5.3 Too many recipients\r\n";
 pub const SPOOL_ERROR: &str = "452 4.3.1 Insufficient system storage\r\n";

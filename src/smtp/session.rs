@@ -9,6 +9,7 @@ use smtp_proto::{
     Error as ParseError, Request, AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8,
 };
 
+use super::data::EndOfData;
 use super::path;
 use super::replies;
 use super::sasl::{self, SaslError};
@@ -32,6 +33,9 @@ pub struct SessionConfig {
     pub default_account: Option<String>,
     /// Local TLS is configured: STARTTLS is offered on plaintext connections.
     pub starttls_offered: bool,
+    /// `smtp.allow_lf_only_clients`: a client whose command lines all ended
+    /// in a bare LF may end DATA with `<LF>.<LF>`.
+    pub allow_lf_only_clients: bool,
 }
 
 impl SessionConfig {
@@ -44,6 +48,7 @@ impl SessionConfig {
             auth_offered: !config.users.is_empty(),
             default_account: config.default_account().map(|a| a.name.clone()),
             starttls_offered: config.tls.is_some(),
+            allow_lf_only_clients: config.smtp.allow_lf_only_clients,
         }
     }
 }
@@ -98,6 +103,8 @@ pub struct Session {
     errors: u32,
     /// The connection runs over TLS (implicit or after STARTTLS).
     tls: bool,
+    /// Some command line so far ended in CRLF: the client is not LF-only.
+    crlf_seen: bool,
 }
 
 impl Session {
@@ -111,6 +118,7 @@ impl Session {
             txn: None,
             errors: 0,
             tls: false,
+            crlf_seen: false,
         }
     }
 
@@ -199,8 +207,23 @@ impl Session {
         self.count(Step::Reply(replies::AUTH_FAILED.into()))
     }
 
+    /// Which "." lines end the coming DATA: the bare-LF form only for a
+    /// client that has never sent a CRLF line (and only if allowed). A
+    /// client that has, is a modern SMTP library; a bare-LF dot from it can
+    /// only be forwarded content (SMTP smuggling).
+    pub fn end_of_data(&self) -> EndOfData {
+        if self.cfg.allow_lf_only_clients && !self.crlf_seen {
+            EndOfData::BareLfAllowed
+        } else {
+            EndOfData::CrlfOnly
+        }
+    }
+
     /// One complete command line (ending in LF, at most the line limit).
     pub fn handle_line(&mut self, line: &[u8]) -> Step {
+        if line.ends_with(b"\r\n") {
+            self.crlf_seen = true;
+        }
         let step = self.dispatch(line);
         self.count(step)
     }

@@ -14,6 +14,7 @@ fn cfg() -> SessionConfig {
         auth_offered: true,
         default_account: Some("gmail".into()),
         starttls_offered: false,
+        allow_lf_only_clients: true,
     }
 }
 
@@ -350,6 +351,49 @@ fn starttls_offered_once_and_resets_the_session() {
     assert!(!reply(&mut s, "EHLO dev\r\n").contains("STARTTLS"));
     assert_eq!(s.protocol(false), "ESMTPS");
     assert_eq!(code(&mut s, "STARTTLS\r\n"), "503 5.5.1");
+}
+
+#[test]
+fn lf_only_client_gets_answers_and_the_bare_lf_end_of_data() {
+    let mut s = Session::new(cfg());
+    assert_eq!(code(&mut s, "HELO printer\n"), "250 relay");
+    assert_eq!(code(&mut s, "MAIL FROM:<a@b.c>\n"), "250 2.1.0");
+    assert_eq!(code(&mut s, "RCPT TO:<x@y.z>\n"), "250 2.1.5");
+    assert_eq!(s.end_of_data(), EndOfData::BareLfAllowed);
+    assert_eq!(
+        s.handle_line(b"DATA\n"),
+        Step::Data(replies::START_DATA.into())
+    );
+    assert_eq!(s.end_of_data(), EndOfData::BareLfAllowed);
+}
+
+#[test]
+fn one_crlf_line_makes_the_session_strict_for_good() {
+    let mut s = Session::new(cfg());
+    assert_eq!(code(&mut s, "EHLO printer\n")[..4], *"250-");
+    assert_eq!(code(&mut s, "NOOP\r\n"), "250 2.0.0");
+    for line in ["MAIL FROM:<a@b.c>\n", "RCPT TO:<x@y.z>\n", "DATA\n"] {
+        s.handle_line(line.as_bytes());
+        assert_eq!(s.end_of_data(), EndOfData::CrlfOnly, "{line:?}");
+    }
+    // Nor does TLS or RSET make it LF-only again.
+    s.tls_started();
+    s.handle_line(b"RSET\n");
+    assert_eq!(s.end_of_data(), EndOfData::CrlfOnly);
+    // A session that starts with CRLF is strict from its first line.
+    let mut s = Session::new(cfg());
+    s.handle_line(b"EHLO x\r\n");
+    assert_eq!(s.end_of_data(), EndOfData::CrlfOnly);
+}
+
+#[test]
+fn lf_only_allowance_can_be_switched_off() {
+    let mut s = Session::new(SessionConfig {
+        allow_lf_only_clients: false,
+        ..cfg()
+    });
+    assert_eq!(code(&mut s, "HELO printer\n"), "250 relay");
+    assert_eq!(s.end_of_data(), EndOfData::CrlfOnly);
 }
 
 /// Every control character of the C0 and C1 sets and DEL, as received.

@@ -35,6 +35,9 @@ struct EntryView<'a> {
     client: &'a str,
     helo: &'a str,
     local_user: Option<&'a str>,
+    /// Why the provider may rewrite `From:` (only from `queue show`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warning: Option<String>,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -60,6 +63,7 @@ fn view(e: &QueueEntry) -> EntryView<'_> {
         client: &e.envelope.client,
         helo: &e.envelope.helo,
         local_user: e.envelope.local_user.as_deref(),
+        warning: None,
     }
 }
 
@@ -71,7 +75,7 @@ pub fn run(config: &Config, command: QueueCommand) -> ExitCode {
     };
     let result = match command {
         QueueCommand::List { json } => list(&spool, json),
-        QueueCommand::Show { id, json } => show(&spool, &QueueId(id), json),
+        QueueCommand::Show { id, json } => show(config, &spool, &QueueId(id), json),
         QueueCommand::Retry { id: Some(id) } => retry_one(&spool, &id),
         QueueCommand::Retry { id: None } => retry_all(&spool),
         QueueCommand::Delete { id } => spool
@@ -157,13 +161,18 @@ fn list(spool: &Spool, json: bool) -> Result<(), SpoolError> {
     Ok(())
 }
 
-fn show(spool: &Spool, id: &QueueId, json: bool) -> Result<(), SpoolError> {
+fn show(config: &Config, spool: &Spool, id: &QueueId, json: bool) -> Result<(), SpoolError> {
     let e = spool.entry(id)?;
+    let message = spool.read_message(id);
+    let mut v = view(&e);
+    v.warning = match (&message, config.account(&e.envelope.account)) {
+        (Ok(m), Some(account)) => crate::smtp::sender::rewrite_warning(m, account),
+        _ => None,
+    };
     if json {
-        println!("{}", to_json(&view(&e))?);
+        println!("{}", to_json(&v)?);
         return Ok(());
     }
-    let v = view(&e);
     println!("id:           {}", v.id);
     println!("state:        {}", e.state);
     println!("account:      {}", v.account);
@@ -192,8 +201,11 @@ fn show(spool: &Spool, id: &QueueId, json: bool) -> Result<(), SpoolError> {
     if let Some(err) = v.last_error {
         println!("last error:   {}", Printable(err));
     }
+    if let Some(w) = &v.warning {
+        println!("warning:      {}", Printable(w));
+    }
     // The header section, to recognise the message (bodies can be large).
-    if let Ok(msg) = spool.read_message(id) {
+    if let Ok(msg) = message {
         let end = msg
             .windows(4)
             .position(|w| w == b"\r\n\r\n")

@@ -59,6 +59,14 @@ pub struct Envelope {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct QueueId(pub String);
 
+impl QueueId {
+    /// A fresh id, for a message whose id must be known before it is
+    /// stored (the `Received:` header carries it, see [`Spool::enqueue_as`]).
+    pub fn generate() -> QueueId {
+        new_id()
+    }
+}
+
 impl std::fmt::Display for QueueId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -214,7 +222,16 @@ impl Spool {
         envelope: &Envelope,
         message: &[u8],
     ) -> Result<QueueId, SpoolError> {
-        let id = new_id();
+        self.enqueue_as(new_id(), envelope, message).await
+    }
+
+    /// [`Spool::enqueue`] under an id from [`QueueId::generate`].
+    pub async fn enqueue_as(
+        &self,
+        id: QueueId,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> Result<QueueId, SpoolError> {
         let header = Header {
             v: 1,
             id: id.0.clone(),

@@ -48,6 +48,10 @@ pub struct Script {
     /// Sent right after the `220` to STARTTLS, in the same write and before
     /// the TLS handshake (a man in the middle forging the replies that follow).
     pub after_starttls: Option<String>,
+    /// Refuse a message with a DATA line longer than this many octets, CRLF
+    /// included (RFC 5321 4.5.3.1.6: 1000), with `500 5.5.2 Line too long`,
+    /// as strict servers do.
+    pub max_line_length: Option<usize>,
 }
 
 /// Replies a man in the middle appends to the `220` to STARTTLS: a forged
@@ -355,10 +359,15 @@ async fn session(
                 }
                 io.write_all(b"354 go ahead\r\n").await?;
                 let mut data = Vec::new();
+                let max_line = sh.script.lock().unwrap().max_line_length;
+                let mut line_too_long = false;
                 loop {
                     let mut l = Vec::new();
                     if io.read_until(b'\n', &mut l).await? == 0 {
                         return Ok(());
+                    }
+                    if max_line.is_some_and(|m| l.len() > m) {
+                        line_too_long = true;
                     }
                     if l == b".\r\n" {
                         break;
@@ -377,7 +386,9 @@ async fn session(
                 }
                 let verdict = {
                     let mut s = sh.script.lock().unwrap();
-                    if s.hang_data > 0 {
+                    if line_too_long {
+                        Verdict::Reply("500 5.5.2 Line too long".to_string())
+                    } else if s.hang_data > 0 {
                         s.hang_data -= 1;
                         Verdict::Hang
                     } else if s.data_451 > 0 {

@@ -204,3 +204,17 @@ pub async fn assert_serves(d: &TestDaemon) {
     assert!(bytes.ends_with(b"Subject: good\r\n\r\nok\r\n"));
     assert_ok(&c.cmd("QUIT").await, "221");
 }
+
+/// Asserts `bytes` has no bare CR and no bare LF.
+pub fn assert_crlf_only(bytes: &[u8]) {
+    for (i, b) in bytes.iter().enumerate() {
+        assert!(
+            *b != b'\n' || (i > 0 && bytes[i - 1] == b'\r'),
+            "bare LF at {i}"
+        );
+        assert!(
+            *b != b'\r' || bytes.get(i + 1) == Some(&b'\n'),
+            "bare CR at {i}"
+        );
+    }
+}
