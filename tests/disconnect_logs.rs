@@ -181,7 +181,7 @@ async fn imap_cases(logs: &Checker) {
     let from = logs.len();
     let mut c = env.client().await;
     let mut line = format!("a LOGIN {CLIENT_MARK}").into_bytes();
-    line.resize(20_000, b'x');
+    line.resize(mailbridge::imap::framing::MAX_LINE + 20_000, b'x');
     let _ = c.s.get_mut().write_all(&line).await;
     assert_eq!(c.line().await, "a BAD Command line too long; closing");
     c.read_to_eof().await;
