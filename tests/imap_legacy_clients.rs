@@ -177,14 +177,12 @@ async fn pre_login_closes_are_logged_with_the_reason() {
     }
     env.daemon.stop().await;
     let text = logs.text();
-    for reason in [
-        "command line too long before login",
-        "literal too large before login",
-    ] {
+    for reason in ["reason=\"line_too_long\"", "reason=\"literal_too_large\""] {
         assert!(
             text.lines().any(|l| l.contains(" INFO ")
+                && l.contains("listener=\"imap\"")
                 && l.contains(reason)
-                && l.contains("closing the client connection")),
+                && l.contains("closing the connection")),
             "no info line with {reason:?}:\n{text}"
         );
     }
