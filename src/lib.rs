@@ -7,7 +7,10 @@
 //! - [`smtp`]: inbound SMTP sessions (smtp-proto parsing, our state machine).
 //! - [`spool`]: the durable on-disk queue (fsync before 250).
 //! - [`delivery`]: the worker that sends spooled mail upstream, and the upstream SMTP client.
-//! - [`imap`]: the IMAP proxy (pre-login parser, login swap, byte pump).
+//! - [`imap`]: the IMAP proxy (pre-login parser, login swap).
+//! - [`pop3`]: the POP3 proxy (pre-login state machine, login swap).
+//! - [`pump`]: the post-login byte pump both proxies use.
+//! - [`slots`]: per-account upstream connection slots.
 //! - [`auth`]: local device logins (argon2) and brute-force slowdown.
 //! - [`tls`]: rustls configs built once.
 //! - [`stream`]: a client connection, plaintext or local TLS (STARTTLS upgrade).
@@ -26,8 +29,11 @@ pub mod imap;
 pub mod init;
 pub mod listener;
 pub mod metrics;
+pub mod pop3;
+pub mod pump;
 pub mod reload;
 pub mod secret;
+pub mod slots;
 pub mod smtp;
 pub mod spool;
 pub mod stream;
@@ -60,6 +66,8 @@ pub struct Context {
     pub upstream: delivery::Upstream,
     /// IMAP proxy state (per-account connection counts, upstream TLS configs).
     pub imap: imap::ImapState,
+    /// POP3 proxy state (per-account session counts).
+    pub pop3: pop3::Pop3State,
     /// Local TLS (STARTTLS and the smtps/imaps listeners), built at start and
     /// on each reload (never per connection);
     /// `None` when `tls_cert`/`tls_key` are not configured.
@@ -94,6 +102,9 @@ pub struct Daemon {
     /// Implicit-TLS listeners (`smtp.smtps_listen`, `imap.imaps_listen`).
     pub smtps_addrs: Vec<SocketAddr>,
     pub imaps_addrs: Vec<SocketAddr>,
+    /// POP3 listeners (`pop3.listen`) and implicit TLS (`pop3.pop3s_listen`).
+    pub pop3_addrs: Vec<SocketAddr>,
+    pub pop3s_addrs: Vec<SocketAddr>,
     /// The metrics listener, when `[metrics] listen` is set.
     pub metrics_addr: Option<SocketAddr>,
     /// The context as started. Its spool, metrics and counters are shared with
@@ -134,6 +145,8 @@ impl Daemon {
         let imap_addrs = listeners.start(Proto::Imap)?;
         let smtps_addrs = listeners.start(Proto::Smtps)?;
         let imaps_addrs = listeners.start(Proto::Imaps)?;
+        let pop3_addrs = listeners.start(Proto::Pop3)?;
+        let pop3s_addrs = listeners.start(Proto::Pop3s)?;
         let metrics_addr = match config.metrics.listen {
             Some(addr) => Some(start_metrics(addr, &ctx, &shutdown, &sessions).await?),
             None => None,
@@ -145,6 +158,8 @@ impl Daemon {
             imap_addrs,
             smtps_addrs,
             imaps_addrs,
+            pop3_addrs,
+            pop3s_addrs,
             metrics_addr,
             context: ctx,
             live,
@@ -178,6 +193,8 @@ enum Proto {
     Imap,
     Smtps,
     Imaps,
+    Pop3,
+    Pop3s,
 }
 
 /// What is needed to start the listeners.
@@ -219,8 +236,20 @@ impl Listeners<'_> {
                 config.imap.max_connections,
                 b"",
             ),
+            Proto::Pop3 => (
+                "pop3",
+                &config.pop3.listen,
+                config.pop3.max_connections,
+                b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+            ),
+            Proto::Pop3s => (
+                "pop3s",
+                &config.pop3.pop3s_listen,
+                config.pop3.max_connections,
+                b"",
+            ),
         };
-        let implicit_tls = matches!(proto, Proto::Smtps | Proto::Imaps);
+        let implicit_tls = matches!(proto, Proto::Smtps | Proto::Imaps | Proto::Pop3s);
         let spec = ListenerSpec {
             name,
             max_connections,
@@ -282,6 +311,9 @@ impl Listeners<'_> {
                             }
                             Proto::Imap | Proto::Imaps => {
                                 imap::handle_connection(s, p, ctx, sd).await
+                            }
+                            Proto::Pop3 | Proto::Pop3s => {
+                                pop3::handle_connection(s, p, ctx, sd).await
                             }
                         }
                     }

@@ -12,11 +12,14 @@
 pub mod framing;
 pub mod login;
 pub mod parser;
-pub mod pump;
 pub mod responses;
 pub mod sent_copy;
 pub mod session;
 pub mod upstream;
+
+/// The byte pump is shared with POP3; kept reachable under its old path.
+pub use crate::pump;
+pub use crate::slots::AccountSlot;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -85,13 +88,10 @@ impl ImapState {
 
     /// Takes one of the account's connection slots, if one is free.
     pub fn acquire(&self, account: &str) -> Option<AccountSlot> {
-        let counter = &self.accounts.get(account)?.connections;
-        counter
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_per_account).then_some(n + 1)
-            })
-            .ok()?;
-        Some(AccountSlot(counter.clone()))
+        AccountSlot::try_take(
+            &self.accounts.get(account)?.connections,
+            self.max_per_account,
+        )
     }
 
     /// Upstream connections currently held for `account`.
@@ -101,17 +101,10 @@ impl ImapState {
             .map_or(0, |a| a.connections.load(Ordering::Acquire))
     }
 
-    fn tls_for(&self, account: &str) -> Option<Arc<ClientConfig>> {
+    /// The account's upstream TLS config (webpki roots plus its `ca_file`),
+    /// also used by the POP3 proxy.
+    pub(crate) fn tls_for(&self, account: &str) -> Option<Arc<ClientConfig>> {
         self.accounts.get(account).map(|a| a.tls.clone())
-    }
-}
-
-/// One held per-account connection slot; released on drop, whatever the path.
-pub struct AccountSlot(Arc<AtomicUsize>);
-
-impl Drop for AccountSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -1,4 +1,4 @@
-//! The post-login byte pump: both directions at once with small fixed
+//! The post-login byte pump (IMAP and POP3): both directions at once with small fixed
 //! buffers (tokio's `copy_bidirectional`), counting bytes and watching for
 //! idleness (no byte either way) and shutdown.
 
