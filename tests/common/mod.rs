@@ -5,4 +5,5 @@
 pub mod ca;
 pub mod daemon;
 pub mod imap_upstream;
+pub mod pop3_upstream;
 pub mod smtp_upstream;
