@@ -1,5 +1,6 @@
 //! `mailbridge check`: the configuration is valid, and every account can log
-//! in to its SMTP and IMAP servers; each problem comes with a hint.
+//! in to its SMTP and IMAP servers (and POP3 when a POP3 listener is
+//! configured); each problem comes with a hint.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -53,6 +54,19 @@ pub async fn run(config: &Config) -> ExitCode {
                 Err(problem) => {
                     ok = false;
                     println!("  {proto} {endpoint}: FAILED: {}", scrub(&problem, account));
+                }
+            }
+        }
+        // POP3 only when a POP3 listener is configured (then the account must reach it).
+        if let (true, Some(endpoint)) = (config.pop3.enabled(), &account.pop3) {
+            if let Some(hint) = port_hint(endpoint) {
+                println!("  pop3: warning: {hint}");
+            }
+            match crate::pop3::check_login(account, CHECK_TIMEOUT).await {
+                Ok(summary) => println!("  pop3 {endpoint}: OK: {summary}"),
+                Err(problem) => {
+                    ok = false;
+                    println!("  pop3 {endpoint}: FAILED: {}", scrub(&problem, account));
                 }
             }
         }

@@ -285,3 +285,55 @@ async fn per_account_session_cap_is_freed_when_a_session_ends() {
     env.wait_account_connections(0).await;
     second.login(DEV, DEV_PW).await;
 }
+
+#[tokio::test]
+async fn check_logs_in_to_pop3_and_explains_a_refusal() {
+    let env = setup(Setup::default()).await;
+    let config = env.daemon.daemon.current().config.clone();
+    let account = config.account("acct").unwrap();
+    let timeout = std::time::Duration::from_secs(10);
+    let ok = mailbridge::pop3::check_login(account, timeout)
+        .await
+        .unwrap();
+    assert!(ok.contains(&format!("logged in as {REAL_USER}")), "{ok}");
+    // QUIT before any DELE: nothing deleted.
+    env.upstream
+        .wait_for("check quit", |u| {
+            u.lines().last().map(|l| l.as_slice()) == Some(b"QUIT\r\n")
+        })
+        .await;
+    assert!(env.upstream.deleted().is_empty());
+
+    let wrong = setup(Setup {
+        upstream_password: "changed".into(),
+        ..Setup::default()
+    })
+    .await;
+    let config = wrong.daemon.daemon.current().config.clone();
+    let e = mailbridge::pop3::check_login(config.account("acct").unwrap(), timeout)
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("POP is enabled") && e.contains("server said"),
+        "{e}"
+    );
+    assert!(!e.contains(REAL_PW), "{e}");
+}
+
+#[tokio::test]
+async fn pop3_metrics_count_sessions_logins_and_failures() {
+    let env = setup(Setup::default()).await;
+    let metrics = env.daemon.daemon.context.metrics.clone();
+    let mut c = env.client().await;
+    c.cmd(&format!("USER {DEV}")).await;
+    assert!(c.cmd("PASS wrong").await.starts_with("-ERR [AUTH]"));
+    assert_eq!(metrics.pop3_sessions_active(), 1);
+    c.login(DEV, DEV_PW).await;
+    let text = metrics.render(&env.daemon.daemon.context.spool);
+    assert!(text.contains("mailbridge_pop3_sessions_active 1"), "{text}");
+    assert!(text.contains("mailbridge_pop3_logins_total 1"), "{text}");
+    assert!(
+        text.contains("mailbridge_auth_failures_total{protocol=\"pop3\"} 1"),
+        "{text}"
+    );
+}
