@@ -337,3 +337,21 @@ async fn pop3_metrics_count_sessions_logins_and_failures() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn untrusted_upstream_certificate_gets_no_credentials() {
+    let env = setup(Setup {
+        wrong_ca: true,
+        ..Setup::default()
+    })
+    .await;
+    let mut c = env.client().await;
+    c.cmd(&format!("USER {DEV}")).await;
+    assert!(c
+        .cmd(&format!("PASS {DEV_PW}"))
+        .await
+        .starts_with("-ERR [SYS/TEMP] Upstream POP3 server unavailable"));
+    assert_eq!(env.upstream.connections(), 1);
+    assert!(env.upstream.lines().is_empty());
+    env.wait_account_connections(0).await;
+}

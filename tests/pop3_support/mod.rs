@@ -28,6 +28,8 @@ pub struct Setup {
     pub local_tls: bool,
     pub recent_mode: bool,
     pub passthrough: bool,
+    /// Trust a CA that did not sign the upstream's certificate.
+    pub wrong_ca: bool,
 }
 
 impl Default for Setup {
@@ -39,12 +41,14 @@ impl Default for Setup {
             local_tls: false,
             recent_mode: false,
             passthrough: false,
+            wrong_ca: false,
         }
     }
 }
 
 pub struct Env {
     pub ca: TestCa,
+    pub other_ca: Option<TestCa>,
     pub upstream: Pop3Upstream,
     pub daemon: TestDaemon,
 }
@@ -113,6 +117,7 @@ pub async fn setup(s: Setup) -> Env {
     let ca = TestCa::new();
     let cert = ca.server_cert();
     let upstream = Pop3Upstream::start(&cert, REAL_USER, &s.upstream_password, s.mode).await;
+    let other_ca = s.wrong_ca.then(|| TestCa::named("some other CA"));
     let tls = if s.mode == Mode::Implicit {
         "implicit"
     } else {
@@ -166,7 +171,7 @@ account = "acct"
 "#,
         cap = s.cap,
         passthrough = s.passthrough,
-        ca_file = ca.ca_file.display(),
+        ca_file = other_ca.as_ref().unwrap_or(&ca).ca_file.display(),
         port = upstream.port(),
         recent = s.recent_mode,
         h = hash(),
@@ -174,6 +179,7 @@ account = "acct"
     let daemon = daemon::start(&toml).await;
     Env {
         ca,
+        other_ca,
         upstream,
         daemon,
     }
