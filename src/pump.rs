@@ -28,6 +28,17 @@ pub enum PumpEnd {
     Error(io::Error),
 }
 
+impl std::fmt::Display for PumpEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PumpEnd::Closed => f.write_str("closed"),
+            PumpEnd::Idle => f.write_str("idle timeout"),
+            PumpEnd::Shutdown => f.write_str("shutdown"),
+            PumpEnd::Error(e) => write!(f, "error: {e}"),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct PumpStats {
     pub client_to_upstream: u64,

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -82,6 +82,17 @@ async fn handshake(tcp: TcpStream, acceptor: &TlsAcceptor) -> io::Result<ClientS
     };
     info!(error = %e, "TLS handshake failed (mailbridge accepts TLS 1.2 and 1.3 only; older clients must use the plaintext port)");
     Err(e)
+}
+
+/// Writes a short text (a sign-off) without waiting long.
+pub async fn say<S: AsyncWrite + Unpin>(s: &mut S, text: &[u8]) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.write_all(text)).await;
+}
+
+/// [`say`], then closes politely without waiting long.
+pub async fn say_and_close<S: AsyncWrite + Unpin>(s: &mut S, text: &[u8]) {
+    say(s, text).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.shutdown()).await;
 }
 
 fn closed() -> io::Error {

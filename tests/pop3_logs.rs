@@ -10,30 +10,9 @@ mod pop3_support;
 use base64::Engine;
 use pop3_support::*;
 
-/// Collects every log line (all levels) written while the test runs.
-#[derive(Clone, Default)]
-struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn passwords_never_appear_in_pop3_logs() {
-    let logs = LogBuf::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = common::logs::capture();
     let env = setup(Setup {
         passthrough: true,
         ..Setup::default()
@@ -58,7 +37,7 @@ async fn passwords_never_appear_in_pop3_logs() {
     c.read_to_eof().await;
     // Stopping waits for every session to finish (and log its end).
     env.daemon.stop().await;
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     assert!(text.contains("logged in upstream"), "{text}");
     assert!(text.contains("POP3 session ended"), "{text}");
     assert!(text.contains("POP3 login failed"), "{text}");

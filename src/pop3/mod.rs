@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 
@@ -26,7 +26,7 @@ use crate::config::{ip_allowed, Account, Config};
 use crate::imap::framing::{FrameError, LineBuffer};
 use crate::pump::{self, PumpEnd};
 use crate::slots::AccountSlots;
-use crate::stream::ClientStream;
+use crate::stream::{say, say_and_close, ClientStream};
 use crate::Context;
 use login::{LoggedIn, Outcome};
 use session::{Session, Step};
@@ -228,27 +228,12 @@ async fn proxy(
     upstream::close(&mut stream).await;
     upstream::close(&mut client).await;
     drop(slot);
-    let end = match &stats.end {
-        PumpEnd::Closed => "closed".to_string(),
-        PumpEnd::Idle => "idle timeout".to_string(),
-        PumpEnd::Shutdown => "shutdown".to_string(),
-        PumpEnd::Error(e) => format!("error: {e}"),
-    };
     info!(
         bytes_from_client = stats.client_to_upstream,
         bytes_to_client = stats.upstream_to_client,
-        end = %end,
+        end = %stats.end,
         "POP3 session ended"
     );
-}
-
-async fn say<S: AsyncWrite + Unpin>(s: &mut S, text: &[u8]) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.write_all(text)).await;
-}
-
-async fn say_and_close<S: AsyncWrite + Unpin>(s: &mut S, text: &[u8]) {
-    say(s, text).await;
-    upstream::close(s).await;
 }
 
 /// `mailbridge check`: connects with the account's POP3 TLS mode, logs in

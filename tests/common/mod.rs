@@ -5,5 +5,6 @@
 pub mod ca;
 pub mod daemon;
 pub mod imap_upstream;
+pub mod logs;
 pub mod pop3_upstream;
 pub mod smtp_upstream;
