@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 const BUFFER: usize = 4096;
 /// Once one side has closed, how long the other may take to follow.
 const LINGER: Duration = Duration::from_secs(30);
+/// Writes right after login get this long.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the pump stopped.
 #[derive(Debug)]
@@ -116,6 +118,32 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<'_, S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
+}
+
+/// Right after login: sends the client `reply` and whatever the upstream sent
+/// beyond its login answer, and the upstream whatever the client pipelined
+/// after its login command. False if either side is gone or too slow.
+pub async fn hand_over<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    reply: &[u8],
+    upstream_rest: &[u8],
+    client_rest: &[u8],
+) -> bool
+where
+    C: AsyncWrite + Unpin,
+    U: AsyncWrite + Unpin,
+{
+    let handover = async {
+        client.write_all(reply).await?;
+        client.write_all(upstream_rest).await?;
+        upstream.write_all(client_rest).await?;
+        upstream.flush().await
+    };
+    matches!(
+        tokio::time::timeout(HANDOVER_TIMEOUT, handover).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Copies between `client` and `upstream` until both directions end, no byte

@@ -64,6 +64,35 @@ impl ClientStream {
     }
 }
 
+impl ClientStream {
+    /// The STARTTLS/STLS step of a pre-login loop: sends `go_ahead`, then
+    /// upgrades. `discarded` is how many bytes the caller dropped from its
+    /// read buffer (sent in plaintext after the command: never acted on).
+    /// A failed handshake counts as a TLS error for `listener` in `metrics`.
+    pub async fn upgrade_after(
+        &mut self,
+        go_ahead: &[u8],
+        discarded: usize,
+        acceptor: &TlsAcceptor,
+        metrics: &crate::metrics::Metrics,
+        listener: &str,
+    ) -> io::Result<()> {
+        self.write_all(go_ahead).await?;
+        self.flush().await?;
+        if discarded > 0 {
+            info!(
+                bytes = discarded,
+                listener, "discarding bytes sent after STARTTLS before the TLS handshake"
+            );
+        }
+        let r = self.start_tls(acceptor).await;
+        if r.is_err() {
+            metrics.tls_error(listener);
+        }
+        r
+    }
+}
+
 /// The server side of a handshake. Failures are logged at info: an admin
 /// whose device only speaks SSLv3/TLS 1.0 needs to see why it cannot connect.
 async fn handshake(tcp: TcpStream, acceptor: &TlsAcceptor) -> io::Result<ClientStream> {

@@ -40,9 +40,6 @@ use login::{LoggedIn, Outcome};
 use pump::PumpEnd;
 use session::{Session, Step};
 
-/// Writes to a client outside the pre-login deadline get this long.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Per-account upstream TLS configs (built once) and connection counters.
 pub struct ImapState {
     accounts: HashMap<String, AccountState>,
@@ -210,20 +207,12 @@ async fn pre_login(
             }
             Step::StartTls(b) => {
                 let acceptor = ctx.tls_acceptor.as_ref()?;
-                stream.write_all(&b).await.ok()?;
-                stream.flush().await.ok()?;
                 // Sent before the handshake, so in plaintext: never act on it.
-                let early = buf.take_rest();
-                if !early.is_empty() {
-                    info!(
-                        bytes = early.len(),
-                        "discarding bytes sent after STARTTLS before the TLS handshake"
-                    );
-                }
-                if stream.start_tls(acceptor).await.is_err() {
-                    ctx.metrics.tls_error("imap");
-                    return None;
-                }
+                let early = buf.take_rest().len();
+                stream
+                    .upgrade_after(&b, early, acceptor, &ctx.metrics, "imap")
+                    .await
+                    .ok()?;
                 session.tls_started();
                 debug!("STARTTLS handshake done");
             }
@@ -266,16 +255,15 @@ async fn proxy(
     };
     let upstream_rest = upstream.buffer.take_rest();
     let mut stream = upstream.stream;
-    let handover = async {
-        client.write_all(&reply).await?;
-        client.write_all(&upstream_rest).await?;
-        stream.write_all(&client_rest).await?;
-        stream.flush().await
-    };
-    if !matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, handover).await,
-        Ok(Ok(()))
-    ) {
+    if !pump::hand_over(
+        &mut client,
+        &mut stream,
+        &reply,
+        &upstream_rest,
+        &client_rest,
+    )
+    .await
+    {
         debug!("connection lost right after login");
         upstream::close(&mut stream).await;
         return;

@@ -31,9 +31,6 @@ use crate::Context;
 use login::{LoggedIn, Outcome};
 use session::{Session, Step};
 
-/// Writes to a client outside the pre-login deadline get this long.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// POP3 proxy state: the per-account session counters (upstream TLS configs
 /// are the IMAP proxy's, built once per account).
 pub struct Pop3State {
@@ -148,20 +145,12 @@ async fn pre_login(
             }
             Step::StartTls(b) => {
                 let acceptor = ctx.tls_acceptor.as_ref()?;
-                stream.write_all(&b).await.ok()?;
-                stream.flush().await.ok()?;
                 // Sent before the handshake, so in plaintext: never act on it.
-                let early = buf.take_rest();
-                if !early.is_empty() {
-                    info!(
-                        bytes = early.len(),
-                        "discarding bytes sent after STLS before the TLS handshake"
-                    );
-                }
-                if stream.start_tls(acceptor).await.is_err() {
-                    ctx.metrics.tls_error("pop3");
-                    return None;
-                }
+                let early = buf.take_rest().len();
+                stream
+                    .upgrade_after(&b, early, acceptor, &ctx.metrics, "pop3")
+                    .await
+                    .ok()?;
                 session.tls_started();
                 debug!("STLS handshake done");
             }
@@ -198,16 +187,15 @@ async fn proxy(
     let mut up = upstream.buffer;
     let upstream_rest = up.take_rest();
     let mut stream = upstream.stream;
-    let handover = async {
-        client.write_all(responses::LOGGED_IN).await?;
-        client.write_all(&upstream_rest).await?;
-        stream.write_all(&client_rest).await?;
-        stream.flush().await
-    };
-    if !matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, handover).await,
-        Ok(Ok(()))
-    ) {
+    let handed_over = pump::hand_over(
+        &mut client,
+        &mut stream,
+        responses::LOGGED_IN,
+        &upstream_rest,
+        &client_rest,
+    )
+    .await;
+    if !handed_over {
         debug!("connection lost right after login");
         upstream::close(&mut stream).await;
         return;
