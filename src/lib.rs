@@ -30,6 +30,7 @@ pub mod init;
 pub mod listener;
 pub mod metrics;
 pub mod pop3;
+pub mod prelogin;
 pub mod pump;
 pub mod reload;
 pub mod secret;

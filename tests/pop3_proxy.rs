@@ -355,3 +355,33 @@ async fn untrusted_upstream_certificate_gets_no_credentials() {
     assert!(env.upstream.lines().is_empty());
     env.wait_account_connections(0).await;
 }
+
+#[tokio::test]
+async fn silent_client_is_closed_at_the_login_timeout_and_idle_after_login() {
+    let env = setup(Setup {
+        login_timeout: "1s",
+        idle_timeout: "1s",
+        ..Setup::default()
+    })
+    .await;
+    let mut c = env.client().await;
+    let start = std::time::Instant::now();
+    let rest = String::from_utf8_lossy(&c.read_to_eof().await).to_string();
+    assert_eq!(rest, "-ERR Autologout; no login in time\r\n");
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    // After login: the idle timeout closes both sides and frees the slot.
+    let mut c = env.logged_in().await;
+    let rest = String::from_utf8_lossy(&c.read_to_eof().await).to_string();
+    assert_eq!(rest, "-ERR Autologout; idle for too long\r\n");
+    env.wait_account_connections(0).await;
+}
+
+#[tokio::test]
+async fn shutdown_says_goodbye_before_login() {
+    let env = setup(Setup::default()).await;
+    let mut c = env.client().await;
+    let stop = tokio::spawn(env.daemon.stop());
+    let rest = String::from_utf8_lossy(&c.read_to_eof().await).to_string();
+    assert_eq!(rest, "-ERR [SYS/TEMP] mailbridge shutting down\r\n");
+    stop.await.unwrap();
+}

@@ -134,23 +134,16 @@ pub async fn handle_connection(
             .ok()?;
         pre_login(&mut stream, &mut buf, &mut session, &ctx, peer.ip()).await
     };
-    let (user, logged) = tokio::select! {
-        r = tokio::time::timeout_at(deadline, pre) => match r {
-            Ok(Some(x)) => x,
-            Ok(None) => {
-                upstream::close(&mut stream).await;
-                return;
-            }
-            Err(_) => {
-                debug!("no login before the pre-login timeout");
-                say_and_close(&mut stream, responses::LOGIN_TIMEOUT).await;
-                return;
-            }
-        },
-        _ = shutdown.cancelled() => {
-            say_and_close(&mut stream, responses::SHUTTING_DOWN).await;
-            return;
-        }
+    let ended = crate::prelogin::run(pre, deadline, &shutdown).await;
+    let Some((user, logged)) = ended
+        .or_close(
+            &mut stream,
+            responses::LOGIN_TIMEOUT,
+            responses::SHUTTING_DOWN,
+        )
+        .await
+    else {
+        return;
     };
     let client_rest = buf.take_rest();
     drop(buf);

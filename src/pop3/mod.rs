@@ -24,6 +24,7 @@ use tracing::{debug, info, info_span, Instrument};
 
 use crate::config::{ip_allowed, Account, Config};
 use crate::imap::framing::{FrameError, LineBuffer};
+use crate::prelogin;
 use crate::pump::{self, PumpEnd};
 use crate::slots::AccountSlots;
 use crate::stream::{say, say_and_close, ClientStream};
@@ -90,23 +91,16 @@ pub async fn handle_connection(
         stream.write_all(responses::GREETING).await.ok()?;
         pre_login(&mut stream, &mut buf, &mut session, &ctx, peer.ip()).await
     };
-    let (user, logged) = tokio::select! {
-        r = tokio::time::timeout_at(deadline, pre) => match r {
-            Ok(Some(x)) => x,
-            Ok(None) => {
-                upstream::close(&mut stream).await;
-                return;
-            }
-            Err(_) => {
-                debug!("no login before the pre-login timeout");
-                say_and_close(&mut stream, responses::LOGIN_TIMEOUT).await;
-                return;
-            }
-        },
-        _ = shutdown.cancelled() => {
-            say_and_close(&mut stream, responses::SHUTTING_DOWN).await;
-            return;
-        }
+    let ended = prelogin::run(pre, deadline, &shutdown).await;
+    let Some((user, logged)) = ended
+        .or_close(
+            &mut stream,
+            responses::LOGIN_TIMEOUT,
+            responses::SHUTTING_DOWN,
+        )
+        .await
+    else {
+        return;
     };
     let client_rest = buf.take_rest();
     drop(buf);

@@ -30,6 +30,8 @@ pub struct Setup {
     pub passthrough: bool,
     /// Trust a CA that did not sign the upstream's certificate.
     pub wrong_ca: bool,
+    pub login_timeout: &'static str,
+    pub idle_timeout: &'static str,
 }
 
 impl Default for Setup {
@@ -42,6 +44,8 @@ impl Default for Setup {
             recent_mode: false,
             passthrough: false,
             wrong_ca: false,
+            login_timeout: "60s",
+            idle_timeout: "10m",
         }
     }
 }
@@ -152,6 +156,8 @@ listen = ["127.0.0.1:0"]
 {pop3s}
 max_connections_per_account = {cap}
 passthrough = {passthrough}
+login_timeout = "{lt}"
+idle_timeout = "{it}"
 
 [[accounts]]
 name = "acct"
@@ -171,6 +177,8 @@ account = "acct"
 "#,
         cap = s.cap,
         passthrough = s.passthrough,
+        lt = s.login_timeout,
+        it = s.idle_timeout,
         ca_file = other_ca.as_ref().unwrap_or(&ca).ca_file.display(),
         port = upstream.port(),
         recent = s.recent_mode,
