@@ -12,7 +12,7 @@ use pop3_support::*;
 
 #[tokio::test]
 async fn passwords_never_appear_in_pop3_logs() {
-    let (logs, _guard) = common::logs::capture();
+    let (logs, _guard) = common::logs::LogBuf::capture();
     let env = setup(Setup {
         passthrough: true,
         ..Setup::default()

@@ -35,8 +35,8 @@ pub enum Outcome {
 pub async fn attempt(req: LoginRequest, ctx: &Arc<Context>, ip: IpAddr) -> Outcome {
     let passthrough = ctx.config.pop3.passthrough && !ctx.auth.has_user(&req.user);
     let (account, username, password): (&Account, String, &Secret) = if passthrough {
-        if ctx.auth.failures().is_blocked(ip) {
-            return Outcome::Refused(responses::AUTH_BLOCKED);
+        if let Err(reply) = passthrough_admit(ctx, ip) {
+            return Outcome::Refused(reply);
         }
         let Some(account) = ctx.config.default_account() else {
             warn!("POP3 passthrough login but no default_account is configured");
@@ -84,7 +84,7 @@ pub async fn attempt(req: LoginRequest, ctx: &Arc<Context>, ip: IpAddr) -> Outco
     match upstream::login(&mut conn, &username, password, UPSTREAM_LOGIN_TIMEOUT).await {
         Ok(()) => {
             if passthrough {
-                ctx.auth.failures().record_success(ip);
+                passthrough_accepted(ctx, ip);
             }
             Outcome::LoggedIn(Box::new(LoggedIn {
                 upstream: conn,
@@ -111,9 +111,26 @@ pub async fn attempt(req: LoginRequest, ctx: &Arc<Context>, ip: IpAddr) -> Outco
     }
 }
 
-/// The local user check: the one place POP3 talks to [`crate::auth`]'s store
-/// and failure tracker (the same calls the IMAP login makes). `Ok` is the
-/// account name; `Err` the reply, after any slowdown.
+// ---------------------------------------------------------------------------
+// The only calls into `crate::auth` (store and failure tracker, the same calls
+// the IMAP login makes): local_check, passthrough_admit, passthrough_accepted
+// and record_failure.
+
+/// Passthrough: is this address allowed to try (not blocked for failures)?
+fn passthrough_admit(ctx: &Context, ip: IpAddr) -> Result<(), &'static [u8]> {
+    if ctx.auth.failures().is_blocked(ip) {
+        return Err(responses::AUTH_BLOCKED);
+    }
+    Ok(())
+}
+
+/// Passthrough: the upstream accepted the client's own credentials.
+fn passthrough_accepted(ctx: &Context, ip: IpAddr) {
+    ctx.auth.failures().record_success(ip);
+}
+
+/// The local user check. `Ok` is the account name; `Err` the reply, after
+/// any slowdown.
 async fn local_check(
     ctx: &Context,
     ip: IpAddr,

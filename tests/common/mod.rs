@@ -1,5 +1,6 @@
 //! Shared test support: a CA made at test time, in-process TLS upstream
-//! servers (SMTP and IMAP), and helpers to start the real daemon on port 0.
+//! servers (SMTP, IMAP and POP3), helpers to start the real daemon on port 0, and
+//! a log capture.
 #![allow(dead_code)]
 
 pub mod ca;
