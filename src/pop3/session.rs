@@ -133,7 +133,7 @@ impl Session {
             "STLS" => self.error(responses::STLS_UNAVAILABLE),
             "APOP" => self.error(responses::APOP_REFUSED),
             "NOOP" => self.error(responses::NOOP_BEFORE_LOGIN),
-            "STAT" | "LIST" | "RETR" | "DELE" | "RSET" | "TOP" | "UIDL" | "LAST" | "UTF8" => {
+            "STAT" | "LIST" | "RETR" | "DELE" | "RSET" | "TOP" | "UIDL" | "LAST" => {
                 self.error(responses::LOGIN_FIRST)
             }
             _ => self.error(responses::UNKNOWN_COMMAND),
