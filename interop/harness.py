@@ -233,10 +233,16 @@ class SmtpUpstream:
 # Dovecot
 
 
-class Dovecot:
-    """Dovecot from a private config dir: implicit TLS on one port, passwd-file users."""
+# Where dovecot-pop3d's `pop3` and `pop3-login` live (override for a machine
+# where they were unpacked elsewhere).
+DOVECOT_POP3_DIR = Path(os.environ.get("MAILBRIDGE_DOVECOT_POP3_DIR", "/usr/lib/dovecot"))
 
-    def __init__(self, directory, ca, users):
+
+class Dovecot:
+    """Dovecot from a private config dir: implicit TLS on one port, passwd-file users.
+    With pop3=True also POP3 (dovecot-pop3d) with implicit TLS on `pop3_port`."""
+
+    def __init__(self, directory, ca, users, pop3=False):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o755)
@@ -248,6 +254,29 @@ class Dovecot:
         self.conf = self.dir / "dovecot.conf"
         self.base = self.dir / "run"
         self.maildirs = {}
+        self.pop3 = pop3
+        self.pop3_port = free_port() if pop3 else None
+
+    def _pop3_config(self):
+        if not self.pop3:
+            return ""
+        return f"""
+pop3_uidl_format = %08Xu%08Xv
+service pop3 {{
+  executable = {DOVECOT_POP3_DIR}/pop3
+}}
+service pop3-login {{
+  executable = {DOVECOT_POP3_DIR}/pop3-login
+  inet_listener pop3 {{
+    port = 0
+  }}
+  inet_listener pop3s {{
+    address = 127.0.0.1
+    port = {self.pop3_port}
+    ssl = yes
+  }}
+}}
+"""
 
     def write_config(self):
         passwd = self.dir / "passwd"
@@ -260,7 +289,7 @@ state_dir = {self.dir}/state
 log_path = {self.dir}/dovecot.log
 info_log_path = {self.dir}/dovecot.log
 listen = 127.0.0.1
-protocols = imap
+protocols = imap{" pop3" if self.pop3 else ""}
 ssl = yes
 ssl_cert = <{self.ca.cert}
 ssl_key = <{self.ca.key}
@@ -289,7 +318,7 @@ service imap-login {{
     ssl = yes
   }}
 }}
-""")
+""" + self._pop3_config())
 
     def populate(self, user, messages):
         """Writes messages straight into the user's Maildir cur/, owned by mail."""
@@ -314,6 +343,8 @@ service imap-login {{
         assert r.returncode == 0, f"dovecot did not start: {out.read_text(errors='replace')}"
         try:
             wait_port(self.port, 15, what="dovecot")
+            if self.pop3:
+                wait_port(self.pop3_port, 15, what="dovecot pop3s")
         except AssertionError:
             log = (self.dir / "dovecot.log").read_text(errors="replace") if (self.dir / "dovecot.log").exists() else ""
             raise AssertionError(f"dovecot did not listen on {self.port}; log:\n{log[-3000:]}")
@@ -418,7 +449,8 @@ class MailBridge:
                    env=self.env(), cwd=self.dir, stdin=None if input is not None else subprocess.DEVNULL)
 
 
-def bridge_config(smtp_port, imap_port, accounts, users, delivery=None, extra_smtp="", extra_imap="", extra_top=""):
+def bridge_config(smtp_port, imap_port, accounts, users, delivery=None, extra_smtp="", extra_imap="", extra_top="",
+                  pop3=""):
     """relay.toml text. accounts: dicts with name, username, password, ca, smtp (port, tls), imap (port, tls)."""
     d = {"retry_initial": "200ms", "retry_max": "1s", "timeout": "20s", "expire_after": "1h"}
     d.update(delivery or {})
@@ -427,12 +459,16 @@ def bridge_config(smtp_port, imap_port, accounts, users, delivery=None, extra_sm
            'hostname = "mailbridge.interop"', extra_smtp, "",
            "[imap]", f'listen = ["127.0.0.1:{imap_port}"]', extra_imap, "",
            "[delivery]"] + [f"{k} = {toml_str(v)}" for k, v in d.items()] + [""]
+    if pop3:
+        out += ["[pop3]", pop3, ""]
     for a in accounts:
         out += ["[[accounts]]", f"name = {toml_str(a['name'])}", 'provider = "custom"',
                 f"username = {toml_str(a['username'])}", f"password = {toml_str(a['password'])}",
                 f"ca_file = {toml_str(a['ca'])}",
                 f"smtp = {{ host = \"127.0.0.1\", port = {a['smtp'][0]}, tls = \"{a['smtp'][1]}\" }}",
                 f"imap = {{ host = \"127.0.0.1\", port = {a['imap'][0]}, tls = \"{a['imap'][1]}\" }}", ""]
+        if "pop3" in a:
+            out.insert(-1, f"pop3 = {{ host = \"127.0.0.1\", port = {a['pop3'][0]}, tls = \"{a['pop3'][1]}\" }}")
     for u in users:
         out += ["[[users]]", f"name = {toml_str(u['name'])}", f"password_hash = {toml_str(u['hash'])}",
                 f"account = {toml_str(u['account'])}", ""]

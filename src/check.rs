@@ -1,6 +1,7 @@
 //! `mailbridge check`: the configuration is valid, and every account can log
-//! in to its SMTP and IMAP servers; each problem comes with a hint. What
-//! the servers said is printed escaped ([`Printable`]).
+//! in to its SMTP and IMAP servers (and POP3 when a POP3 listener is
+//! configured); each problem comes with a hint. What the servers said is
+//! printed escaped ([`Printable`]).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -58,6 +59,19 @@ pub async fn run(config: &Config) -> ExitCode {
                         "  {proto} {endpoint}: FAILED: {}",
                         Printable(&scrub(&problem, account))
                     );
+                }
+            }
+        }
+        // POP3 only when a POP3 listener is configured (then the account must reach it).
+        if let (true, Some(endpoint)) = (config.pop3.enabled(), &account.pop3) {
+            if let Some(hint) = port_hint(endpoint) {
+                println!("  pop3: warning: {hint}");
+            }
+            match crate::pop3::check_login(account, CHECK_TIMEOUT).await {
+                Ok(summary) => println!("  pop3 {endpoint}: OK: {summary}"),
+                Err(problem) => {
+                    ok = false;
+                    println!("  pop3 {endpoint}: FAILED: {}", scrub(&problem, account));
                 }
             }
         }

@@ -8,7 +8,10 @@
 //! - [`smtp`]: inbound SMTP sessions (smtp-proto parsing, our state machine).
 //! - [`spool`]: the durable on-disk queue (fsync before 250).
 //! - [`delivery`]: the worker that sends spooled mail upstream, and the upstream SMTP client.
-//! - [`imap`]: the IMAP proxy (pre-login parser, login swap, byte pump).
+//! - [`imap`]: the IMAP proxy (pre-login parser, login swap).
+//! - [`pop3`]: the POP3 proxy (pre-login state machine, login swap).
+//! - [`pump`]: the post-login byte pump both proxies use.
+//! - [`slots`]: per-account upstream connection slots.
 //! - [`auth`]: local device logins (argon2) and brute-force slowdown.
 //! - [`tls`]: rustls configs built once; the local acceptor per listener family.
 //! - [`legacy_tls`]: the opt-in OpenSSL profile for old devices (`legacy-tls` feature).
@@ -31,8 +34,12 @@ pub mod init;
 pub mod legacy_tls;
 pub mod listener;
 pub mod metrics;
+pub mod pop3;
+pub mod prelogin;
+pub mod pump;
 pub mod reload;
 pub mod secret;
+pub mod slots;
 pub mod smtp;
 pub mod spool;
 pub mod stream;
@@ -72,6 +79,10 @@ pub struct Context {
     pub smtp_tls: Option<tls::LocalAcceptor>,
     /// The same for the IMAP listeners (STARTTLS and imaps), by `imap.tls_profile`.
     pub imap_tls: Option<tls::LocalAcceptor>,
+    /// The same for the POP3 listeners (STLS and pop3s): always the modern profile.
+    pub pop3_tls: Option<tls::LocalAcceptor>,
+    /// POP3 proxy state (per-account session counts).
+    pub pop3: pop3::Pop3State,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +113,9 @@ pub struct Daemon {
     /// Implicit-TLS listeners (`smtp.smtps_listen`, `imap.imaps_listen`).
     pub smtps_addrs: Vec<SocketAddr>,
     pub imaps_addrs: Vec<SocketAddr>,
+    /// POP3 listeners (`pop3.listen`) and implicit TLS (`pop3.pop3s_listen`).
+    pub pop3_addrs: Vec<SocketAddr>,
+    pub pop3s_addrs: Vec<SocketAddr>,
     /// The metrics listener, when `[metrics] listen` is set.
     pub metrics_addr: Option<SocketAddr>,
     /// The context as started. Its spool, metrics and counters are shared with
@@ -142,6 +156,8 @@ impl Daemon {
         let imap_addrs = listeners.start(Proto::Imap)?;
         let smtps_addrs = listeners.start(Proto::Smtps)?;
         let imaps_addrs = listeners.start(Proto::Imaps)?;
+        let pop3_addrs = listeners.start(Proto::Pop3)?;
+        let pop3s_addrs = listeners.start(Proto::Pop3s)?;
         let metrics_addr = match config.metrics.listen {
             Some(addr) => Some(start_metrics(addr, &ctx, &live, &shutdown, &sessions).await?),
             None => None,
@@ -153,6 +169,8 @@ impl Daemon {
             imap_addrs,
             smtps_addrs,
             imaps_addrs,
+            pop3_addrs,
+            pop3s_addrs,
             metrics_addr,
             context: ctx,
             live,
@@ -186,6 +204,8 @@ enum Proto {
     Imap,
     Smtps,
     Imaps,
+    Pop3,
+    Pop3s,
 }
 
 impl Proto {
@@ -194,6 +214,7 @@ impl Proto {
         match self {
             Proto::Smtp | Proto::Smtps => ctx.smtp_tls.clone(),
             Proto::Imap | Proto::Imaps => ctx.imap_tls.clone(),
+            Proto::Pop3 | Proto::Pop3s => ctx.pop3_tls.clone(),
         }
     }
 }
@@ -237,8 +258,20 @@ impl Listeners<'_> {
                 config.imap.max_connections,
                 b"",
             ),
+            Proto::Pop3 => (
+                "pop3",
+                &config.pop3.listen,
+                config.pop3.max_connections,
+                b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+            ),
+            Proto::Pop3s => (
+                "pop3s",
+                &config.pop3.pop3s_listen,
+                config.pop3.max_connections,
+                b"",
+            ),
         };
-        let implicit_tls = matches!(proto, Proto::Smtps | Proto::Imaps);
+        let implicit_tls = matches!(proto, Proto::Smtps | Proto::Imaps | Proto::Pop3s);
         let spec = ListenerSpec {
             name,
             max_connections,
@@ -300,6 +333,9 @@ impl Listeners<'_> {
                             }
                             Proto::Imap | Proto::Imaps => {
                                 imap::handle_connection(s, p, ctx, sd).await
+                            }
+                            Proto::Pop3 | Proto::Pop3s => {
+                                pop3::handle_connection(s, p, ctx, sd).await
                             }
                         }
                     }

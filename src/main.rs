@@ -75,6 +75,9 @@ async fn async_main(cli: Cli) -> ExitCode {
 /// Runs the daemon until SIGTERM/SIGINT; SIGHUP reloads `config_path`.
 async fn serve(config: Config, config_path: &Path) -> ExitCode {
     let bound = mailbridge::SHUTDOWN_GRACE + config.delivery.timeout;
+    // Before the listeners open: a SIGTERM that arrives while the daemon is
+    // still starting (sessions already served) must stop it gracefully, not kill it.
+    let mut signals = Signals::new();
     let daemon = match Daemon::start(config).await {
         Ok(d) => d,
         Err(e) => {
@@ -83,7 +86,6 @@ async fn serve(config: Config, config_path: &Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let mut signals = Signals::new();
     while let Signal::Reload = signals.next().await {
         info!("SIGHUP: reloading {}", config_path.display());
         match Config::load(config_path) {

@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::{auth, delivery, imap, spool, tls, Context, Daemon, StartError};
+use crate::{auth, delivery, imap, pop3, spool, tls, Context, Daemon, StartError};
 
 /// The parts of a [`Context`] that survive reloads.
 pub(crate) struct Shared {
@@ -41,6 +41,10 @@ pub(crate) fn build_context(
         None => imap::ImapState::new(&config),
     }
     .map_err(StartError::Upstream)?;
+    let pop3 = match previous {
+        Some(p) => pop3::Pop3State::reloaded(&config, &p.pop3),
+        None => pop3::Pop3State::new(&config),
+    };
     let auth = match previous {
         Some(p) => p.auth.reloaded(&config.users),
         None => auth::LocalAuth::new(&config.users),
@@ -54,6 +58,8 @@ pub(crate) fn build_context(
         imap,
         smtp_tls: local_tls.smtp,
         imap_tls: local_tls.imap,
+        pop3_tls: local_tls.pop3,
+        pop3,
         metrics: shared.metrics,
         config,
     })
@@ -85,6 +91,15 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.imap.imaps_listen != new.imap.imaps_listen {
         changed.push("imap.imaps_listen");
+    }
+    if old.pop3.listen != new.pop3.listen {
+        changed.push("pop3.listen");
+    }
+    if old.pop3.pop3s_listen != new.pop3.pop3s_listen {
+        changed.push("pop3.pop3s_listen");
+    }
+    if old.pop3.max_connections != new.pop3.max_connections {
+        changed.push("pop3.max_connections");
     }
     if old.metrics.listen != new.metrics.listen {
         changed.push("metrics.listen");

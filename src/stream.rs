@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -69,6 +69,35 @@ impl ClientStream {
     }
 }
 
+impl ClientStream {
+    /// The STARTTLS/STLS step of a pre-login loop: sends `go_ahead`, then
+    /// upgrades. `discarded` is how many bytes the caller dropped from its
+    /// read buffer (sent in plaintext after the command: never acted on).
+    /// A failed handshake counts as a TLS error for `listener` in `metrics`.
+    pub async fn upgrade_after(
+        &mut self,
+        go_ahead: &[u8],
+        discarded: usize,
+        acceptor: &LocalAcceptor,
+        metrics: &crate::metrics::Metrics,
+        listener: &str,
+    ) -> io::Result<()> {
+        self.write_all(go_ahead).await?;
+        self.flush().await?;
+        if discarded > 0 {
+            info!(
+                bytes = discarded,
+                listener, "discarding bytes sent after STARTTLS before the TLS handshake"
+            );
+        }
+        let r = self.start_tls(acceptor).await;
+        if r.is_err() {
+            metrics.tls_error(listener);
+        }
+        r
+    }
+}
+
 /// The server side of a handshake. Failures are logged at info: an admin
 /// whose device only speaks SSLv3/TLS 1.0 needs to see why it cannot connect.
 async fn handshake(tcp: TcpStream, acceptor: &LocalAcceptor) -> io::Result<ClientStream> {
@@ -108,6 +137,17 @@ async fn accept(tcp: TcpStream, acceptor: &LocalAcceptor) -> io::Result<ClientSt
             Ok(ClientStream::Legacy(Box::new(s)))
         }
     }
+}
+
+/// Writes a short text (a sign-off) without waiting long.
+pub async fn say<S: AsyncWrite + Unpin>(s: &mut S, text: &[u8]) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.write_all(text)).await;
+}
+
+/// [`say`], then closes politely without waiting long.
+pub async fn say_and_close<S: AsyncWrite + Unpin>(s: &mut S, text: &[u8]) {
+    say(s, text).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.shutdown()).await;
 }
 
 fn closed() -> io::Error {

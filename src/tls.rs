@@ -97,6 +97,8 @@ pub enum LocalAcceptor {
 pub struct LocalAcceptors {
     pub smtp: Option<LocalAcceptor>,
     pub imap: Option<LocalAcceptor>,
+    /// POP3 has no `tls_profile`: always the modern (rustls) acceptor.
+    pub pop3: Option<LocalAcceptor>,
 }
 
 impl LocalAcceptors {
@@ -107,15 +109,14 @@ impl LocalAcceptors {
             return Ok(LocalAcceptors {
                 smtp: None,
                 imap: None,
+                pop3: None,
             });
         };
         let profiles = [config.smtp.tls_profile, config.imap.tls_profile];
-        let modern = match profiles.contains(&TlsProfile::Modern) {
-            true => Some(LocalAcceptor::Modern(tokio_rustls::TlsAcceptor::from(
-                server_config(&t.cert, &t.key)?,
-            ))),
-            false => None,
-        };
+        // POP3 always uses the modern profile, so it is always built.
+        let modern = Some(LocalAcceptor::Modern(tokio_rustls::TlsAcceptor::from(
+            server_config(&t.cert, &t.key)?,
+        )));
         let legacy = match profiles.contains(&TlsProfile::Legacy) {
             true => Some(LocalAcceptor::Legacy(crate::legacy_tls::Acceptor::new(
                 &t.cert, &t.key,
@@ -129,6 +130,7 @@ impl LocalAcceptors {
         Ok(LocalAcceptors {
             smtp: pick(config.smtp.tls_profile),
             imap: pick(config.imap.tls_profile),
+            pop3: modern,
         })
     }
 }

@@ -5,6 +5,8 @@
 
 #[path = "../fuzz/harness/imap_prelogin.rs"]
 mod imap_prelogin;
+#[path = "../fuzz/harness/pop3_prelogin.rs"]
+mod pop3_prelogin;
 #[path = "../fuzz/harness/smtp_session.rs"]
 mod smtp_session;
 
@@ -80,5 +82,17 @@ fn imap_prelogin_seeds_regressions_and_mutations() {
     }
     for m in mutations(&seeds, 2000) {
         imap_prelogin::run(&m);
+    }
+}
+
+#[test]
+fn pop3_prelogin_seeds_regressions_and_mutations() {
+    let seeds = inputs("pop3_prelogin");
+    for (name, data) in &seeds {
+        println!("{name}");
+        pop3_prelogin::run(data);
+    }
+    for m in mutations(&seeds, 2000) {
+        pop3_prelogin::run(&m);
     }
 }

@@ -42,6 +42,7 @@ pub struct Config {
     pub default_account: Option<String>,
     pub smtp: SmtpConfig,
     pub imap: ImapConfig,
+    pub pop3: Pop3Config,
     pub delivery: DeliveryConfig,
     pub accounts: Vec<Account>,
     pub users: Vec<User>,
@@ -141,6 +142,28 @@ pub struct ImapConfig {
     pub tls_profile: TlsProfile,
 }
 
+/// `[pop3]`: the POP3 proxy (off unless `listen` or `pop3s_listen` is set).
+#[derive(Debug, Clone)]
+pub struct Pop3Config {
+    pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (needs `tls_cert`/`tls_key`).
+    pub pop3s_listen: Vec<SocketAddr>,
+    pub passthrough: bool,
+    /// Upstream POP3 sessions per account at once (Gmail counts them).
+    pub max_connections_per_account: usize,
+    pub idle_timeout: Duration,
+    pub login_timeout: Duration,
+    pub allowed_networks: Vec<IpNet>,
+    pub max_connections: usize,
+}
+
+impl Pop3Config {
+    /// True when any POP3 listener is configured.
+    pub fn enabled(&self) -> bool {
+        !self.listen.is_empty() || !self.pop3s_listen.is_empty()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
     pub retry_initial: Duration,
@@ -197,6 +220,12 @@ pub struct Account {
     pub password_problem: Option<String>,
     pub smtp: Endpoint,
     pub imap: Endpoint,
+    /// The POP3 upstream; `None` for providers without POP3 (iCloud) and
+    /// custom accounts without a `pop3` table.
+    pub pop3: Option<Endpoint>,
+    /// `pop3_recent_mode = true`: log in to Gmail's POP3 as `recent:user`
+    /// (the last 30 days of mail, including mail already downloaded elsewhere).
+    pub pop3_recent_mode: bool,
     /// Extra trusted root certificates (PEM), added to the webpki roots.
     pub ca_file: Option<PathBuf>,
     /// Messages per rolling 24 h the worker sends at most (None: no cap).
@@ -312,6 +341,11 @@ pub const DEFAULT_SMTP_IDLE: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_IMAP_IDLE: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_IMAP_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 2000;
+/// RFC 1939 section 3: the inactivity autologout timer is at least 10 minutes.
+pub const DEFAULT_POP3_IDLE: Duration = Duration::from_secs(10 * 60);
+pub const DEFAULT_POP3_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Gmail allows a handful of simultaneous POP3 sessions per account.
+pub const DEFAULT_POP3_PER_ACCOUNT: usize = 5;
 
 fn default_allowed() -> Vec<IpNet> {
     vec![
@@ -353,13 +387,29 @@ fn preset(provider: &str) -> Option<(Endpoint, Endpoint)> {
     })
 }
 
+/// The POP3 upstream of a provider preset; `None` when it has no POP3.
+fn pop3_preset(provider: &str) -> Option<Endpoint> {
+    let host = match provider {
+        "gmail" => "pop.gmail.com",
+        "outlook" | "microsoft365" => "outlook.office365.com",
+        "yahoo" => "pop.mail.yahoo.com",
+        "fastmail" => "pop.fastmail.com",
+        _ => return None,
+    };
+    Some(Endpoint {
+        host: host.into(),
+        port: 995,
+        tls: TlsMode::Implicit,
+    })
+}
+
 pub const PROVIDERS: &[&str] = &["gmail", "outlook", "yahoo", "icloud", "fastmail", "custom"];
 
 /// The TLS mode a well-known port implies, if any.
 pub fn tls_for_port(port: u16) -> Option<TlsMode> {
     match port {
-        465 | 993 => Some(TlsMode::Implicit),
-        25 | 587 | 143 => Some(TlsMode::Starttls),
+        465 | 993 | 995 => Some(TlsMode::Implicit),
+        25 | 587 | 143 | 110 => Some(TlsMode::Starttls),
         _ => None,
     }
 }
@@ -373,5 +423,7 @@ pub fn ip_allowed(nets: &[IpNet], ip: std::net::IpAddr) -> bool {
     nets.iter().any(|n| n.contains(&ip))
 }
 
+#[cfg(test)]
+mod pop3_tests;
 #[cfg(test)]
 mod tests;

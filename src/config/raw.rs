@@ -24,6 +24,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     imap: RawImap,
     #[serde(default)]
+    pop3: RawPop3,
+    #[serde(default)]
     delivery: RawDelivery,
     #[serde(default)]
     accounts: Vec<RawAccount>,
@@ -81,6 +83,21 @@ struct RawImap {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawPop3 {
+    listen: Option<Vec<String>>,
+    pop3s_listen: Option<Vec<String>>,
+    passthrough: Option<bool>,
+    max_connections_per_account: Option<usize>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    login_timeout: Option<Duration>,
+    allowed_networks: Option<Vec<String>>,
+    max_connections: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawDelivery {
     #[serde(default, deserialize_with = "opt_duration")]
     retry_initial: Option<Duration>,
@@ -107,6 +124,9 @@ struct RawAccount {
     ca_file: Option<PathBuf>,
     smtp: Option<RawEndpoint>,
     imap: Option<RawEndpoint>,
+    pop3: Option<RawEndpoint>,
+    #[serde(default)]
+    pop3_recent_mode: bool,
     daily_limit: Option<u32>,
     notify: Option<String>,
     #[serde(default)]
@@ -171,7 +191,16 @@ impl RawConfig {
                     format!("duplicate account name {:?}", a.name),
                 ));
             }
-            let (smtp, imap) = resolve_endpoints(path, i, &a)?;
+            let (smtp, imap, pop3) = resolve_endpoints(path, i, &a)?;
+            if a.pop3_recent_mode && !matches!(a.provider.as_str(), "gmail" | "custom") {
+                return Err(err(
+                    &key("pop3_recent_mode"),
+                    format!(
+                        "recent mode is a Gmail POP3 feature; provider {:?} has no such thing",
+                        a.provider
+                    ),
+                ));
+            }
             let sources = [
                 a.password.is_some(),
                 a.password_env.is_some(),
@@ -251,6 +280,8 @@ impl RawConfig {
                 password_problem,
                 smtp,
                 imap,
+                pop3,
+                pop3_recent_mode: a.pop3_recent_mode,
                 ca_file: a.ca_file.map(resolve),
                 daily_limit,
                 notify: a.notify,
@@ -388,6 +419,9 @@ impl RawConfig {
         let unguarded = imap.passthrough.then_some(exposure::OPEN_LOGIN_PROXY);
         exposure::refuse_open_access(path, "imap", &imap_all, &imap.allowed_networks, unguarded)?;
 
+        // --- pop3
+        let pop3 = pop3_config(path, self.pop3, &users, &accounts)?;
+
         // --- delivery
         let d = self.delivery;
         let delivery = DeliveryConfig {
@@ -442,6 +476,12 @@ impl RawConfig {
 
         check_tls_profile(path, "smtp.tls_profile", smtp.tls_profile, tls.is_some())?;
         check_tls_profile(path, "imap.tls_profile", imap.tls_profile, tls.is_some())?;
+        if tls.is_none() && !pop3.pop3s_listen.is_empty() {
+            return Err(err(
+                "pop3.pop3s_listen",
+                "needs tls_cert and tls_key (see `mailbridge init`)".into(),
+            ));
+        }
 
         // --- metrics
         let raw_metrics = self.metrics;
@@ -474,6 +514,7 @@ impl RawConfig {
             default_account,
             smtp,
             imap,
+            pop3,
             delivery,
             accounts,
             users,
@@ -505,11 +546,13 @@ fn normalise_password(p: &str, source: &str) -> (Option<Secret>, Option<String>)
     }
 }
 
+/// The account's (smtp, imap, pop3) endpoints; pop3 is `None` when the
+/// provider has none and the account gives no `pop3` table.
 fn resolve_endpoints(
     path: &Path,
     i: usize,
     a: &RawAccount,
-) -> Result<(Endpoint, Endpoint), ConfigError> {
+) -> Result<(Endpoint, Endpoint, Option<Endpoint>), ConfigError> {
     let preset = if a.provider == "custom" {
         None
     } else {
@@ -570,9 +613,15 @@ fn resolve_endpoints(
             }
         }
     };
+    let pop3_preset = pop3_preset(&a.provider);
+    let pop3 = match (&a.pop3, &pop3_preset) {
+        (None, None) => None,
+        _ => Some(one("pop3", &a.pop3, pop3_preset)?),
+    };
     Ok((
         one("smtp", &a.smtp, preset.clone().map(|p| p.0))?,
         one("imap", &a.imap, preset.map(|p| p.1))?,
+        pop3,
     ))
 }
 
@@ -676,4 +725,62 @@ fn check_tls_profile(
         ));
     }
     Ok(())
+}
+
+/// `[pop3]`, checked against the accounts its users can reach.
+fn pop3_config(
+    path: &Path,
+    p: RawPop3,
+    users: &[User],
+    accounts: &[Account],
+) -> Result<Pop3Config, ConfigError> {
+    let err = |key: &str, msg: String| ConfigError::new(path, key, msg);
+    let listen = parse_listen(path, "pop3.listen", p.listen, None)?;
+    let pop3s_listen = parse_listen(path, "pop3.pop3s_listen", p.pop3s_listen, None)?;
+    let allowed_networks = parse_nets(path, "pop3.allowed_networks", p.allowed_networks)?;
+    let passthrough = p.passthrough.unwrap_or(false);
+    let all: Vec<SocketAddr> = listen.iter().chain(&pop3s_listen).copied().collect();
+    // Passthrough hands any client's credentials to the upstream: an open
+    // proxy unless the listener is local or the allowlist is real.
+    let exposed = all.iter().any(|a| !a.ip().is_loopback());
+    if passthrough && exposed && allowed_networks.iter().any(|n| n.prefix_len() == 0) {
+        return Err(err(
+            "pop3.allowed_networks",
+            "passthrough = true with a non-loopback listen address and allowed_networks open to every address \
+             would make an open proxy; narrow allowed_networks (e.g. [\"192.168.1.0/24\"]) or set passthrough = false"
+                .into(),
+        ));
+    }
+    let config = Pop3Config {
+        listen,
+        pop3s_listen,
+        passthrough,
+        max_connections_per_account: p
+            .max_connections_per_account
+            .unwrap_or(DEFAULT_POP3_PER_ACCOUNT)
+            .max(1),
+        idle_timeout: p.idle_timeout.unwrap_or(DEFAULT_POP3_IDLE),
+        login_timeout: p.login_timeout.unwrap_or(DEFAULT_POP3_LOGIN_TIMEOUT),
+        allowed_networks,
+        max_connections: p.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1),
+    };
+    if config.enabled() {
+        for (i, a) in accounts.iter().enumerate() {
+            let used = users.iter().any(|u| u.account == a.name);
+            if a.pop3.is_some() || !used {
+                continue;
+            }
+            let message = if a.provider == "icloud" {
+                "iCloud Mail offers no POP3, but [pop3] listen is set and local users log in to this account; \
+                 use IMAP for it, or move those users to another account"
+                    .to_string()
+            } else {
+                "[pop3] listen is set and local users log in to this account, but it has no POP3 server; \
+                 add pop3 = { host = \"...\", port = 995, tls = \"implicit\" }"
+                    .to_string()
+            };
+            return Err(err(&format!("accounts[{i}].pop3"), message));
+        }
+    }
+    Ok(config)
 }

@@ -12,11 +12,14 @@
 pub mod framing;
 pub mod login;
 pub mod parser;
-pub mod pump;
 pub mod responses;
 pub mod sent_copy;
 pub mod session;
 pub mod upstream;
+
+/// The byte pump is shared with POP3; kept reachable under its old path.
+pub use crate::pump;
+pub use crate::slots::AccountSlot;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -25,22 +28,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ClientConfig;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 
 use crate::config::{ip_allowed, Account, Config};
 use crate::disconnect::{log_close, CloseReason};
-use crate::stream::ClientStream;
+use crate::stream::{say, say_and_close, ClientStream};
 use crate::text::Printable;
 use crate::Context;
 use framing::{FrameError, LineBuffer};
 use login::{LoggedIn, Outcome};
 use pump::PumpEnd;
 use session::{Session, Step};
-
-/// Writes to a client outside the pre-login deadline get this long.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Per-account upstream TLS configs (built once) and connection counters.
 pub struct ImapState {
@@ -87,13 +87,10 @@ impl ImapState {
 
     /// Takes one of the account's connection slots, if one is free.
     pub fn acquire(&self, account: &str) -> Option<AccountSlot> {
-        let counter = &self.accounts.get(account)?.connections;
-        counter
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_per_account).then_some(n + 1)
-            })
-            .ok()?;
-        Some(AccountSlot(counter.clone()))
+        AccountSlot::try_take(
+            &self.accounts.get(account)?.connections,
+            self.max_per_account,
+        )
     }
 
     /// Upstream connections currently held for `account`.
@@ -103,17 +100,10 @@ impl ImapState {
             .map_or(0, |a| a.connections.load(Ordering::Acquire))
     }
 
-    fn tls_for(&self, account: &str) -> Option<Arc<ClientConfig>> {
+    /// The account's upstream TLS config (webpki roots plus its `ca_file`),
+    /// also used by the POP3 proxy.
+    pub(crate) fn tls_for(&self, account: &str) -> Option<Arc<ClientConfig>> {
         self.accounts.get(account).map(|a| a.tls.clone())
-    }
-}
-
-/// One held per-account connection slot; released on drop, whatever the path.
-pub struct AccountSlot(Arc<AtomicUsize>);
-
-impl Drop for AccountSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -146,24 +136,16 @@ pub async fn handle_connection(
             .ok()?;
         pre_login(&mut stream, &mut buf, &mut session, &ctx, peer.ip()).await
     };
-    let (user, logged) = tokio::select! {
-        r = tokio::time::timeout_at(deadline, pre) => match r {
-            Ok(Some(x)) => x,
-            Ok(None) => {
-                upstream::close(&mut stream).await;
-                return;
-            }
-            Err(_) => {
-                log_close(CloseReason::LoginTimeout);
-                say_and_close(&mut stream, responses::LOGIN_TIMEOUT).await;
-                return;
-            }
-        },
-        _ = shutdown.cancelled() => {
-            log_close(CloseReason::Shutdown);
-            say_and_close(&mut stream, responses::SHUTTING_DOWN).await;
-            return;
-        }
+    let ended = crate::prelogin::run(pre, deadline, &shutdown).await;
+    let Some((user, logged)) = ended
+        .or_close(
+            &mut stream,
+            responses::LOGIN_TIMEOUT,
+            responses::SHUTTING_DOWN,
+        )
+        .await
+    else {
+        return;
     };
     let client_rest = buf.take_rest();
     drop(buf);
@@ -223,21 +205,12 @@ async fn pre_login(
             }
             Step::StartTls(b) => {
                 let acceptor = ctx.imap_tls.as_ref()?;
-                stream.write_all(&b).await.ok()?;
-                stream.flush().await.ok()?;
                 // Sent before the handshake, so in plaintext: never act on it.
-                let early = buf.take_rest();
-                if !early.is_empty() {
-                    info!(
-                        bytes = early.len(),
-                        "discarding bytes sent after STARTTLS before the TLS handshake"
-                    );
-                }
-                if stream.start_tls(acceptor).await.is_err() {
-                    ctx.metrics.tls_error("imap");
-                    // The handshake has logged why, at info.
-                    return None;
-                }
+                let early = buf.take_rest().len();
+                stream
+                    .upgrade_after(&b, early, acceptor, &ctx.metrics, "imap")
+                    .await
+                    .ok()?;
                 session.tls_started();
                 debug!("STARTTLS handshake done");
             }
@@ -280,16 +253,15 @@ async fn proxy(
     };
     let upstream_rest = upstream.buffer.take_rest();
     let mut stream = upstream.stream;
-    let handover = async {
-        client.write_all(&reply).await?;
-        client.write_all(&upstream_rest).await?;
-        stream.write_all(&client_rest).await?;
-        stream.flush().await
-    };
-    if !matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, handover).await,
-        Ok(Ok(()))
-    ) {
+    if !pump::hand_over(
+        &mut client,
+        &mut stream,
+        &reply,
+        &upstream_rest,
+        &client_rest,
+    )
+    .await
+    {
         debug!("connection lost right after login");
         upstream::close(&mut stream).await;
         return;
@@ -322,32 +294,12 @@ async fn proxy(
     }
     upstream::close(&mut stream).await;
     drop(slot);
-    upstream::close(&mut client).await;
-    let end = match &stats.end {
-        PumpEnd::Closed => "closed".to_string(),
-        PumpEnd::LingerExpired => format!(
-            "closed by mailbridge: one side closed and the other had not followed after {}",
-            humantime::format_duration(pump::LINGER)
-        ),
-        PumpEnd::Idle => "idle timeout".to_string(),
-        PumpEnd::Shutdown => "shutdown".to_string(),
-        PumpEnd::Error(e) => format!("error: {e}"),
-    };
     info!(
         bytes_from_client = stats.client_to_upstream,
         bytes_to_client = stats.upstream_to_client,
-        end = %end,
+        end = %stats.end,
         "IMAP session ended"
     );
-}
-
-async fn say<S: AsyncWrite + Unpin>(s: &mut S, text: &[u8]) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.write_all(text)).await;
-}
-
-async fn say_and_close<S: AsyncWrite + Unpin>(s: &mut S, text: &[u8]) {
-    say(s, text).await;
-    upstream::close(s).await;
 }
 
 /// `mailbridge check`: connects with the account's TLS mode, logs in with

@@ -58,7 +58,7 @@ impl UpstreamError {
     }
 }
 
-fn frame_err(e: FrameError, when: &'static str) -> UpstreamError {
+pub(crate) fn frame_err(e: FrameError, when: &'static str) -> UpstreamError {
     match e {
         FrameError::Closed => UpstreamError::Closed(when),
         FrameError::Io(e) => UpstreamError::Io(e),
@@ -87,10 +87,11 @@ pub async fn connect(
         .map_err(|_| UpstreamError::Timeout("connecting and reading the greeting"))?
 }
 
-async fn connect_inner(
+/// The TCP connection to `endpoint` and the name its certificate must carry
+/// (shared with the POP3 upstream).
+pub(crate) async fn open_tcp(
     endpoint: &Endpoint,
-    tls: &Arc<ClientConfig>,
-) -> Result<Connection, UpstreamError> {
+) -> Result<(ServerName<'static>, TcpStream), UpstreamError> {
     let server_name = ServerName::try_from(endpoint.host.clone()).map_err(|_| {
         UpstreamError::Resolve(format!("{:?} (not a valid host name)", endpoint.host))
     })?;
@@ -103,11 +104,24 @@ async fn connect_inner(
             source,
         })?;
     let _ = tcp.set_nodelay(true);
-    let connector = TlsConnector::from(tls.clone());
-    let tls_err = |source| UpstreamError::Tls {
+    Ok((server_name, tcp))
+}
+
+/// The TLS error for a failed handshake with `endpoint`.
+pub(crate) fn tls_error(endpoint: &Endpoint) -> impl Fn(io::Error) -> UpstreamError + '_ {
+    move |source| UpstreamError::Tls {
         endpoint: endpoint.to_string(),
         source,
-    };
+    }
+}
+
+async fn connect_inner(
+    endpoint: &Endpoint,
+    tls: &Arc<ClientConfig>,
+) -> Result<Connection, UpstreamError> {
+    let (server_name, tcp) = open_tcp(endpoint).await?;
+    let connector = TlsConnector::from(tls.clone());
+    let tls_err = tls_error(endpoint);
     match endpoint.tls {
         TlsMode::Implicit => {
             let mut stream = connector.connect(server_name, tcp).await.map_err(tls_err)?;
@@ -175,7 +189,7 @@ async fn read_greeting<R: AsyncRead + Unpin>(
     }
 }
 
-fn clip(s: &str) -> String {
+pub(crate) fn clip(s: &str) -> String {
     s.chars().take(200).collect()
 }
 

@@ -66,6 +66,8 @@ pub struct Metrics {
     failed_size: Gauge,
     oldest_age: Gauge<f64, AtomicU64>,
     imap_sessions: Gauge,
+    pop3_sessions: Gauge,
+    pop3_logins: Counter,
     auth_failures: Family<ProtocolLabel, Counter>,
     tls_errors: Family<ProtocolLabel, Counter>,
     reloads: Family<ProtocolLabel, Counter>,
@@ -95,6 +97,8 @@ impl Metrics {
             failed_size: Gauge::default(),
             oldest_age: Gauge::default(),
             imap_sessions: Gauge::default(),
+            pop3_sessions: Gauge::default(),
+            pop3_logins: Counter::default(),
             auth_failures: Family::default(),
             tls_errors: Family::default(),
             reloads: Family::default(),
@@ -149,6 +153,16 @@ impl Metrics {
             "imap_sessions_active",
             "IMAP client connections currently open",
             m.imap_sessions.clone(),
+        );
+        r.register(
+            "pop3_sessions_active",
+            "POP3 client connections currently open",
+            m.pop3_sessions.clone(),
+        );
+        r.register(
+            "pop3_logins",
+            "POP3 logins that reached the upstream mailbox",
+            m.pop3_logins.clone(),
         );
         r.register(
             "auth_failures",
@@ -257,6 +271,21 @@ impl Metrics {
     pub fn imap_session(&self) -> SessionGuard {
         self.imap_sessions.inc();
         SessionGuard(self.imap_sessions.clone())
+    }
+
+    /// Counts a POP3 client connection until the guard is dropped.
+    pub fn pop3_session(&self) -> SessionGuard {
+        self.pop3_sessions.inc();
+        SessionGuard(self.pop3_sessions.clone())
+    }
+
+    pub fn pop3_sessions_active(&self) -> i64 {
+        self.pop3_sessions.get()
+    }
+
+    /// A POP3 session logged in upstream.
+    pub fn pop3_login(&self) {
+        self.pop3_logins.inc();
     }
 
     pub fn imap_sessions_active(&self) -> i64 {

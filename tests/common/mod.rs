@@ -1,5 +1,5 @@
 //! Shared test support: a CA made at test time, in-process TLS upstream
-//! servers (SMTP and IMAP), helpers to start the real daemon on port 0, and
+//! servers (SMTP, IMAP and POP3), helpers to start the real daemon on port 0, and
 //! a log capture.
 #![allow(dead_code)]
 
@@ -7,4 +7,5 @@ pub mod ca;
 pub mod daemon;
 pub mod imap_upstream;
 pub mod logs;
+pub mod pop3_upstream;
 pub mod smtp_upstream;

@@ -1,4 +1,4 @@
-//! The post-login byte pump: both directions at once with small fixed
+//! The post-login byte pump (IMAP and POP3): both directions at once with small fixed
 //! buffers (tokio's `copy_bidirectional`), counting bytes and watching for
 //! idleness (no byte either way) and shutdown. It also holds the account's
 //! connection slot and frees it the moment the upstream session ends.
@@ -9,17 +9,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::AccountSlot;
+use crate::slots::AccountSlot;
 
 /// Per-direction copy buffer. Small on purpose: memory per idle connection.
 const BUFFER: usize = 4096;
 /// Once one side has closed, how long the other may take to follow.
 pub const LINGER: Duration = Duration::from_secs(30);
+/// Writes right after login get this long.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the pump stopped.
 #[derive(Debug)]
@@ -31,6 +33,18 @@ pub enum PumpEnd {
     Idle,
     Shutdown,
     Error(io::Error),
+}
+
+impl std::fmt::Display for PumpEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PumpEnd::Closed => f.write_str("closed"),
+            PumpEnd::LingerExpired => f.write_str("one side closed, the other did not follow"),
+            PumpEnd::Idle => f.write_str("idle timeout"),
+            PumpEnd::Shutdown => f.write_str("shutdown"),
+            PumpEnd::Error(e) => write!(f, "error: {e}"),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -116,6 +130,32 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<'_, S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
+}
+
+/// Right after login: sends the client `reply` and whatever the upstream sent
+/// beyond its login answer, and the upstream whatever the client pipelined
+/// after its login command. False if either side is gone or too slow.
+pub async fn hand_over<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    reply: &[u8],
+    upstream_rest: &[u8],
+    client_rest: &[u8],
+) -> bool
+where
+    C: AsyncWrite + Unpin,
+    U: AsyncWrite + Unpin,
+{
+    let handover = async {
+        client.write_all(reply).await?;
+        client.write_all(upstream_rest).await?;
+        upstream.write_all(client_rest).await?;
+        upstream.flush().await
+    };
+    matches!(
+        tokio::time::timeout(HANDOVER_TIMEOUT, handover).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Copies between `client` and `upstream` until both directions end, no byte
@@ -264,8 +304,10 @@ mod tests {
     }
 
     fn held_slot() -> (Arc<AtomicUsize>, Option<AccountSlot>) {
-        let counter = Arc::new(AtomicUsize::new(1));
-        (counter.clone(), Some(AccountSlot(counter)))
+        let counter = Arc::new(AtomicUsize::new(0));
+        let slot = AccountSlot::try_take(&counter, 1);
+        assert!(slot.is_some());
+        (counter, slot)
     }
 
     /// The upstream answers LOGOUT and closes; the client keeps its socket

@@ -1,0 +1,135 @@
+//! One POP3 login attempt: the local check (argon2 store and failure
+//! slowdown, through [`local_check`] only) or passthrough, the per-account
+//! session slot, then connect and USER/PASS upstream. The outcome is either a
+//! ready upstream session or the `-ERR` refusing it.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tracing::{debug, info, warn};
+
+use super::responses;
+use super::session::LoginRequest;
+use super::upstream::{self, Connection, UpstreamError};
+use crate::auth::Denied;
+use crate::config::Account;
+use crate::imap::login::{UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_LOGIN_TIMEOUT};
+use crate::secret::Secret;
+use crate::slots::AccountSlot;
+use crate::Context;
+
+pub struct LoggedIn {
+    pub upstream: Connection,
+    pub slot: AccountSlot,
+    pub account: String,
+    pub passthrough: bool,
+}
+
+pub enum Outcome {
+    LoggedIn(Box<LoggedIn>),
+    /// The reply to send; the session stays in AUTHORIZATION state.
+    Refused(&'static [u8]),
+}
+
+/// Runs the whole login for `req` from `ip`.
+pub async fn attempt(req: LoginRequest, ctx: &Arc<Context>, ip: IpAddr) -> Outcome {
+    let passthrough = ctx.config.pop3.passthrough && !ctx.auth.has_user(&req.user);
+    let mut pending = None;
+    let (account, username, password): (&Account, String, &Secret) = if passthrough {
+        // The upstream judges the password: the reserved attempt stays open
+        // until it has answered.
+        match ctx.auth.throttle().admit(ip, &req.user).await {
+            Ok(a) => pending = Some(a),
+            Err(d) => return Outcome::Refused(denied(ctx, d, "")),
+        }
+        let Some(account) = ctx.config.default_account() else {
+            warn!("POP3 passthrough login but no default_account is configured");
+            return Outcome::Refused(responses::NO_ACCOUNT);
+        };
+        (account, req.user.clone(), &req.password)
+    } else {
+        let name = match ctx.auth.login(ip, &req.user, &req.password).await {
+            Ok(name) => name,
+            Err(d) => return Outcome::Refused(denied(ctx, d, "wrong local user name or password")),
+        };
+        let Some(account) = ctx.config.account(&name) else {
+            warn!(account = %name, "local user points at an unknown account");
+            return Outcome::Refused(responses::NO_ACCOUNT);
+        };
+        let Some(password) = account.password.as_ref() else {
+            warn!(
+                account = %account.name,
+                "POP3 login refused: the account has no usable password ({})",
+                account.password_problem.as_deref().unwrap_or("unknown reason")
+            );
+            return Outcome::Refused(responses::ACCOUNT_UNUSABLE);
+        };
+        let user = upstream::upstream_user(&account.username, account.pop3_recent_mode);
+        (account, user, password)
+    };
+    let Some(endpoint) = account.pop3.as_ref() else {
+        warn!(account = %account.name, "POP3 login refused: the account has no POP3 server");
+        return Outcome::Refused(responses::NO_POP3);
+    };
+    let Some(slot) = ctx.pop3.slots.acquire(&account.name) else {
+        warn!(account = %account.name, limit = ctx.pop3.slots.max(), "POP3 login refused: per-account session limit reached");
+        return Outcome::Refused(responses::TOO_MANY_CONNECTIONS);
+    };
+    let Some(tls) = ctx.imap.tls_for(&account.name) else {
+        return Outcome::Refused(responses::UPSTREAM_UNAVAILABLE);
+    };
+    let mut conn = match upstream::connect(endpoint, &tls, UPSTREAM_CONNECT_TIMEOUT).await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(account = %account.name, upstream = %endpoint, error = %e, "upstream POP3 unavailable");
+            return Outcome::Refused(responses::UPSTREAM_UNAVAILABLE);
+        }
+    };
+    match upstream::login(&mut conn, &username, password, UPSTREAM_LOGIN_TIMEOUT).await {
+        Ok(()) => {
+            if let Some(a) = pending {
+                a.succeeded();
+            }
+            Outcome::LoggedIn(Box::new(LoggedIn {
+                upstream: conn,
+                slot,
+                account: account.name.clone(),
+                passthrough,
+            }))
+        }
+        Err(UpstreamError::Rejected { text }) => {
+            upstream::close(&mut conn.stream).await;
+            if let Some(a) = pending {
+                let d = a.failed();
+                Outcome::Refused(denied(ctx, d, "upstream refused passthrough credentials"))
+            } else {
+                warn!(account = %account.name, upstream_reply = %text, "upstream POP3 refused the account's credentials; check the app password and that POP is enabled (mailbridge check)");
+                Outcome::Refused(responses::UPSTREAM_AUTH_FAILED)
+            }
+        }
+        Err(e) => {
+            warn!(account = %account.name, upstream = %endpoint, error = %e, "upstream POP3 login failed");
+            Outcome::Refused(responses::UPSTREAM_UNAVAILABLE)
+        }
+    }
+}
+
+/// The reply to a login the throttle or the password check refused (the same
+/// login throttle as SMTP AUTH and IMAP LOGIN: `crate::auth`).
+fn denied(ctx: &Context, d: Denied, why: &str) -> &'static [u8] {
+    if d.was_verified() {
+        ctx.metrics.auth_failure("pop3");
+    }
+    match d {
+        Denied::Failed => {
+            info!(reason = why, "POP3 login failed");
+            responses::AUTH_FAILED
+        }
+        Denied::Blocked { .. } => responses::AUTH_BLOCKED,
+        Denied::Busy => {
+            // Not logged above debug: a flood would make one line per attempt.
+            debug!("POP3 login refused for now: too many logins in progress from this address");
+            responses::LOGIN_BUSY
+        }
+    }
+}
