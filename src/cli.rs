@@ -60,6 +60,12 @@ pub enum Command {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// Write the man page, shell completions or packaged files (for packagers).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: crate::packaging::GenerateCommand,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]

@@ -14,6 +14,7 @@
 //! - [`legacy_tls`]: the opt-in OpenSSL profile for old devices (`legacy-tls` feature).
 //! - [`stream`]: a client connection, plaintext or local TLS (STARTTLS upgrade).
 //! - [`init`]: `mailbridge init` (local CA, certificate, starter relay.toml).
+//! - [`packaging`]: `mailbridge generate` (man page, completions, the Debian package's relay.toml and unit).
 //! - [`secret`]: a string type that never prints itself.
 //! - [`text`]: client and provider text made safe to print (escapes controls).
 //! - [`metrics`]: Prometheus metrics, `/metrics` and `/healthz`.
@@ -31,6 +32,7 @@ pub mod init;
 pub mod legacy_tls;
 pub mod listener;
 pub mod metrics;
+pub mod packaging;
 pub mod reload;
 pub mod secret;
 pub mod smtp;
