@@ -85,6 +85,9 @@ for who in root mailbridge; do
   echo "$out" | sed 's/^/  | /'
   [ "$rc" -ne 0 ] || fail "check as $who exited 0 without a password"
   grep -q 'password: FAILED: .*`password` key' <<<"$out" || fail "check as $who does not name the password key"
+  # 0640 root:mailbridge is the intended mode: no advice to chmod 600 (which
+  # would lock the service out of its own configuration).
+  ! grep -q 'can be read by other users' <<<"$out" || fail "check warns about the packaged mode"
   ok "check as $who: exit $rc, names the password key"
 done
 
@@ -133,6 +136,7 @@ bad=$(find /var/lib/mailbridge/spool ! -user mailbridge | head -n 1)
 [ -z "$bad" ] || fail "$bad in the spool is not owned by mailbridge"
 ok "message accepted and spooled by mailbridge ($spooled files, all owned by mailbridge)"
 if grep -q 'packagetestpasswd' "$log"; then fail "the password reached the log"; fi
+if grep -q 'can be read by other users' "$log"; then cat "$log"; fail "the daemon warns about the packaged mode"; fi
 rm -f "$log"
 
 echo "--- dpkg --remove: binary gone, config and spool kept"

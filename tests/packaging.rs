@@ -31,14 +31,17 @@ fn mailbridge(args: &[&str]) -> Output {
 const REGENERATE: &str =
     "out of date: run `cargo run -- generate packaging packaging/deb` and commit the result";
 
+/// packaging/deb/FILE, asserted to be `want`.
+fn committed(file: &str, want: &str) -> String {
+    let text = read(&format!("packaging/deb/{file}"));
+    assert!(text == want, "packaging/deb/{file} is {REGENERATE}");
+    text
+}
+
 #[test]
 fn packaged_relay_toml_is_the_shipped_one_with_packaged_paths() {
     let want = packaging::packaged_config(&read("relay.toml")).unwrap();
-    let committed = read(&format!("packaging/deb/{PACKAGED_CONFIG_FILE}"));
-    assert!(
-        committed == want,
-        "packaging/deb/relay.toml is {REGENERATE}"
-    );
+    let committed = committed(PACKAGED_CONFIG_FILE, &want);
     // The only lines that differ are the header (before the shipped file's
     // second line) and the paths.
     let shipped = read("relay.toml");
@@ -58,11 +61,7 @@ fn packaged_relay_toml_is_the_shipped_one_with_packaged_paths() {
 #[test]
 fn packaged_unit_is_the_shipped_one_with_the_packaged_binary() {
     let want = packaging::packaged_unit(&read("packaging/mailbridge.service")).unwrap();
-    let committed = read(&format!("packaging/deb/{PACKAGED_UNIT_FILE}"));
-    assert!(
-        committed == want,
-        "packaging/deb/mailbridge.service is {REGENERATE}"
-    );
+    let committed = committed(PACKAGED_UNIT_FILE, &want);
     let exec = committed
         .lines()
         .find(|l| l.starts_with("ExecStart="))
