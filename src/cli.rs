@@ -1,4 +1,5 @@
-//! The command line: `run` (default), `check`, `queue ...`, `hash-password`, `init`.
+//! The command line: `run` (default), `check`, `queue ...`, `hash-password`, `init`
+//! (and the hidden `generate` for packagers, see [`crate::packaging`]).
 
 use std::io::Read;
 use std::path::PathBuf;
