@@ -2,8 +2,9 @@
 # Installs the Debian package on this machine (root) and checks it: files,
 # owners and modes, the service user, `mailbridge --version`, `check` naming
 # the missing password, the unit verified, the daemon running as the service
-# user on the packaged paths; then `dpkg --remove` (config and spool kept)
-# and `dpkg --purge` (nothing left). Usage: packaging/test-deb.sh FILE.deb
+# user on the packaged paths, a reinstall keeping the edited config; then
+# `dpkg --remove` (config and spool kept) and `dpkg --purge` (nothing left).
+# Usage: packaging/test-deb.sh FILE.deb
 # Leaves the machine as it found it: the package is purged on any exit.
 set -euo pipefail
 
@@ -138,6 +139,14 @@ ok "message accepted and spooled by mailbridge ($spooled files, all owned by mai
 if grep -q 'packagetestpasswd' "$log"; then fail "the password reached the log"; fi
 if grep -q 'can be read by other users' "$log"; then cat "$log"; fail "the daemon warns about the packaged mode"; fi
 rm -f "$log"
+
+echo "--- dpkg -i again (reinstall/upgrade): edits, spool, owners and modes kept"
+dpkg -i "$deb" >/dev/null
+grep -q packagetestpasswd /etc/mailbridge/relay.toml || fail "reinstall replaced the edited relay.toml"
+expect /etc/mailbridge/relay.toml 640 root:mailbridge
+expect /var/lib/mailbridge/spool 700 mailbridge:mailbridge d
+[ "$(find /var/lib/mailbridge/spool -type f | wc -l)" = "$spooled" ] || fail "spool changed on reinstall"
+ok "reinstall kept the edited relay.toml and the spool"
 
 echo "--- dpkg --remove: binary gone, config and spool kept"
 dpkg --remove mailbridge
