@@ -1,4 +1,5 @@
-//! The command line: `run` (default), `check`, `queue ...`, `hash-password`, `init`.
+//! The command line: `run` (default), `check`, `queue ...`, `hash-password`, `init`
+//! (and the hidden `generate` for packagers, see [`crate::packaging`]).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -59,6 +60,12 @@ pub enum Command {
         /// Directory to create relay.toml and certs/ in.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+    },
+    /// Write the man page, shell completions or packaged files (for packagers).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: crate::packaging::GenerateCommand,
     },
 }
 

@@ -17,6 +17,7 @@
 //! - [`legacy_tls`]: the opt-in OpenSSL profile for old devices (`legacy-tls` feature).
 //! - [`stream`]: a client connection, plaintext or local TLS (STARTTLS upgrade).
 //! - [`init`]: `mailbridge init` (local CA, certificate, starter relay.toml).
+//! - [`packaging`]: `mailbridge generate` (man page, completions, the Debian package's relay.toml and unit).
 //! - [`secret`]: a string type that never prints itself.
 //! - [`text`]: client and provider text made safe to print (escapes controls).
 //! - [`metrics`]: Prometheus metrics, `/metrics` and `/healthz`.
@@ -34,6 +35,7 @@ pub mod init;
 pub mod legacy_tls;
 pub mod listener;
 pub mod metrics;
+pub mod packaging;
 pub mod pop3;
 pub mod prelogin;
 pub mod pump;

@@ -42,6 +42,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::HashPassword) => cli::hash_password_command(),
         Some(Command::Init { force, ref dir }) => mailbridge::init::command(dir, force),
+        Some(Command::Generate { ref what }) => mailbridge::packaging::command(what),
         _ => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
@@ -69,6 +70,7 @@ async fn async_main(cli: Cli) -> ExitCode {
         Some(Command::Queue { command }) => mailbridge::spool::admin::run(&config, command.clone()),
         Some(Command::HashPassword) => cli::hash_password_command(),
         Some(Command::Init { force, dir }) => mailbridge::init::command(dir, *force),
+        Some(Command::Generate { what }) => mailbridge::packaging::command(what),
     }
 }
 

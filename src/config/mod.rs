@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::secret::Secret;
 
 mod exposure;
+mod perms;
 mod raw;
 use raw::RawConfig;
 
@@ -308,9 +309,13 @@ impl Config {
 
 #[cfg(unix)]
 fn mode_warning(path: &Path) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    (mode & 0o077 != 0).then(|| {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(path).ok()?;
+    let mode = meta.permissions().mode();
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let private = mode & 0o070 != 0
+        && perms::group_is_private(meta.gid(), &read("/etc/group"), &read("/etc/passwd"));
+    perms::open_to_others(mode, private).then(|| {
         format!(
             "{} holds a password and can be read by other users (mode {:o}); run: chmod 600 {}",
             path.display(),
