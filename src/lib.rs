@@ -17,6 +17,7 @@
 //! - [`secret`]: a string type that never prints itself.
 //! - [`text`]: client and provider text made safe to print (escapes controls).
 //! - [`metrics`]: Prometheus metrics, `/metrics` and `/healthz`.
+//! - [`status`]: the status page (`/` on the metrics listener): recent events, queue, limits.
 //! - [`reload`]: building the [`Context`]; live reload on SIGHUP.
 #![forbid(unsafe_code)]
 
@@ -35,6 +36,7 @@ pub mod reload;
 pub mod secret;
 pub mod smtp;
 pub mod spool;
+pub mod status;
 pub mod stream;
 pub mod text;
 pub mod tls;
@@ -62,6 +64,8 @@ pub struct Context {
     pub wake_delivery: Arc<Notify>,
     /// Counters and health state for `/metrics` and `/healthz`.
     pub metrics: Arc<metrics::Metrics>,
+    /// Recent events and session counts for the status page (survives reloads).
+    pub status: Arc<status::Status>,
     /// Upstream SMTP clients (worker and direct mode).
     pub upstream: delivery::Upstream,
     /// IMAP proxy state (per-account connection counts, upstream TLS configs).
@@ -125,6 +129,7 @@ impl Daemon {
             spool: Arc::new(spool::Spool::open(&config.smtp.spool_dir)?),
             wake_delivery: Arc::new(Notify::new()),
             metrics: Arc::new(metrics::Metrics::new()),
+            status: Arc::new(status::Status::new()),
         };
         let ctx = Arc::new(reload::build_context(config.clone(), shared, None)?);
         let live = Arc::new(ArcSwap::new(ctx.clone()));
@@ -271,6 +276,7 @@ impl Listeners<'_> {
                 info!("{} listening on {local}", name.to_uppercase());
             }
             bound.push(local);
+            let counter = self.ctx.status.listener(name, local);
             let (live, sd) = (self.live.clone(), self.shutdown.clone());
             self.sessions.spawn(accept_loop(
                 l,
@@ -280,7 +286,9 @@ impl Listeners<'_> {
                 move |s, p| {
                     // The current context: a reload may have changed users or the certificate.
                     let (ctx, sd) = (live.load_full(), sd.clone());
+                    let session = counter.enter();
                     async move {
+                        let _session = session;
                         let s = if implicit_tls {
                             let Some(acceptor) = proto.acceptor(&ctx) else {
                                 return;

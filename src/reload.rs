@@ -2,7 +2,7 @@
 //! (SIGHUP). A reload swaps in a new `Context` for new connections and the
 //! worker's next pass; sessions in progress keep the one they started with.
 //! What must outlive a reload is shared: the spool, the worker's wake-up, the
-//! metrics, the IMAP per-account connection counters and the login-failure
+//! metrics, the status page's events, the IMAP per-account connection counters and the login-failure
 //! tracker. Listen addresses and the spool directory need a restart.
 
 use std::sync::Arc;
@@ -19,6 +19,7 @@ pub(crate) struct Shared {
     pub spool: Arc<spool::Spool>,
     pub wake_delivery: Arc<Notify>,
     pub metrics: Arc<Metrics>,
+    pub status: Arc<crate::status::Status>,
 }
 
 /// Builds a context for `config`; with `previous`, keeps its counters and trackers.
@@ -55,6 +56,7 @@ pub(crate) fn build_context(
         smtp_tls: local_tls.smtp,
         imap_tls: local_tls.imap,
         metrics: shared.metrics,
+        status: shared.status,
         config,
     })
 }
@@ -121,6 +123,7 @@ impl Daemon {
             spool: old.spool.clone(),
             wake_delivery: old.wake_delivery.clone(),
             metrics: metrics.clone(),
+            status: old.status.clone(),
         };
         let ctx = match build_context(config.clone(), shared, Some(&old)) {
             Ok(c) => c,
