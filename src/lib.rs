@@ -335,7 +335,7 @@ async fn start_metrics(
     let l = listener::bind(addr).map_err(bind_err)?;
     let local = l.local_addr().map_err(bind_err)?;
     metrics::http::warn_if_exposed(local, &ctx.config.metrics.allowed_networks);
-    info!("metrics listening on http://{local}/metrics (health: /healthz)");
+    info!("metrics listening on http://{local}/metrics (health: /healthz, status page: /)");
     let (m, spool) = (ctx.metrics.clone(), ctx.spool.clone());
     let _ = tokio::task::spawn_blocking(move || m.probe_spool(&spool)).await;
     sessions.spawn(metrics::probe::run_every_interval(
