@@ -77,9 +77,9 @@ pub fn page(s: &Snapshot) -> String {
         s.refresh_secs
     );
     if let Some(e) = &s.spool_error {
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<p class=\"banner\" id=\"spool-error\">The spool cannot be read: {}</p>\n",
+            "<p class=\"banner\" id=\"spool-error\">The spool cannot be read: {}</p>",
             escape(e)
         );
     }
@@ -127,9 +127,9 @@ pub fn account_state(a: &AccountView) -> (&'static str, &'static str) {
 fn account(h: &mut String, a: &AccountView, now: SystemTime) {
     let (class, label) = account_state(a);
     let name = escape(&a.name);
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<article class=\"card account {class}\" data-account=\"{name}\"><h3>{name}<span class=\"badge\">{label}</span></h3><dl>\n"
+        "<article class=\"card account {class}\" data-account=\"{name}\"><h3>{name}<span class=\"badge\">{label}</span></h3><dl>"
     );
     h.push_str("<dt>Last delivery</dt><dd class=\"last-delivery\">");
     match &a.last_delivered {
@@ -141,15 +141,15 @@ fn account(h: &mut String, a: &AccountView, now: SystemTime) {
     h.push_str("</dd>\n");
     if let Some(u) = &a.upstream {
         let _ = if u.reachable {
-            write!(
+            writeln!(
                 h,
-                "<dt>Upstream</dt><dd class=\"upstream\">login ok at {}</dd>\n",
+                "<dt>Upstream</dt><dd class=\"upstream\">login ok at {}</dd>",
                 escape(&u.at)
             )
         } else {
-            write!(
+            writeln!(
                 h,
-                "<dt>Upstream</dt><dd class=\"upstream\">unreachable at {}: <code>{}</code></dd>\n",
+                "<dt>Upstream</dt><dd class=\"upstream\">unreachable at {}: <code>{}</code></dd>",
                 escape(&u.at),
                 escape(&u.detail)
             )
@@ -188,9 +188,9 @@ fn account(h: &mut String, a: &AccountView, now: SystemTime) {
         h.push_str("</ul>");
     }
     h.push_str("</dd>\n");
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<dt>Oldest</dt><dd class=\"oldest\">{}</dd>\n",
+        "<dt>Oldest</dt><dd class=\"oldest\">{}</dd>",
         q.oldest.map_or_else(|| "nothing waiting".to_string(), age)
     );
     h.push_str("<dt>Daily limit</dt><dd class=\"daily\">");
