@@ -107,6 +107,9 @@ def test_status_page_in_chromium(workdir, ca, smtp_upstream, smtp_upstream_start
         chromium(workdir, f"--screenshot={shot}", "--window-size=412,900", "--hide-scrollbars", url)
         assert shot.exists() and shot.stat().st_size > 5000, "no screenshot"
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        # The whole page at phone width (chart and events below the fold).
+        chromium(workdir, f"--screenshot={ARTIFACTS / 'status-full.png'}", "--window-size=412,3200",
+                 "--hide-scrollbars", url)
         assert not [s for s in h.SECRETS if s in dom]
     finally:
         assert mb.stop() == 0

@@ -47,6 +47,9 @@ pub struct Event {
     pub more_recipients: usize,
     /// The provider's reply or the reason (bounded).
     pub reply: String,
+    /// How many times in a row this happened (retries during an outage are
+    /// folded into one event, `at` is the latest).
+    pub repeats: u32,
 }
 
 impl Event {
@@ -66,6 +69,7 @@ impl Event {
             recipients: recipients.iter().take(MAX_RECIPIENTS).cloned().collect(),
             more_recipients: recipients.len().saturating_sub(MAX_RECIPIENTS),
             reply: reply.chars().take(MAX_REPLY).collect(),
+            repeats: 1,
         }
     }
 }
@@ -77,7 +81,18 @@ pub struct Ring {
 }
 
 impl Ring {
+    /// Adds `e`; the same outcome of the same message as the newest event
+    /// (a retry that failed the same way) only counts up that event.
     pub fn push(&mut self, e: Event) {
+        if let Some(last) = self.events.back_mut() {
+            if (last.kind, &last.queue_id, &last.account, &last.reply)
+                == (e.kind, &e.queue_id, &e.account, &e.reply)
+            {
+                last.at = e.at;
+                last.repeats = last.repeats.saturating_add(1);
+                return;
+            }
+        }
         if self.events.len() == RING_CAPACITY {
             self.events.pop_front();
         }
@@ -200,6 +215,45 @@ mod tests {
         let list = r.newest_first();
         assert_eq!(list[0].queue_id, format!("q{}", RING_CAPACITY + 4));
         assert_eq!(list[RING_CAPACITY - 1].queue_id, "q5");
+    }
+
+    #[test]
+    fn the_same_retry_outcome_folds_into_one_event() {
+        let mut r = Ring::default();
+        let deferred =
+            |secs| Event::new(at(0, secs), EventKind::Deferred, "q1", "a", &[], "451 busy");
+        r.push(deferred(1));
+        r.push(deferred(2));
+        r.push(deferred(3));
+        assert_eq!(r.len(), 1);
+        let e = &r.newest_first()[0];
+        assert_eq!((e.repeats, e.at), (3, at(0, 3)));
+        // Another reply, another message or another outcome is a new event.
+        r.push(Event::new(
+            at(0, 4),
+            EventKind::Deferred,
+            "q1",
+            "a",
+            &[],
+            "421 down",
+        ));
+        r.push(Event::new(
+            at(0, 5),
+            EventKind::Deferred,
+            "q2",
+            "a",
+            &[],
+            "421 down",
+        ));
+        r.push(Event::new(
+            at(0, 6),
+            EventKind::Delivered,
+            "q2",
+            "a",
+            &[],
+            "421 down",
+        ));
+        assert_eq!(r.len(), 4);
     }
 
     #[test]

@@ -45,6 +45,8 @@ struct Inner {
 struct AccountMemory {
     last_delivered: Option<(SystemTime, String)>,
     last_error: Option<(SystemTime, String)>,
+    /// The last error was a deferral (the account's problem), not a failure.
+    last_error_temporary: bool,
 }
 
 /// Sessions open on one listener.
@@ -103,6 +105,9 @@ impl Status {
                 _ => &mut mem.last_error,
             };
             *slot = Some((now, event.reply.clone()));
+            if kind != EventKind::Delivered {
+                mem.last_error_temporary = kind == EventKind::Deferred;
+            }
         }
         inner.ring.push(event);
     }
@@ -160,6 +165,8 @@ pub struct AccountView {
     pub configured: bool,
     pub last_delivered: Option<(SystemTime, String)>,
     pub last_error: Option<(SystemTime, String)>,
+    /// The last error was a deferral (will be retried), not a permanent failure.
+    pub last_error_temporary: bool,
     /// What `check` would suggest for the last error (or the upstream's).
     pub hint: Option<&'static str>,
     /// The last connection outcome (login reached or not).
@@ -307,6 +314,7 @@ pub fn collect(ctx: &Context) -> Snapshot {
                 queue: queues.get(&name).cloned().unwrap_or_default(),
                 last_delivered: mem.last_delivered,
                 last_error: mem.last_error,
+                last_error_temporary: mem.last_error_temporary,
                 hint,
                 upstream,
                 name,
@@ -408,6 +416,7 @@ mod tests {
         let m = &inner.accounts["a"];
         assert_eq!(m.last_delivered.as_ref().unwrap().1, "250 ok");
         assert_eq!(m.last_error.as_ref().unwrap().1, "451 later");
+        assert!(m.last_error_temporary);
         let list = inner.ring.newest_first();
         assert_eq!(list.len(), 3);
         assert_eq!(list[0].kind, EventKind::Delivered);

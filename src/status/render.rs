@@ -111,11 +111,13 @@ pub fn account_state(a: &AccountView) -> (&'static str, &'static str) {
     let error_at = a.last_error.as_ref().map(|(t, _)| *t);
     let ok_at = a.last_delivered.as_ref().map(|(t, _)| *t);
     let unreachable = a.upstream.as_ref().is_some_and(|u| !u.reachable);
+    let error_is_latest = error_at.is_some_and(|e| ok_at.is_none_or(|o| e > o));
     if !a.configured {
         ("warn", "not in the config")
-    } else if unreachable || error_at.is_some_and(|e| ok_at.is_none_or(|o| e > o)) {
+    } else if unreachable || (error_is_latest && a.last_error_temporary) {
+        // Mail waits: the account (or its server) is what needs fixing.
         ("error", "problem")
-    } else if a.queue.held_total() > 0 || a.queue.failed > 0 {
+    } else if error_is_latest || a.queue.held_total() > 0 || a.queue.failed > 0 {
         ("warn", "needs attention")
     } else if ok_at.is_some() {
         ("ok", "mail is flowing")
@@ -140,17 +142,24 @@ fn account(h: &mut String, a: &AccountView, now: SystemTime) {
     }
     h.push_str("</dd>\n");
     if let Some(u) = &a.upstream {
+        let same_as_error = a.last_error.as_ref().is_some_and(|(_, e)| *e == u.detail);
         let _ = if u.reachable {
             writeln!(
                 h,
                 "<dt>Upstream</dt><dd class=\"upstream\">login ok at {}</dd>",
-                escape(&u.at)
+                escape(&short_time(&u.at))
+            )
+        } else if same_as_error {
+            writeln!(
+                h,
+                "<dt>Upstream</dt><dd class=\"upstream\">unreachable at {} (see last error)</dd>",
+                escape(&short_time(&u.at))
             )
         } else {
             writeln!(
                 h,
                 "<dt>Upstream</dt><dd class=\"upstream\">unreachable at {}: <code>{}</code></dd>",
-                escape(&u.at),
+                escape(&short_time(&u.at)),
                 escape(&u.detail)
             )
         };
@@ -244,9 +253,13 @@ fn events(h: &mut String, list: &[Event], now: SystemTime) {
     h.push_str("<ol class=\"events\">\n");
     for e in list {
         let kind = e.kind.as_str();
+        let times = match e.repeats {
+            0 | 1 => String::new(),
+            n => format!("<span class=\"repeats\">{n} times, last</span> "),
+        };
         let _ = write!(
             h,
-            "<li class=\"k-{kind}\" data-kind=\"{kind}\"><span class=\"kind\">{kind}</span>{} \
+            "<li class=\"k-{kind}\" data-kind=\"{kind}\"><span class=\"kind\">{kind}</span>{times}{} \
              <code class=\"qid\">{}</code> {} &rarr; <span class=\"rcpts\">{}",
             when(e.at, now),
             escape(&e.queue_id),
@@ -290,8 +303,8 @@ pub fn chart_svg(hours: &[HourCounts], now_hour: u64) -> String {
         "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {H}\" role=\"img\" \
          aria-label=\"delivered, deferred and failed per hour over the last {n} hours ({total} in all)\">\
          <line x1=\"28\" y1=\"{BASE}\" x2=\"{W}\" y2=\"{BASE}\" stroke=\"currentColor\" stroke-opacity=\".4\"/>\
-         <text x=\"24\" y=\"{}\" font-size=\"10\" text-anchor=\"end\" fill=\"currentColor\">{max}</text>\
-         <text x=\"24\" y=\"{BASE}\" font-size=\"10\" text-anchor=\"end\" fill=\"currentColor\">0</text>",
+         <text x=\"24\" y=\"{}\" font-size=\"12\" text-anchor=\"end\" fill=\"currentColor\">{max}</text>\
+         <text x=\"24\" y=\"{BASE}\" font-size=\"12\" text-anchor=\"end\" fill=\"currentColor\">0</text>",
         TOP + 4
     );
     let first = now_hour.saturating_sub(n as u64 - 1);
@@ -328,7 +341,7 @@ pub fn chart_svg(hours: &[HourCounts], now_hour: u64) -> String {
             };
             let _ = write!(
                 s,
-                "<text x=\"{}\" y=\"{}\" font-size=\"10\" fill=\"currentColor\">{label}</text>",
+                "<text x=\"{}\" y=\"{}\" font-size=\"12\" fill=\"currentColor\">{label}</text>",
                 x0,
                 BASE + 14
             );
@@ -345,6 +358,14 @@ fn when(t: SystemTime, now: SystemTime) -> String {
         clock(t),
         age(now.duration_since(t).unwrap_or_default())
     )
+}
+
+/// An RFC 3339 time (`2026-12-01T10:45:15.658Z`) as [`clock`] shows times.
+fn short_time(rfc3339: &str) -> String {
+    match (rfc3339.get(..10), rfc3339.get(11..19)) {
+        (Some(day), Some(time)) if rfc3339.ends_with('Z') => format!("{day} {time} UTC"),
+        _ => rfc3339.to_string(),
+    }
 }
 
 fn clock(t: SystemTime) -> String {
@@ -422,6 +443,7 @@ mod tests {
             configured: true,
             last_delivered: Some((now, hostile.clone())),
             last_error: Some((now, hostile.clone())),
+            last_error_temporary: true,
             hint: Some("check smtp.port"),
             upstream: Some(UpstreamStatus {
                 reachable: false,
@@ -447,15 +469,25 @@ mod tests {
             &[hostile.clone(), "ok@example.org".into()],
             &hostile,
         ));
+        s.events[0].repeats = 4;
         s.spool_error = Some(hostile.clone());
         let page = page(&s);
         assert_inert(&page);
         assert!(page.contains("12 / 500 recipients in 24 h"), "{page}");
         assert!(page.contains("<meter min=\"0\" max=\"500\""));
         assert!(page.contains("<div class=\"hint\">check smtp.port</div>"));
+        assert_eq!(
+            short_time("2026-12-01T10:45:15.6587Z"),
+            "2026-12-01 10:45:15 UTC"
+        );
+        assert_eq!(short_time("garbage"), "garbage");
         assert!(page.contains("2 held"));
         assert!(page.contains("<td class=\"sessions\">3</td>"));
         assert!(page.contains("data-kind=\"failed\""));
+        assert!(
+            page.contains("<span class=\"repeats\">4 times, last</span>"),
+            "{page}"
+        );
         assert!(page.contains("ok@example.org"));
     }
 
@@ -469,7 +501,13 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(account_state(&a).1, "no delivery yet");
-        a.last_error = Some((earlier, "451".into()));
+        a.last_error = Some((earlier, "550 no such user".into()));
+        assert_eq!(
+            account_state(&a).1,
+            "needs attention",
+            "a refused recipient is not an account problem"
+        );
+        a.last_error_temporary = true;
         assert_eq!(account_state(&a).0, "error");
         a.last_delivered = Some((now, "250".into()));
         assert_eq!(account_state(&a).0, "ok");
