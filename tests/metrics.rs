@@ -471,6 +471,16 @@ async fn status_page_shows_accounts_events_and_escaped_replies() {
             .then_some(())
     })
     .await;
+    // A reload keeps the events (the status is shared like the metrics).
+    let path = d.dir.path().join("relay.toml");
+    std::fs::write(&path, metrics_config(up.port(), &ca)).unwrap();
+    let config = mailbridge::config::Config::load(&path).unwrap();
+    d.daemon.reload(config).unwrap();
+    let (_, _, body) = get(addr, "/").await;
+    assert!(
+        body.contains("data-kind=\"delivered\"") && body.contains("1 failed"),
+        "{body}"
+    );
     // Read-only: other methods are refused.
     let post = format!("POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n");
     let (status, _, _) = send(addr, &post).await;
