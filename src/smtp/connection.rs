@@ -27,7 +27,6 @@ use crate::config::{ip_allowed, SmtpMode};
 use crate::disconnect::{log_close, CloseReason};
 use crate::secret::Secret;
 use crate::spool::{Envelope, QueueId};
-use crate::status::EventKind;
 use crate::stream::ClientStream;
 use crate::Context;
 
@@ -327,13 +326,7 @@ async fn hand_over(ctx: &Context, id: QueueId, envelope: &Envelope, message: &[u
             );
             ctx.wake_delivery.notify_one();
             ctx.metrics.message_accepted(&envelope.account);
-            ctx.status.record(
-                EventKind::Accepted,
-                &id,
-                &envelope.account,
-                &envelope.recipients,
-                "",
-            );
+            ctx.status.accepted(&id, envelope);
             replies::queued(&id.to_string())
         }
         Err(e) => {

@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::delivery::outcome;
+use crate::delivery::{outcome, DeliveryReport};
 use crate::metrics::UpstreamStatus;
-use crate::spool::{EntryState, QueueEntry};
+use crate::spool::{EntryState, Envelope, QueueEntry, QueueId};
 use crate::Context;
 pub use events::{Event, EventKind, HourCounts};
 
@@ -110,6 +110,55 @@ impl Status {
             }
         }
         inner.ring.push(event);
+    }
+
+    /// An SMTP client's message was spooled.
+    pub fn accepted(&self, id: &QueueId, envelope: &Envelope) {
+        self.record(
+            EventKind::Accepted,
+            id,
+            &envelope.account,
+            &envelope.recipients,
+            "",
+        );
+    }
+
+    /// `e` was deferred for `rcpts` (will be retried).
+    pub fn deferred(&self, e: &QueueEntry, rcpts: &[String], reply: &str) {
+        self.message(EventKind::Deferred, e, rcpts, reply);
+    }
+
+    /// `e` failed for `rcpts` (moved to the failed area).
+    pub fn failed(&self, e: &QueueEntry, rcpts: &[String], reply: &str) {
+        self.message(EventKind::Failed, e, rcpts, reply);
+    }
+
+    /// `e` was delivered to the recipients the report names.
+    pub fn delivered(&self, e: &QueueEntry, report: &DeliveryReport) {
+        let reply = report.last_reply.as_deref().unwrap_or("");
+        self.message(EventKind::Delivered, e, &report.delivered, reply);
+    }
+
+    fn message(&self, kind: EventKind, e: &QueueEntry, rcpts: &[String], reply: &str) {
+        self.record(kind, &e.id, &e.envelope.account, rcpts, reply);
+    }
+
+    /// Some recipients of `e` were refused; they are in the failed area as `failed_id`.
+    pub fn refused(
+        &self,
+        failed_id: &QueueId,
+        e: &QueueEntry,
+        refused: &[(String, String)],
+        reply: &str,
+    ) {
+        let rcpts: Vec<String> = refused.iter().map(|(r, _)| r.clone()).collect();
+        self.record(
+            EventKind::Failed,
+            failed_id,
+            &e.envelope.account,
+            &rcpts,
+            reply,
+        );
     }
 
     /// Registers a listener; its sessions are counted with [`ListenerCounter::enter`].
@@ -336,7 +385,6 @@ pub fn collect(ctx: &Context) -> Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::{Envelope, QueueId};
 
     fn entry(account: &str, state: EntryState, age_secs: u64, error: Option<&str>) -> QueueEntry {
         let now = SystemTime::now();
