@@ -21,6 +21,7 @@
 //! - [`secret`]: a string type that never prints itself.
 //! - [`text`]: client and provider text made safe to print (escapes controls).
 //! - [`metrics`]: Prometheus metrics, `/metrics` and `/healthz`.
+//! - [`status`]: the status page (`/` on the metrics listener): recent events, queue, limits.
 //! - [`reload`]: building the [`Context`]; live reload on SIGHUP.
 #![forbid(unsafe_code)]
 
@@ -44,6 +45,7 @@ pub mod secret;
 pub mod slots;
 pub mod smtp;
 pub mod spool;
+pub mod status;
 pub mod stream;
 pub mod text;
 pub mod tls;
@@ -71,6 +73,8 @@ pub struct Context {
     pub wake_delivery: Arc<Notify>,
     /// Counters and health state for `/metrics` and `/healthz`.
     pub metrics: Arc<metrics::Metrics>,
+    /// Recent events and session counts for the status page (survives reloads).
+    pub status: Arc<status::Status>,
     /// Upstream SMTP clients (worker and direct mode).
     pub upstream: delivery::Upstream,
     /// IMAP proxy state (per-account connection counts, upstream TLS configs).
@@ -141,6 +145,7 @@ impl Daemon {
             spool: Arc::new(spool::Spool::open(&config.smtp.spool_dir)?),
             wake_delivery: Arc::new(Notify::new()),
             metrics: Arc::new(metrics::Metrics::new()),
+            status: Arc::new(status::Status::new()),
         };
         let ctx = Arc::new(reload::build_context(config.clone(), shared, None)?);
         let live = Arc::new(ArcSwap::new(ctx.clone()));
@@ -306,6 +311,7 @@ impl Listeners<'_> {
                 info!("{} listening on {local}", name.to_uppercase());
             }
             bound.push(local);
+            let counter = self.ctx.status.listener(name, local);
             let (live, sd) = (self.live.clone(), self.shutdown.clone());
             self.sessions.spawn(accept_loop(
                 l,
@@ -315,7 +321,9 @@ impl Listeners<'_> {
                 move |s, p| {
                     // The current context: a reload may have changed users or the certificate.
                     let (ctx, sd) = (live.load_full(), sd.clone());
+                    let session = counter.enter();
                     async move {
+                        let _session = session;
                         let s = if implicit_tls {
                             let Some(acceptor) = proto.acceptor(&ctx) else {
                                 return;
@@ -365,7 +373,7 @@ async fn start_metrics(
     let l = listener::bind(addr).map_err(bind_err)?;
     let local = l.local_addr().map_err(bind_err)?;
     metrics::http::warn_if_exposed(local, &ctx.config.metrics.allowed_networks);
-    info!("metrics listening on http://{local}/metrics (health: /healthz)");
+    info!("metrics listening on http://{local}/metrics (health: /healthz, status page: /)");
     let (m, spool) = (ctx.metrics.clone(), ctx.spool.clone());
     let _ = tokio::task::spawn_blocking(move || m.probe_spool(&spool)).await;
     sessions.spawn(metrics::probe::run_every_interval(

@@ -2,7 +2,7 @@
 //! (SIGHUP). A reload swaps in a new `Context` for new connections and the
 //! worker's next pass; sessions in progress keep the one they started with.
 //! What must outlive a reload is shared: the spool, the worker's wake-up, the
-//! metrics, the IMAP per-account connection counters and the login-failure
+//! metrics, the status page's events, the IMAP per-account connection counters and the login-failure
 //! tracker. Listen addresses and the spool directory need a restart.
 
 use std::sync::Arc;
@@ -19,6 +19,7 @@ pub(crate) struct Shared {
     pub spool: Arc<spool::Spool>,
     pub wake_delivery: Arc<Notify>,
     pub metrics: Arc<Metrics>,
+    pub status: Arc<crate::status::Status>,
 }
 
 /// Builds a context for `config`; with `previous`, keeps its counters and trackers.
@@ -61,6 +62,7 @@ pub(crate) fn build_context(
         pop3_tls: local_tls.pop3,
         pop3,
         metrics: shared.metrics,
+        status: shared.status,
         config,
     })
 }
@@ -136,6 +138,7 @@ impl Daemon {
             spool: old.spool.clone(),
             wake_delivery: old.wake_delivery.clone(),
             metrics: metrics.clone(),
+            status: old.status.clone(),
         };
         let ctx = match build_context(config.clone(), shared, Some(&old)) {
             Ok(c) => c,

@@ -2,7 +2,9 @@
 //! counters move after a message goes through), `/healthz` (200, upstream
 //! reachability, 503 when the spool cannot be written), unknown paths; who
 //! may ask (allowed_networks, the Host check against DNS rebinding); and that
-//! /healthz does not write to the spool per request.
+//! /healthz does not write to the spool per request. The status page `/`:
+//! what it shows after mail was delivered and refused (escaped), and that it
+//! gets the same access checks.
 
 mod common;
 mod delivery_common;
@@ -319,6 +321,9 @@ async fn host_header_must_name_this_machine_or_an_allowed_name() {
     ] {
         let (status, _, body) = send(addr, &req(&host)).await;
         assert_eq!(status, 421, "Host {host}: {body}");
+        let page = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let (status, _, body) = send(addr, &page).await;
+        assert_eq!(status, 421, "status page, Host {host}: {body}");
         assert!(
             !body.contains("mailbridge_"),
             "no metrics in the refusal: {body}"
@@ -342,9 +347,10 @@ async fn clients_outside_metrics_allowed_networks_get_403() {
     );
     let d = start(&c).await;
     let addr = d.daemon.metrics_addr.unwrap();
-    for path in ["/metrics", "/healthz"] {
+    for path in ["/metrics", "/healthz", "/"] {
         let (status, _, body) = get(addr, path).await;
         assert_eq!(status, 403, "{path}: {body}");
+        assert!(!body.contains("mailbridge status"), "{body}");
         assert!(
             !body.contains("mailbridge_") && !body.contains("upstreams"),
             "{body}"
@@ -364,5 +370,120 @@ async fn no_metrics_listener_unless_configured() {
     let ca = TestCa::new();
     let d = start(&config(&Opts::new(1, "implicit", &ca.ca_file))).await;
     assert!(d.daemon.metrics_addr.is_none());
+    d.stop().await;
+}
+
+/// The status page after one message went through and one was refused with
+/// a hostile reply: account row, counts, events newest first, the chart, the
+/// listeners' sessions; the reply shown escaped, never as markup.
+#[tokio::test]
+async fn status_page_shows_accounts_events_and_escaped_replies() {
+    let ca = TestCa::new();
+    let up = SmtpUpstream::start(&ca.server_cert(), Mode::Implicit, USER, PASSWORD).await;
+    let hostile = "554 5.7.0 <script>alert(\"x\")</script> & 'q'";
+    {
+        let mut s = up.script();
+        s.data_reply = Some(hostile.to_string());
+        s.data_reply_times = Some(1);
+    }
+    let d = start(&metrics_config(up.port(), &ca)).await;
+    let addr = d.daemon.metrics_addr.unwrap();
+
+    let (status, ctype, body) = get(addr, "/").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ctype, "text/html; charset=utf-8");
+    assert!(body.contains("data-account=\"test\""), "{body}");
+    assert!(
+        body.contains("No events since the daemon started."),
+        "{body}"
+    );
+
+    let (mut c, greeting) = Client::connect(d.smtp_addr()).await;
+    assert_ok(&greeting, "220");
+    assert_ok(&c.cmd("EHLO printer").await, "250");
+    let r = c
+        .send_mail(
+            "p@local",
+            &["first@example.org"],
+            b"Subject: <b>x</b>\r\n\r\nhi",
+        )
+        .await;
+    assert_ok(&r, "250");
+    eventually("first message failed", WAIT, || async {
+        let failed = d.daemon.context.spool.list_failed().unwrap();
+        (failed.len() == 1).then_some(())
+    })
+    .await;
+    let r = c
+        .send_mail("p@local", &["second@example.org"], b"Subject: ok\r\n\r\nhi")
+        .await;
+    assert_ok(&r, "250");
+    up.wait_for(1, WAIT).await;
+
+    // The SMTP client is still connected: one session on the smtp listener.
+    let body = eventually("delivered event on the page", WAIT, || async {
+        let (_, _, body) = get(addr, "/").await;
+        body.contains("data-kind=\"delivered\"").then_some(body)
+    })
+    .await;
+    assert!(
+        !body.contains("<script>alert"),
+        "reply must be escaped: {body}"
+    );
+    assert!(
+        body.contains(
+            "554 5.7.0 &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;q&#39;"
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains("<span data-state=\"failed\">1 failed</span>"),
+        "{body}"
+    );
+    assert!(
+        body.contains("<span data-state=\"queued\">0 queued</span>"),
+        "{body}"
+    );
+    assert!(
+        body.contains("mail is flowing") || body.contains("needs attention"),
+        "{body}"
+    );
+    assert!(body.contains("first@example.org") && body.contains("second@example.org"));
+    // Newest first: the delivery of the second message before the failure of the first.
+    let delivered = body.find("data-kind=\"delivered\"").unwrap();
+    let failed = body.find("data-kind=\"failed\"").unwrap();
+    let accepted = body.rfind("data-kind=\"accepted\"").unwrap();
+    assert!(delivered < failed && failed < accepted, "{body}");
+    assert!(
+        body.contains("<svg") && body.contains("1 delivered, 0 deferred, 1 failed"),
+        "{body}"
+    );
+    let smtp = format!(
+        "<tr data-listener=\"smtp\"><td>smtp</td><td>{}</td><td class=\"sessions\">1</td>",
+        d.smtp_addr()
+    );
+    assert!(body.contains(&smtp), "{body}");
+    c.cmd("QUIT").await;
+    drop(c);
+    eventually("smtp session gone", WAIT, || async {
+        let (_, _, body) = get(addr, "/").await;
+        body.contains(&smtp.replace(">1</td>", ">0</td>"))
+            .then_some(())
+    })
+    .await;
+    // A reload keeps the events (the status is shared like the metrics).
+    let path = d.dir.path().join("relay.toml");
+    std::fs::write(&path, metrics_config(up.port(), &ca)).unwrap();
+    let config = mailbridge::config::Config::load(&path).unwrap();
+    d.daemon.reload(config).unwrap();
+    let (_, _, body) = get(addr, "/").await;
+    assert!(
+        body.contains("data-kind=\"delivered\"") && body.contains("1 failed"),
+        "{body}"
+    );
+    // Read-only: other methods are refused.
+    let post = format!("POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n");
+    let (status, _, _) = send(addr, &post).await;
+    assert_eq!(status, 405);
     d.stop().await;
 }

@@ -13,7 +13,7 @@ mod direct;
 mod fold;
 pub mod limits;
 pub mod notify;
-mod outcome;
+pub mod outcome;
 mod schedule;
 mod starttls;
 mod transport;
@@ -226,6 +226,7 @@ fn rescan(ctx: &Context, sched: &mut Schedule) -> Vec<QueueId> {
                 );
                 warn!(queue_id = %e.id, size = e.size, rcpts = e.remaining.len(), reply = %Printable(&why), "failed: moved to the failed area");
                 ctx.metrics.message_failed(&e.envelope.account);
+                ctx.status.failed(&e, &e.remaining, &why);
                 if let Err(err) = ctx
                     .spool
                     .fail(&e.id, e.attempts, &why, Some(e.remaining.clone()))
@@ -361,12 +362,14 @@ fn record(
             "delivered"
         );
         ctx.metrics.message_delivered(&entry.envelope.account);
+        ctx.status.delivered(entry, &report);
     }
     if !report.permanent.is_empty() {
         let reason = join_reasons(&report.permanent);
         if report.delivered.is_empty() && report.temporary.is_empty() {
             warn!(queue_id = %id, size, rcpts, reply = %Printable(&reason), "failed: moved to the failed area");
             ctx.metrics.message_failed(&entry.envelope.account);
+            ctx.status.failed(entry, &entry.remaining, &reason);
             if let Err(e) = ctx.spool.fail(id, attempts, &reason, None) {
                 error!(queue_id = %id, "cannot move to the failed area: {e}");
             } else {
@@ -379,6 +382,7 @@ fn record(
             .record_failed(&entry.envelope, message, &report.permanent)
         {
             Ok(fid) => {
+                ctx.status.refused(&fid, entry, &report.permanent, &reason);
                 warn!(
                     queue_id = %id, failed_id = %fid, size, rcpts = report.permanent.len(), reply = %Printable(&reason),
                     "failed for some recipients: recorded in the failed area"
@@ -405,6 +409,7 @@ fn record(
         );
         warn!(queue_id = %id, size, rcpts = remaining.len(), reply = %Printable(&why), "failed: moved to the failed area");
         ctx.metrics.message_failed(&entry.envelope.account);
+        ctx.status.failed(entry, &remaining, &why);
         if let Err(e) = ctx.spool.fail(id, attempts, &why, Some(remaining)) {
             error!(queue_id = %id, "cannot move to the failed area: {e}");
         } else {
@@ -421,6 +426,7 @@ fn record(
         info!(queue_id = %id, size, rcpts = remaining.len(), attempts, retry_in = %humantime::format_duration(delay), reply = %Printable(&reason), "deferred");
     }
     ctx.metrics.message_deferred(&entry.envelope.account);
+    ctx.status.deferred(entry, &remaining, &reason);
     let d = Deferral {
         attempts,
         next_attempt: next,

@@ -95,31 +95,40 @@ pub fn describe(e: &SmtpError, stage: &str) -> String {
 
 /// `stage: text (hint)` for an error already turned into text.
 pub fn describe_text(text: &str, stage: &str) -> String {
-    let lower = text.to_ascii_lowercase();
-    if lower.contains("timed out") {
+    if text.to_ascii_lowercase().contains("timed out") {
         return format!("{stage}: timed out ({text})");
     }
+    match hint_for(text) {
+        Some(hint) => format!("{stage}: {text} ({hint})"),
+        None => format!("{stage}: {text}"),
+    }
+}
+
+/// The hint for the common set-up mistakes an error text shows (the one
+/// `check` and the delivery log give), if any.
+pub fn hint_for(text: &str) -> Option<&'static str> {
+    let lower = text.to_ascii_lowercase();
     let hint = if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
-        " (the upstream's certificate is signed by a CA we do not trust: for a private CA or a \
-         TLS-inspecting proxy add its certificate with ca_file)"
+        "the upstream's certificate is signed by a CA we do not trust: for a private CA or a \
+         TLS-inspecting proxy add its certificate with ca_file"
     } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
-        " (the upstream's certificate is not valid for this host name: check smtp.host)"
+        "the upstream's certificate is not valid for this host name: check smtp.host"
     } else if lower.contains("expired") {
-        " (the upstream's certificate has expired, or this machine's clock is wrong)"
+        "the upstream's certificate has expired, or this machine's clock is wrong"
     } else if lower.contains("certificate") {
-        " (the upstream's certificate was not accepted: check smtp.host, or add its CA with ca_file)"
+        "the upstream's certificate was not accepted: check smtp.host, or add its CA with ca_file"
     } else if lower.contains("corrupt message") || lower.contains("invalidcontenttype") {
-        " (the server did not speak TLS: is tls = \"implicit\" right for this port? 587 and 25 use \"starttls\", 465 uses \"implicit\")"
+        "the server did not speak TLS: is tls = \"implicit\" right for this port? 587 and 25 use \"starttls\", 465 uses \"implicit\""
     } else if lower.contains("connection refused") {
-        " (nothing listens there: check smtp.host and smtp.port)"
+        "nothing listens there: check smtp.host and smtp.port"
     } else if lower.contains("incomplete response") || lower.contains("unexpected eof") {
-        " (the server closed the connection: wrong TLS mode for the port, or the server dropped us)"
+        "the server closed the connection: wrong TLS mode for the port, or the server dropped us"
     } else if lower.contains("failed to lookup") || lower.contains("name or service not known") {
-        " (cannot resolve the host name: check smtp.host and DNS)"
+        "cannot resolve the host name: check smtp.host and DNS"
     } else {
         ""
     };
-    format!("{stage}: {text}{hint}")
+    Some(hint).filter(|h| !h.is_empty())
 }
 
 /// The hint added to an AUTH rejection.

@@ -1,7 +1,8 @@
 //! The metrics HTTP listener: a deliberately tiny HTTP/1.1 server (GET or
 //! HEAD, one request per connection, bounded request head and time) serving
-//! `/metrics` (Prometheus/OpenMetrics text) and `/healthz` (JSON; 200 when the
-//! listeners are up and the last spool probe could write, else 503).
+//! `/metrics` (Prometheus/OpenMetrics text), `/healthz` (JSON; 200 when the
+//! listeners are up and the last spool probe could write, else 503) and `/`,
+//! the read-only status page ([`crate::status`]).
 //!
 //! Who may ask: a client outside `metrics.allowed_networks` gets `403
 //! Forbidden`; a `Host` other than an IP literal, `localhost` or a name in
@@ -37,6 +38,7 @@ const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_CONNECTIONS: usize = 32;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
 
 /// Serves until `shutdown`; each connection in its own task on `tasks`.
 /// Each request reads the current context from `live` (a reload may change
@@ -108,7 +110,7 @@ pub fn exposure_warning(addr: SocketAddr, allowed: &[IpNet]) -> Option<String> {
     ))
 }
 
-async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &Context) {
+async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &Arc<Context>) {
     let access = &ctx.config.metrics;
     if !ip_allowed(&access.allowed_networks, peer.ip()) {
         log_close(CloseReason::AccessDenied);
@@ -178,6 +180,22 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &Context) {
     }
     let path = request.target.split('?').next().unwrap_or("");
     let (status, ctype, body) = match path {
+        "/" => {
+            // The spool listing is file I/O: off the runtime threads.
+            let ctx = ctx.clone();
+            let page = tokio::task::spawn_blocking(move || {
+                crate::status::render::page(&crate::status::collect(&ctx))
+            })
+            .await;
+            match page {
+                Ok(html) => ("200 OK", HTML, html.into_bytes()),
+                Err(_) => (
+                    "500 Internal Server Error",
+                    "text/plain",
+                    b"status page failed\n".to_vec(),
+                ),
+            }
+        }
         "/metrics" => {
             let (m, spool) = (ctx.metrics.clone(), ctx.spool.clone());
             let text = tokio::task::spawn_blocking(move || m.render(&spool))
@@ -203,7 +221,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &Context) {
         _ => (
             "404 Not Found",
             "text/plain",
-            b"not found (try /metrics or /healthz)\n".to_vec(),
+            b"not found (try /, /metrics or /healthz)\n".to_vec(),
         ),
     };
     let _ = respond(&mut stream, status, ctype, &body, head_only).await;
@@ -275,7 +293,9 @@ async fn respond(
     head_only: bool,
 ) -> std::io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n\
+         Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'\r\n\
+         X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;

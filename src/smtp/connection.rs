@@ -326,6 +326,7 @@ async fn hand_over(ctx: &Context, id: QueueId, envelope: &Envelope, message: &[u
             );
             ctx.wake_delivery.notify_one();
             ctx.metrics.message_accepted(&envelope.account);
+            ctx.status.accepted(&id, envelope);
             replies::queued(&id.to_string())
         }
         Err(e) => {
