@@ -7,6 +7,7 @@
     python3 bench/bench.py idle       # 4. 2,000 idle logged-in IMAP connections: mailbridge vs stunnel
     python3 bench/bench.py growth     # 5. accept rate/memory at 1..1,000 clients; message size sweep
     python3 bench/bench.py load       # issue 4: 1,000 SMTP + 1,000 idle IMAP sessions at once
+    python3 bench/bench.py pop3       # POP3 RETR MB/s and logins/s: mailbridge, direct TLS, stunnel
     python3 bench/bench.py all
 
 Needs: bench/setup.sh (packages), `cargo build --release` (mailbridge) and
@@ -15,6 +16,8 @@ Tables go to stdout and bench/results/NAME.{md,json}. Loopback only.
 """
 
 import signal
+import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -245,6 +248,108 @@ def bench_imap(env, runs=7, repeat=4, login_secs=5):
          + md_table(["metric", "mailbridge", "direct TLS", "stunnel", "mb/direct", "mb/stunnel"], rows))
 
 
+def pop3_session(port, user, password, ca=None, download=True):
+    """One POP3 session: login, then (download) RETR of every message, pipelined
+    in batches of 16 and read in 256 KiB chunks, so the client is not the limit;
+    then QUIT. Returns the bytes of the RETR answers."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    if ca:
+        ctx = ssl.create_default_context(cafile=str(ca))
+        sock = ctx.wrap_socket(sock, server_hostname="localhost")
+    buf = bytearray()
+
+    def until(marker, start=0):
+        while True:
+            i = buf.find(marker, start)
+            if i >= 0:
+                return i + len(marker)
+            start = max(0, len(buf) - len(marker))
+            chunk = sock.recv(262144)
+            if not chunk:
+                raise RuntimeError("POP3 connection closed early")
+            buf.extend(chunk)
+
+    def line():
+        end = until(b"\r\n")
+        text = bytes(buf[:end])
+        del buf[:end]
+        if not text.startswith(b"+OK"):
+            raise RuntimeError(f"POP3: {text[:80]!r}")
+        return text
+
+    line()
+    sock.sendall(f"USER {user}\r\nPASS {password}\r\n".encode())
+    line()
+    line()
+    total = 0
+    if download:
+        sock.sendall(b"STAT\r\n")
+        count = int(line().split()[1])
+        for first in range(1, count + 1, 16):
+            batch = range(first, min(first + 16, count + 1))
+            sock.sendall(b"".join(f"RETR {i}\r\n".encode() for i in batch))
+            for _ in batch:
+                end = until(b"\r\n.\r\n")
+                if not buf.startswith(b"+OK"):
+                    raise RuntimeError(f"POP3 RETR: {bytes(buf[:80])!r}")
+                total += end
+                del buf[:end]
+    sock.sendall(b"QUIT\r\n")
+    line()
+    sock.close()
+    return total
+
+
+def bench_pop3(env, runs=7, login_secs=3):
+    env.dovecot = Dovecot(WORK / "dovecot", env.ca, pop3=True)
+    size = env.dovecot.populate()
+    env.dovecot.start()
+    mb = MailBridge(WORK / "mailbridge", env.sink.port, env.dovecot.port, env.ca,
+                    pop3_port=env.dovecot.pop3_port).start()
+    st = Stunnel(WORK / "stunnel", env.dovecot.pop3_port, env.ca, service="pop3").start()
+    paths = {
+        "mailbridge": (mb.pop3_port, LOCAL_USER, LOCAL_PASS, None),
+        "direct TLS": (env.dovecot.pop3_port, IMAP_USER, IMAP_PASS, env.ca.ca),
+        "stunnel": (st.port, IMAP_USER, IMAP_PASS, None),
+    }
+    data = {}
+    try:
+        pop3_session(*paths["direct TLS"])  # warm Dovecot's index and the page cache
+        mbps = {n: [] for n in paths}
+        nbytes = 0
+        for _ in range(runs):  # round robin, so a busy moment on the shared machine hits all three
+            for name, p in paths.items():
+                t0 = time.monotonic()
+                nbytes = pop3_session(*p)
+                mbps[name].append(nbytes / 1e6 / (time.monotonic() - t0))
+        logins = {n: [] for n in paths}
+        for _ in range(2):
+            for name, p in paths.items():
+                t0, n = time.monotonic(), 0
+                while time.monotonic() - t0 < login_secs:
+                    pop3_session(*p, download=False)
+                    n += 1
+                logins[name].append(n / (time.monotonic() - t0))
+        for name in paths:
+            data[name] = {"mbps_median": statistics.median(mbps[name]), "mbps_runs": sorted(mbps[name]),
+                          "bytes": nbytes, "logins_per_s": statistics.mean(logins[name]),
+                          "logins_runs": logins[name]}
+    finally:
+        mb.stop()
+        st.stop()
+        env.dovecot.stop()
+    m, d, s = data["mailbridge"], data["direct TLS"], data["stunnel"]
+    rng = lambda r: f"{r['mbps_median']:.0f} ({r['mbps_runs'][0]:.0f}-{r['mbps_runs'][-1]:.0f})"  # noqa: E731
+    rows = [[f"MB/s, RETR of every message in one session; median of {runs}, round robin (min-max)", rng(m), rng(d),
+             rng(s), ratio(m["mbps_median"], d["mbps_median"]), ratio(m["mbps_median"], s["mbps_median"])],
+            [f"logins/s (one client, connect+USER/PASS+QUIT, mean of 2 x {login_secs} s)", f"{m['logins_per_s']:.0f}",
+             f"{d['logins_per_s']:.0f}", f"{s['logins_per_s']:.0f}", ratio(m["logins_per_s"], d["logins_per_s"]),
+             ratio(m["logins_per_s"], s["logins_per_s"])]]
+    save("pop3", data, f"POP3: Dovecot (dovecot-pop3d, pop3s) mailbox of 1000 messages, {size / 1e6:.1f} MB; "
+         "client: bench.py's pipelined RETR reader\n\n"
+         + md_table(["metric", "mailbridge", "direct TLS", "stunnel", "mb/direct", "mb/stunnel"], rows))
+
+
 def hold_idle(args, conns):
     """Starts imapbench idle; returns the process once every session is logged in."""
     p = Procs.popen([TOOLS / "imapbench", "idle", "--conns", conns, *args], stdin=subprocess.PIPE,
@@ -413,7 +518,7 @@ def note_run(name):
 
 
 BENCHES = {"accept": bench_accept, "e2e": bench_e2e, "imap": bench_imap, "idle": bench_idle,
-           "growth": bench_growth, "load": bench_load}
+           "growth": bench_growth, "load": bench_load, "pop3": bench_pop3}
 
 
 def main():

@@ -251,7 +251,7 @@ class Sink:
 
 
 class MailBridge:
-    def __init__(self, d, sink_port, imap_port, ca, delivery_concurrency=None, extra_env=None):
+    def __init__(self, d, sink_port, imap_port, ca, delivery_concurrency=None, extra_env=None, pop3_port=None):
         self.extra_env = extra_env or {}
         d.mkdir(parents=True, exist_ok=True)
         self.dir = d
@@ -259,6 +259,13 @@ class MailBridge:
         # A copy, since others may rebuild target/ meanwhile; MAILBRIDGE_BIN picks another build.
         shutil.copy2(os.environ.get("MAILBRIDGE_BIN", ROOT / "target" / "release" / "mailbridge"), self.bin)
         self.smtp_port, self.imap_port = free_port(), free_port()
+        self.pop3_port = free_port() if pop3_port else None
+        pop3_listen = f"""
+[pop3]
+listen = ["127.0.0.1:{self.pop3_port}"]
+max_connections_per_account = 100
+""" if pop3_port else ""
+        pop3_account = f'pop3 = {{ host = "127.0.0.1", port = {pop3_port}, tls = "implicit" }}' if pop3_port else ""
         h = ok([self.bin, "hash-password"], input=LOCAL_PASS.encode()).stdout.decode().strip()
         conc = f"concurrency = {delivery_concurrency}" if delivery_concurrency else ""
         (d / "relay.toml").write_text(f"""
@@ -276,7 +283,7 @@ max_message_size = 31457280
 listen = ["127.0.0.1:{self.imap_port}"]
 max_connections = 5000
 max_connections_per_account = 5000
-
+{pop3_listen}
 [delivery]
 retry_initial = "1s"
 retry_max = "5s"
@@ -291,6 +298,7 @@ password = "{SINK_PASS}"
 ca_file = "{ca.ca}"
 smtp = {{ host = "127.0.0.1", port = {sink_port}, tls = "implicit" }}
 imap = {{ host = "127.0.0.1", port = {imap_port}, tls = "implicit" }}
+{pop3_account}
 
 [[users]]
 name = "{LOCAL_USER}"
@@ -425,10 +433,23 @@ class Dovecot:
     """Dovecot from a private config dir, implicit TLS, one passwd-file user, limits
     raised for thousands of logged-in connections."""
 
-    def __init__(self, d, ca):
+    def __init__(self, d, ca, pop3=False):
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o755)
         self.dir, self.port = d, free_port()
+        self.pop3_port = free_port() if pop3 else None
+        pop3_service = f"""
+service pop3-login {{
+  inet_listener pop3 {{
+    port = 0
+  }}
+  inet_listener pop3s {{
+    address = 127.0.0.1
+    port = {self.pop3_port}
+    ssl = yes
+  }}
+}}
+""" if pop3 else ""
         passwd = d / "passwd"
         passwd.write_text(f"{IMAP_USER}:{{PLAIN}}{IMAP_PASS}::::::\n")
         os.chmod(passwd, 0o644)
@@ -439,7 +460,7 @@ state_dir = {d}/state
 log_path = {d}/dovecot.log
 info_log_path = {d}/dovecot.log
 listen = 127.0.0.1
-protocols = imap
+protocols = imap{" pop3" if pop3 else ""}
 ssl = yes
 ssl_cert = <{ca.cert}
 ssl_key = <{ca.key}
@@ -479,6 +500,7 @@ service imap {{
 service anvil {{
   client_limit = 20000
 }}
+{pop3_service}
 service auth {{
   client_limit = 20000
 }}
@@ -533,7 +555,7 @@ service auth {{
 class Stunnel:
     """stunnel in client mode: plaintext on a loopback port, verified TLS to Dovecot."""
 
-    def __init__(self, d, dovecot_port, ca):
+    def __init__(self, d, dovecot_port, ca, service="imap"):
         d.mkdir(parents=True, exist_ok=True)
         self.dir, self.port = d, free_port()
         (d / "stunnel.conf").write_text(f"""
@@ -541,7 +563,7 @@ foreground = yes
 pid =
 output = {d}/stunnel.log
 debug = 4
-[imap]
+[{service}]
 client = yes
 accept = 127.0.0.1:{self.port}
 connect = 127.0.0.1:{dovecot_port}

@@ -3,7 +3,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for p in postfix stunnel4 dovecot-core dovecot-imapd openssl procps python3 libsasl2-modules; do
+for p in postfix stunnel4 dovecot-core dovecot-imapd dovecot-pop3d openssl procps python3 libsasl2-modules; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

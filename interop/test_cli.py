@@ -186,7 +186,8 @@ def test_init_certificates_verify_with_openssl_and_swaks(tmp_path):
     # The starter config runs as is (on free ports) and swaks verifies its STARTTLS certificate.
     smtp_port, imap_port = h.free_port(), h.free_port()
     text = cfg.read_text().replace("127.0.0.1:2525", f"127.0.0.1:{smtp_port}") \
-        .replace("127.0.0.1:1143", f"127.0.0.1:{imap_port}")
+        .replace("127.0.0.1:1143", f"127.0.0.1:{imap_port}") \
+        .replace("127.0.0.1:9925", f"127.0.0.1:{h.free_port()}")
     mb = h.MailBridge(site, text, smtp_port, imap_port).start()
     try:
         s = h.run(["swaks", "--server", "127.0.0.1", "--port", smtp_port, "--tls", "--tls-verify",

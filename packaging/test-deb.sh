@@ -106,6 +106,7 @@ echo "--- the daemon as the service user on the packaged paths"
 sed -i -e 's/^password = "abcd efgh ijkl mnop"$/password = "packagetestpasswd"/' \
   -e 's/^listen = \["127.0.0.1:2525"\]$/listen = ["127.0.0.1:0"]/' \
   -e 's/^listen = \["127.0.0.1:1143"\]$/listen = ["127.0.0.1:0"]/' \
+  -e 's/^listen = "127.0.0.1:9925"$/listen = "127.0.0.1:0"/' \
   -e 's/^# smtp = { host = "smtp.gmail.com".*$/smtp = { host = "127.0.0.1", port = 9, tls = "implicit" }/' \
   /etc/mailbridge/relay.toml
 expect /etc/mailbridge/relay.toml 640 root:mailbridge
@@ -129,6 +130,13 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=30) as s:
     s.sendmail("printer@example.com", ["someone@example.com"],
                b"Subject: package test\r\n\r\nspooled by the packaged daemon\r\n")
 EOF
+# The status page the package enables (127.0.0.1:9925, here moved to port 0)
+# shows the accepted message.
+status_port=$(grep -oE 'metrics listening on http://127\.0\.0\.1:[0-9]+' "$log" | grep -oE '[0-9]+$' || true)
+[ -n "$status_port" ] || { cat "$log"; fail "the packaged config does not start the status page"; }
+page=$(curl -fsS --max-time 10 "http://127.0.0.1:$status_port/") || fail "status page did not answer"
+grep -q 'someone@example.com' <<<"$page" || fail "status page does not show the accepted message"
+ok "status page on the packaged config shows the accepted message"
 kill -TERM "$daemon"
 wait "$daemon" || { cat "$log"; fail "daemon exit status"; }
 spooled=$(find /var/lib/mailbridge/spool -type f | wc -l)

@@ -90,7 +90,10 @@ pub fn run_every_interval(
 /// Creates and removes a file in the spool's tmp/ directory.
 fn write_probe(tmp: &Path) -> Result<(), String> {
     let p = tmp.join(format!("healthz-{}", crate::spool::unique_suffix()));
-    std::fs::write(&p, b"ok").map_err(|e| format!("{}: {e}", p.display()))?;
+    // 0600 like every spool file, whatever the umask.
+    crate::spool::create_private(&p)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"ok"))
+        .map_err(|e| format!("{}: {e}", p.display()))?;
     std::fs::remove_file(&p).map_err(|e| format!("{}: {e}", p.display()))
 }
 
