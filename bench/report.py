@@ -145,7 +145,7 @@ results of the last run; the prose under "What limits each number" is in
 ## Reproduce
 
 ```sh
-bash bench/setup.sh                                   # postfix, stunnel4, dovecot-imapd, openssl (apt)
+bash bench/setup.sh                                   # postfix, stunnel4, dovecot-imapd/-pop3d, openssl (apt)
 cargo build --release                                 # target/release/mailbridge
 cargo build --release --manifest-path bench/tools/Cargo.toml   # sink, smtpload, imapbench
 python3 bench/bench.py accept                         # 1. SMTP accept rate        (~3 min)
@@ -154,6 +154,7 @@ python3 bench/bench.py imap                           # 3. IMAP download, logins
 python3 bench/bench.py idle                           # 4. 2,000 idle IMAP sessions (~40 s)
 python3 bench/bench.py growth                         # 5. concurrency and size     (~4 min)
 python3 bench/bench.py load                           # issue 4 load item          (~40 s)
+python3 bench/bench.py pop3                           # 6. POP3 RETR, logins/s      (~30 s)
 python3 bench/bench.py all && python3 bench/report.py # everything, then this file
 ```
 
@@ -194,6 +195,15 @@ processes are started and stopped by the script (Postfix with
 ## Load item of issue 4
 
 {table("load")}
+
+## 6. POP3 throughput and logins
+
+{table("pop3")}
+
+The same download three ways in one run: through mailbridge's plaintext POP3
+listener (which does TLS to Dovecot), a client doing TLS to Dovecot's pop3s
+itself, and stunnel. The client pipelines RETR in batches of 16 and reads in
+256 KiB chunks; every run is the whole 1,000-message mailbox.
 
 {notes}
 """

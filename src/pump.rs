@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::disconnect::{log_close, CloseReason};
 use crate::slots::AccountSlot;
 
 /// Per-direction copy buffer. Small on purpose: memory per idle connection.
@@ -130,6 +131,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<'_, S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
+}
+
+/// The client's last words when the daemon ends a pumped session: `idle` or
+/// `shutting_down` (logged as the close reason); nothing when a side closed
+/// or failed (there is no one left to tell).
+pub async fn say_goodbye<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    end: &PumpEnd,
+    idle: &[u8],
+    shutting_down: &[u8],
+) {
+    let (reason, text) = match end {
+        PumpEnd::Idle => (CloseReason::IdleTimeout, idle),
+        PumpEnd::Shutdown => (CloseReason::Shutdown, shutting_down),
+        PumpEnd::Closed | PumpEnd::LingerExpired | PumpEnd::Error(_) => return,
+    };
+    log_close(reason);
+    crate::stream::say(client, text).await;
 }
 
 /// Right after login: sends the client `reply` and whatever the upstream sent

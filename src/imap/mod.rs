@@ -34,12 +34,11 @@ use tracing::{debug, info, info_span, Instrument};
 
 use crate::config::{ip_allowed, Account, Config};
 use crate::disconnect::{log_close, CloseReason};
-use crate::stream::{say, say_and_close, ClientStream};
+use crate::stream::{say_and_close, ClientStream};
 use crate::text::Printable;
 use crate::Context;
 use framing::{FrameError, LineBuffer};
 use login::{LoggedIn, Outcome};
-use pump::PumpEnd;
 use session::{Session, Step};
 
 /// Per-account upstream TLS configs (built once) and connection counters.
@@ -281,17 +280,13 @@ async fn proxy(
     if slot.is_none() {
         debug!("upstream session over; account connection slot freed");
     }
-    match &stats.end {
-        PumpEnd::Idle => {
-            log_close(CloseReason::IdleTimeout);
-            say(&mut client, responses::IDLE_TIMEOUT).await
-        }
-        PumpEnd::Shutdown => {
-            log_close(CloseReason::Shutdown);
-            say(&mut client, responses::SHUTTING_DOWN).await
-        }
-        PumpEnd::Closed | PumpEnd::LingerExpired | PumpEnd::Error(_) => {}
-    }
+    pump::say_goodbye(
+        &mut client,
+        &stats.end,
+        responses::IDLE_TIMEOUT,
+        responses::SHUTTING_DOWN,
+    )
+    .await;
     upstream::close(&mut stream).await;
     drop(slot);
     info!(

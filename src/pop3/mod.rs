@@ -26,9 +26,9 @@ use crate::config::{ip_allowed, Account, Config};
 use crate::disconnect::{log_close, CloseReason};
 use crate::imap::framing::{FrameError, LineBuffer};
 use crate::prelogin;
-use crate::pump::{self, PumpEnd};
+use crate::pump;
 use crate::slots::AccountSlots;
-use crate::stream::{say, say_and_close, ClientStream};
+use crate::stream::{say_and_close, ClientStream};
 use crate::text::Printable;
 use crate::Context;
 use login::{LoggedIn, Outcome};
@@ -209,17 +209,13 @@ async fn proxy(
         &mut slot,
     )
     .await;
-    match &stats.end {
-        PumpEnd::Idle => {
-            log_close(CloseReason::IdleTimeout);
-            say(&mut client, responses::IDLE_TIMEOUT).await
-        }
-        PumpEnd::Shutdown => {
-            log_close(CloseReason::Shutdown);
-            say(&mut client, responses::SHUTTING_DOWN).await
-        }
-        PumpEnd::Closed | PumpEnd::LingerExpired | PumpEnd::Error(_) => {}
-    }
+    pump::say_goodbye(
+        &mut client,
+        &stats.end,
+        responses::IDLE_TIMEOUT,
+        responses::SHUTTING_DOWN,
+    )
+    .await;
     upstream::close(&mut stream).await;
     upstream::close(&mut client).await;
     drop(slot);
