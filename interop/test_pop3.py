@@ -162,6 +162,58 @@ def test_curl_retr_and_list_match_direct(pop3_env):
     assert via == straight and via.count(b"\r\n") == N_MAIN
 
 
+def mutt_quoted(text):
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def test_mutt_reads_the_mailbox_through_the_proxy(pop3_env, tmp_path):
+    """mutt's own POP client (in a terminal under tmux) opens the mailbox through
+    the proxy with the device's login, lists every message with the subjects
+    Dovecot has, and quits without changing anything."""
+    dv, mb = pop3_env
+    d = direct(dv)
+    count = len(d.list()[1])
+    subjects = []
+    for i in range(1, count + 1):
+        head = b"\n".join(d.top(i, 0)[1]).decode(errors="replace")
+        subjects += [ln[len("Subject: "):] for ln in head.splitlines() if ln.startswith("Subject: ")]
+    d.quit()
+    url = f"pop://127.0.0.1:{mb.pop3_port}/"
+    rc = tmp_path / "muttrc"
+    rc.write_text("\n".join([
+        f"set pop_user={mutt_quoted(h.DEVICE_USER)}",
+        f"set pop_pass={mutt_quoted(h.DEVICE_PASSWORD)}",
+        f'set folder="{tmp_path}"', f'set spoolfile="{url}"',  # folder: a local dir mutt checks at start
+        "set ssl_starttls=no", "set ssl_force_tls=no",
+        'set header_cache=""', 'set message_cachedir=""',
+        'set status_format="MBSTATUS msgs=%m"', 'set index_format="MBIDX %s"',
+        "set quit=yes", "set move=no", "set delete=no", "set sort=date-sent", "",
+    ]))
+    session = f"mutt-{os.getpid()}"
+    env = dict(os.environ, HOME=str(tmp_path), TERM="xterm", LANG="C.UTF-8")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", str(count + 10),
+                    f"mutt -n -F {rc} -f {url}"], env=env, check=True)
+    try:
+        def screen():
+            return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], env=env,
+                                  capture_output=True, text=True).stdout
+        try:
+            h.poll(lambda: f"MBSTATUS msgs={count}" in screen(), 30, "mutt to list the POP3 mailbox")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; mutt's screen:\n{screen()}") from None
+        shown = screen()
+        missing = [s for s in subjects if f"MBIDX {s}" not in shown]
+        assert not missing, f"mutt did not list {missing}:\n{shown}"
+        subprocess.run(["tmux", "send-keys", "-t", session, "q"], env=env, check=True)
+        h.poll(lambda: subprocess.run(["tmux", "has-session", "-t", session], env=env,
+                                      capture_output=True).returncode != 0, 20, "mutt to quit")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], env=env, capture_output=True)
+    d = direct(dv)
+    assert len(d.list()[1]) == count, "mutt changed the mailbox"
+    d.quit()
+
+
 def fetchmail(tmp_path, mb, keep, user, password):
     out = tmp_path / ("kept" if keep else "fetched")
     out.mkdir()
