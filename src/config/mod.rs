@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::secret::Secret;
 
 mod exposure;
+mod fields;
 mod perms;
 mod raw;
 use raw::RawConfig;
