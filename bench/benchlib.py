@@ -1,8 +1,10 @@
-"""Processes and measurements for bench/bench.py: a test CA, the Rust sink,
-mailbridge, a private Postfix instance, Dovecot, stunnel, and memory sampling
-(RSS, and PSS summed over a process tree from /proc/PID/smaps_rollup).
-Everything listens on 127.0.0.1 only; every process started here is stopped
-by its own pid (see Procs)."""
+"""Processes and measurements for bench/bench.py: the Rust sink, mailbridge,
+a private Postfix instance, Dovecot, stunnel, and memory sampling (RSS, and
+PSS summed over a process tree from /proc/PID/smaps_rollup). The test CA,
+Dovecot, the daemon's start and stop, ports and polling come from the shared
+pytools/mailbridge_testkit (also used by interop/). Everything listens on
+127.0.0.1 only; every process started here is stopped by its own pid (see
+Procs)."""
 
 import json
 import os
@@ -10,17 +12,19 @@ import pwd
 import re
 import resource
 import shutil
-import signal
 import socket
 import subprocess
+import sys
 import threading
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-TOOLS = ROOT / "bench" / "tools" / "target" / "release"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pytools"))
+import mailbridge_testkit as kit  # noqa: E402
+from mailbridge_testkit import BINARY, ROOT, TestCA, free_port, ok, poll, read_line, run, wait_port  # noqa: E402,F401
+# BENCH_TOOLS: another build of bench/tools (e.g. another checkout's, already built).
+TOOLS = Path(os.environ.get("BENCH_TOOLS", ROOT / "bench" / "tools" / "target" / "release"))
 WORK = Path(os.environ.get("BENCH_WORK", "/tmp/mailbridge-bench"))
-RESULTS = ROOT / "bench" / "results"
+RESULTS = Path(os.environ.get("BENCH_RESULTS", ROOT / "bench" / "results"))
 
 SINK_USER, SINK_PASS = "relay@example.com", "sinkpassword123"
 # The same account logs in to the SMTP sink and to Dovecot (as with Gmail).
@@ -37,44 +41,21 @@ def raise_nofile(n=65536):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=20, what="port"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on {port} within {timeout}s")
-
-
-def poll(fn, timeout, what, interval=0.05):
-    end = time.monotonic() + timeout
-    while True:
-        r = fn()
-        if r:
-            return r
-        if time.monotonic() > end:
-            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def run(cmd, **kw):
-    kw.setdefault("capture_output", True)
-    kw.setdefault("timeout", 300)
-    return subprocess.run([str(c) for c in cmd], **kw)
-
-
 class Procs:
     """Every process we start, so all can be stopped (by pid) on exit."""
     started = []
     stoppers = []
+
+    @classmethod
+    def stop_later(cls, stop):
+        cls.stoppers.append(stop)
+
+    @classmethod
+    def stopped(cls, stop):
+        try:
+            cls.stoppers.remove(stop)
+        except ValueError:
+            pass
 
     @classmethod
     def popen(cls, cmd, **kw):
@@ -84,7 +65,7 @@ class Procs:
 
     @classmethod
     def cleanup(cls):
-        for f in reversed(cls.stoppers):
+        for f in reversed(list(cls.stoppers)):  # each stop() removes itself
             try:
                 f()
             except Exception as e:  # noqa: BLE001
@@ -178,31 +159,9 @@ class MemSampler:
 # CA
 
 
-class CA:
-    """A CA and a separate leaf for 127.0.0.1 / localhost, made with openssl."""
-
-    def __init__(self, d):
-        d.mkdir(parents=True, exist_ok=True)
-        self.ca, self.cert, self.key = d / "ca.pem", d / "leaf.pem", d / "leaf.key"
-        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-        ok(["openssl", "req", "-x509", *ec, "-keyout", d / "ca.key", "-out", self.ca, "-days", "2",
-            "-subj", "/CN=bench CA", "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-        ok(["openssl", "req", "-new", *ec, "-keyout", self.key, "-out", d / "leaf.csr", "-subj", "/CN=localhost"])
-        (d / "leaf.ext").write_text("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-                                    "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n")
-        ok(["openssl", "x509", "-req", "-in", d / "leaf.csr", "-CA", self.ca, "-CAkey", d / "ca.key",
-            "-CAcreateserial", "-out", self.cert, "-days", "2", "-extfile", d / "leaf.ext"])
-        for p in (self.ca, self.cert, self.key):
-            os.chmod(p, 0o644)
-
-
-def ok(cmd, **kw):
-    r = run(cmd, **kw)
-    if r.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} failed ({r.returncode}): {r.stderr.decode(errors='replace')[-2000:]}"
-                           f"{r.stdout.decode(errors='replace')[-2000:]}")
-    return r
+def CA(d):
+    """The shared test CA (a CA and a separate leaf for 127.0.0.1 / localhost)."""
+    return TestCA(d, name="bench CA")
 
 
 # ---------------------------------------------------------------------------
@@ -216,7 +175,7 @@ class Sink:
         self.log = open(d / "sink.log", "wb")
         self.proc = Procs.popen([TOOLS / "sink", "--cert", ca.cert, "--key", ca.key, "--user", SINK_USER,
                                  "--pass", SINK_PASS], stdout=subprocess.PIPE, stderr=self.log)
-        m = re.match(r"READY (\d+) (\d+)", self.proc.stdout.readline().decode())
+        m = re.match(r"READY (\d+) (\d+)", read_line(self.proc, 30))
         if not m:
             raise RuntimeError("sink did not start")
         self.port, self.ctl_port = int(m.group(1)), int(m.group(2))
@@ -250,84 +209,47 @@ class Sink:
 # mailbridge
 
 
-class MailBridge:
-    def __init__(self, d, sink_port, imap_port, ca, delivery_concurrency=None, extra_env=None, pop3_port=None):
-        self.extra_env = extra_env or {}
-        d.mkdir(parents=True, exist_ok=True)
-        self.dir = d
-        self.bin = d / "mailbridge"
-        # A copy, since others may rebuild target/ meanwhile; MAILBRIDGE_BIN picks another build.
-        shutil.copy2(os.environ.get("MAILBRIDGE_BIN", ROOT / "target" / "release" / "mailbridge"), self.bin)
-        self.smtp_port, self.imap_port = free_port(), free_port()
-        self.pop3_port = free_port() if pop3_port else None
-        pop3_listen = f"""
-[pop3]
-listen = ["127.0.0.1:{self.pop3_port}"]
-max_connections_per_account = 100
-""" if pop3_port else ""
-        pop3_account = f'pop3 = {{ host = "127.0.0.1", port = {pop3_port}, tls = "implicit" }}' if pop3_port else ""
-        h = ok([self.bin, "hash-password"], input=LOCAL_PASS.encode()).stdout.decode().strip()
-        conc = f"concurrency = {delivery_concurrency}" if delivery_concurrency else ""
-        (d / "relay.toml").write_text(f"""
-default_account = "bench"
-
-[smtp]
-listen = ["127.0.0.1:{self.smtp_port}"]
-spool_dir = "spool"
-mode = "spool"
-hostname = "mailbridge.bench"
-max_connections = 5000
-max_message_size = 31457280
-
-[imap]
-listen = ["127.0.0.1:{self.imap_port}"]
-max_connections = 5000
-max_connections_per_account = 5000
-{pop3_listen}
-[delivery]
-retry_initial = "1s"
-retry_max = "5s"
-timeout = "60s"
-{conc}
-
-[[accounts]]
-name = "bench"
-provider = "custom"
-username = "{SINK_USER}"
-password = "{SINK_PASS}"
-ca_file = "{ca.ca}"
-smtp = {{ host = "127.0.0.1", port = {sink_port}, tls = "implicit" }}
-imap = {{ host = "127.0.0.1", port = {imap_port}, tls = "implicit" }}
-{pop3_account}
-
-[[users]]
-name = "{LOCAL_USER}"
-password_hash = "{h}"
-account = "bench"
-""")
-        os.chmod(d / "relay.toml", 0o600)
+class Tracked:
+    """For a peer class with start() and stop(): while it runs, Procs.cleanup() stops it too."""
 
     def start(self):
-        self.log = open(self.dir / "mailbridge.log", "wb")
-        env = dict(os.environ, RUST_LOG=os.environ.get("BENCH_RUST_LOG", "info"), NO_COLOR="1")
-        env.update(self.extra_env)
-        self.proc = Procs.popen([self.bin, "-c", self.dir / "relay.toml", "run"], stdin=subprocess.DEVNULL,
-                                stdout=self.log, stderr=self.log, env=env, cwd=self.dir)
-        wait_port(self.smtp_port, what="mailbridge smtp")
-        wait_port(self.imap_port, what="mailbridge imap")
+        super().start()
+        Procs.stop_later(self.stop)
         return self
 
-    def pids(self):
-        return [self.proc.pid]
+    def stop(self, *args, **kw):
+        Procs.stopped(self.stop)
+        return super().stop(*args, **kw)
+
+
+class MailBridge(Tracked, kit.MailBridge):
+    """A copy of the binary with a relay.toml for one account (the sink, and Dovecot on imap_port)."""
+
+    def __init__(self, d, sink_port, imap_port, ca, delivery_concurrency=None, extra_env=None, pop3_port=None):
+        d.mkdir(parents=True, exist_ok=True)
+        # A copy, since others may rebuild target/ meanwhile; MAILBRIDGE_BIN picks another build.
+        binary = d / "mailbridge"
+        shutil.copy2(BINARY, binary)
+        smtp_port, local_imap_port = free_port(), free_port()
+        self.pop3_port = free_port() if pop3_port else None
+        account = {"name": "bench", "username": SINK_USER, "password": SINK_PASS, "ca": ca.ca,
+                   "smtp": (sink_port, "implicit"), "imap": (imap_port, "implicit")}
+        if pop3_port:
+            account["pop3"] = (pop3_port, "implicit")
+        user = {"name": LOCAL_USER, "hash": kit.hash_password(LOCAL_PASS, binary), "account": "bench"}
+        delivery = {"retry_initial": "1s", "retry_max": "5s", "timeout": "60s"}
+        if delivery_concurrency:
+            delivery["concurrency"] = delivery_concurrency
+        text = kit.relay_toml(
+            smtp_port, local_imap_port, [account], [user], hostname="mailbridge.bench", delivery=delivery,
+            extra_smtp='mode = "spool"\nmax_connections = 5000\nmax_message_size = 31457280',
+            extra_imap="max_connections = 5000\nmax_connections_per_account = 5000",
+            pop3=f'listen = ["127.0.0.1:{self.pop3_port}"]\nmax_connections_per_account = 100' if pop3_port else "")
+        super().__init__(d, text, smtp_port, local_imap_port, binary=binary,
+                         rust_log=os.environ.get("BENCH_RUST_LOG", "info"), extra_env=extra_env)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        return super().stop(timeout=20)
 
 
 # ---------------------------------------------------------------------------
@@ -395,8 +317,8 @@ maillog_file = {d}/maillog
 
     def start(self):
         ok(["postfix", "-c", self.etc, "start"], stdin=subprocess.DEVNULL, timeout=60)
-        Procs.stoppers.append(self.stop)
-        wait_port(self.port, what="postfix smtpd")
+        Procs.stop_later(self.stop)
+        wait_port(self.port, 20, what="postfix smtpd")
         return self
 
     def master_pid(self):
@@ -419,137 +341,33 @@ maillog_file = {d}/maillog
     def stop(self):
         if self.master_pid():
             run(["postfix", "-c", self.etc, "stop"], timeout=60)
-        try:
-            Procs.stoppers.remove(self.stop)
-        except ValueError:
-            pass
+        Procs.stopped(self.stop)
 
 
 # ---------------------------------------------------------------------------
 # Dovecot and stunnel
 
 
-class Dovecot:
-    """Dovecot from a private config dir, implicit TLS, one passwd-file user, limits
-    raised for thousands of logged-in connections."""
+class Dovecot(Tracked, kit.Dovecot):
+    """The shared Dovecot with one passwd-file user (the account the sink also
+    knows) and limits raised for thousands of logged-in connections."""
 
     def __init__(self, d, ca, pop3=False):
-        d.mkdir(parents=True, exist_ok=True)
-        os.chmod(d, 0o755)
-        self.dir, self.port = d, free_port()
-        self.pop3_port = free_port() if pop3 else None
-        pop3_service = f"""
-service pop3-login {{
-  inet_listener pop3 {{
-    port = 0
-  }}
-  inet_listener pop3s {{
-    address = 127.0.0.1
-    port = {self.pop3_port}
-    ssl = yes
-  }}
-}}
-""" if pop3 else ""
-        passwd = d / "passwd"
-        passwd.write_text(f"{IMAP_USER}:{{PLAIN}}{IMAP_PASS}::::::\n")
-        os.chmod(passwd, 0o644)
-        (d / "state").mkdir(exist_ok=True)
-        (d / "dovecot.conf").write_text(f"""
-base_dir = {d}/run
-state_dir = {d}/state
-log_path = {d}/dovecot.log
-info_log_path = {d}/dovecot.log
-listen = 127.0.0.1
-protocols = imap{" pop3" if pop3 else ""}
-ssl = yes
-ssl_cert = <{ca.cert}
-ssl_key = <{ca.key}
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-auth_failure_delay = 0
-first_valid_uid = 8
-mail_location = maildir:~/Maildir
-mail_max_userip_connections = 20000
-default_process_limit = 6000
-default_client_limit = 20000
-default_vsz_limit = 1G
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {passwd}
-}}
-userdb {{
-  driver = static
-  args = uid=mail gid=mail home={d}/mail/%u
-}}
-service imap-login {{
-  inet_listener imap {{
-    port = 0
-  }}
-  inet_listener imaps {{
-    address = 127.0.0.1
-    port = {self.port}
-    ssl = yes
-  }}
-  service_count = 0
-  process_min_avail = 2
-  client_limit = 6000
-}}
-service imap {{
-  process_limit = 6000
-}}
-service anvil {{
-  client_limit = 20000
-}}
-{pop3_service}
-service auth {{
-  client_limit = 20000
-}}
-""")
+        super().__init__(d, ca, {IMAP_USER: IMAP_PASS}, pop3=pop3, many_sessions=True, plain=False)
 
     def populate(self, n=1000, size=25000):
-        md = self.dir / "mail" / IMAP_USER / "Maildir"
-        if md.exists():
-            shutil.rmtree(md)
-        for sub in ("cur", "new", "tmp"):
-            (md / sub).mkdir(parents=True, exist_ok=True)
-        line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n"
-        total = 0
-        for i in range(1, n + 1):
-            head = (f"From: sender{i}@example.org\r\nTo: {IMAP_USER}\r\nSubject: message {i}\r\n"
-                    f"Message-ID: <{i}@bench>\r\nDate: Thu, 26 Nov 2026 05:00:00 +0000\r\n\r\n").encode()
-            body = line * ((size - len(head)) // len(line))
-            data = head + body
-            total += len(data)
-            (md / "cur" / f"{1700000000 + i}.M{i}P{i}.bench,S={len(data)}:2,S").write_bytes(data)
-        mail = pwd.getpwnam("mail")
-        for root, dirs, files in os.walk(self.dir / "mail"):
-            for name in [root] + [os.path.join(root, x) for x in dirs + files]:
-                os.chown(name, mail.pw_uid, mail.pw_gid)
-        return total
+        """n messages of about `size` bytes in the user's Maildir (replacing what was there); returns their
+        total size."""
+        shutil.rmtree(self.dir / "mail" / IMAP_USER / "Maildir", ignore_errors=True)
+        return super().populate(IMAP_USER, bench_messages(n, size), host="bench", flags="S", size_in_name=True)
 
-    def start(self):
-        with open(self.dir / "dovecot.stderr", "wb") as f:
-            r = run(["dovecot", "-c", self.dir / "dovecot.conf"], stdout=f, stderr=f, capture_output=False,
-                    stdin=subprocess.DEVNULL, timeout=30)
-        if r.returncode != 0:
-            raise RuntimeError("dovecot: " + (self.dir / "dovecot.stderr").read_text())
-        Procs.stoppers.append(self.stop)
-        wait_port(self.port, what="dovecot")
-        return self
 
-    def stop(self):
-        pidfile = self.dir / "run" / "master.pid"
-        if pidfile.exists():
-            pid = int(pidfile.read_text().strip())
-            try:
-                os.kill(pid, signal.SIGTERM)
-                poll(lambda: not Path(f"/proc/{pid}").exists(), 30, "dovecot to stop")
-            except ProcessLookupError:
-                pass
-        try:
-            Procs.stoppers.remove(self.stop)
-        except ValueError:
-            pass
+def bench_messages(n, size):
+    line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n"
+    for i in range(1, n + 1):
+        head = (f"From: sender{i}@example.org\r\nTo: {IMAP_USER}\r\nSubject: message {i}\r\n"
+                f"Message-ID: <{i}@bench>\r\nDate: Thu, 26 Nov 2026 05:00:00 +0000\r\n\r\n").encode()
+        yield head + line * ((size - len(head)) // len(line))
 
 
 class Stunnel:
@@ -575,7 +393,7 @@ checkHost = localhost
     def start(self):
         self.proc = Procs.popen(["stunnel4" if shutil.which("stunnel4") else "stunnel", self.dir / "stunnel.conf"],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port, what="stunnel")
+        wait_port(self.port, 20, what="stunnel")
         return self
 
     def pids(self):
@@ -588,6 +406,7 @@ checkHost = localhost
 
 
 def tool(name, *args, **kw):
+    kw.setdefault("timeout", 300)
     return ok([TOOLS / name, *args], **kw).stdout.decode()
 
 
