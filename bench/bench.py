@@ -9,12 +9,14 @@
     python3 bench/bench.py load       # issue 4: 1,000 SMTP + 1,000 idle IMAP sessions at once
     python3 bench/bench.py pop3       # POP3 RETR MB/s and logins/s: mailbridge, direct TLS, stunnel
     python3 bench/bench.py all
+    python3 bench/bench.py --quick NAME...  # tiny counts, results to $BENCH_WORK-results: a smoke run, not numbers
 
 Needs: bench/setup.sh (packages), `cargo build --release` (mailbridge) and
 `cargo build --release --manifest-path bench/tools/Cargo.toml` (sink and clients).
 Tables go to stdout and bench/results/NAME.{md,json}. Loopback only.
 """
 
+import os
 import signal
 import socket
 import ssl
@@ -25,6 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
 from benchlib import (CA, IMAP_PASS, IMAP_USER, LOCAL_PASS, LOCAL_USER, TOOLS, WORK, Dovecot,  # noqa: E402
                       MailBridge, MemSampler, Postfix, Procs, Sink, Stunnel, kv, md_table, percentile_ms,
                       raise_nofile, run, save, tool)
@@ -53,9 +56,10 @@ class Env:
     def postfix(self):
         return Postfix(WORK / "postfix", self.sink.port, self.ca).start()
 
-    def start_dovecot(self, populate=False):
+    def start_dovecot(self, populate=False, messages=1000):
+        """Dovecot, with (populate) `messages` of 25 KB in the mailbox; returns their total size."""
         self.dovecot = Dovecot(WORK / "dovecot", self.ca)
-        size = self.dovecot.populate() if populate else 0
+        size = self.dovecot.populate(messages) if populate else 0
         self.dovecot.start()
         return size
 
@@ -112,15 +116,15 @@ def spread(r, key):
     return f"{r[key]:.0f} ({v[0]:.0f}-{v[-1]:.0f})" if len(v) > 1 else f"{r[key]:.0f}"
 
 
-def bench_accept(env, msgs=3000, repeats=3):
+def bench_accept(env, msgs=3000, repeats=3, warm=200):
     mb, pf = env.mailbridge(), env.postfix()
     rows, data = [], {}
     try:
         for reuse in (False, True):
             mode = "reused connections" if reuse else "new connection per message"
             # warm-up so both have their processes/caches up
-            accept_run(env, mb, mb.smtp_port, 20, 200, 10240, reuse)
-            accept_run(env, pf, pf.port, 20, 200, 10240, reuse)
+            accept_run(env, mb, mb.smtp_port, 20, warm, 10240, reuse)
+            accept_run(env, pf, pf.port, 20, warm, 10240, reuse)
             ms, ps = [], []
             for _ in range(repeats):  # alternate, so a busy moment on the shared machine hits both
                 ms.append(accept_run(env, mb, mb.smtp_port, 20, msgs, 10240, reuse))
@@ -161,14 +165,14 @@ def e2e_run(env, port, msgs, reuse, tag):
             "p99_ms": percentile_ms(lat, 99), "matched": len(lat), "upstream_sessions": sessions}
 
 
-def bench_e2e(env, msgs=2500, repeats=3):
+def bench_e2e(env, msgs=2500, repeats=3, warm=200):
     mb, pf = env.mailbridge(), env.postfix()
     rows, data = [], {}
     try:
         for reuse in (False, True):
             mode = "reused connections" if reuse else "new connection per message"
-            e2e_run(env, mb.smtp_port, 200, reuse, "warm-mb")
-            e2e_run(env, pf.port, 200, reuse, "warm-pf")
+            e2e_run(env, mb.smtp_port, warm, reuse, "warm-mb")
+            e2e_run(env, pf.port, warm, reuse, "warm-pf")
             ms, ps = [], []
             for k in range(repeats):
                 ms.append(e2e_run(env, mb.smtp_port, msgs, reuse, f"mb-{int(reuse)}-{k}"))
@@ -206,8 +210,8 @@ def imap_paths(env, mb, st):
     }
 
 
-def bench_imap(env, runs=7, repeat=4, login_secs=5):
-    size = env.start_dovecot(populate=True)
+def bench_imap(env, runs=7, repeat=4, login_secs=5, mailbox=1000):
+    size = env.start_dovecot(populate=True, messages=mailbox)
     mb = env.mailbridge(imap_port=env.dovecot.port)
     st = Stunnel(WORK / "stunnel", env.dovecot.port, env.ca).start()
     data = {}
@@ -300,9 +304,9 @@ def pop3_session(port, user, password, ca=None, download=True):
     return total
 
 
-def bench_pop3(env, runs=7, login_secs=3):
+def bench_pop3(env, runs=7, login_secs=3, mailbox=1000):
     env.dovecot = Dovecot(WORK / "dovecot", env.ca, pop3=True)
-    size = env.dovecot.populate()
+    size = env.dovecot.populate(mailbox)
     env.dovecot.start()
     mb = MailBridge(WORK / "mailbridge", env.sink.port, env.dovecot.port, env.ca,
                     pop3_port=env.dovecot.pop3_port).start()
@@ -345,7 +349,7 @@ def bench_pop3(env, runs=7, login_secs=3):
             [f"logins/s (one client, connect+USER/PASS+QUIT, mean of 2 x {login_secs} s)", f"{m['logins_per_s']:.0f}",
              f"{d['logins_per_s']:.0f}", f"{s['logins_per_s']:.0f}", ratio(m["logins_per_s"], d["logins_per_s"]),
              ratio(m["logins_per_s"], s["logins_per_s"])]]
-    save("pop3", data, f"POP3: Dovecot (dovecot-pop3d, pop3s) mailbox of 1000 messages, {size / 1e6:.1f} MB; "
+    save("pop3", data, f"POP3: Dovecot (dovecot-pop3d, pop3s) mailbox of {mailbox} messages, {size / 1e6:.1f} MB; "
          "client: bench.py's pipelined RETR reader\n\n"
          + md_table(["metric", "mailbridge", "direct TLS", "stunnel", "mb/direct", "mb/stunnel"], rows))
 
@@ -411,21 +415,24 @@ def bench_idle(env, conns=2000):
          + md_table(["metric", "mailbridge", "stunnel", "mailbridge/stunnel"], rows))
 
 
-def bench_growth(env):
+GROWTH_SESSIONS = ((1, 300), (10, 2000), (100, 2500), (1000, 3000))
+GROWTH_SIZES = ((1024, 2000), (10240, 2000), (102400, 1000), (1048576, 300), (10485760, 40), (20971520, 20))
+
+
+def bench_growth(env, sessions_msgs=GROWTH_SESSIONS, sizes_msgs=GROWTH_SIZES, warm=100):
     mb, pf = env.mailbridge(), env.postfix()
     conc_rows, size_rows, data = [], [], {"concurrency": {}, "size": {}}
     try:
-        accept_run(env, mb, mb.smtp_port, 10, 100, 10240, False)
-        accept_run(env, pf, pf.port, 10, 100, 10240, False)
-        for sessions, msgs in ((1, 300), (10, 2000), (100, 2500), (1000, 3000)):
+        accept_run(env, mb, mb.smtp_port, 10, warm, 10240, False)
+        accept_run(env, pf, pf.port, 10, warm, 10240, False)
+        for sessions, msgs in sessions_msgs:
             m = load_run(env, mb, mb.smtp_port, sessions, msgs, 10240)
             p = load_run(env, pf, pf.port, sessions, msgs, 10240)
             data["concurrency"][sessions] = {"mailbridge": m, "postfix": p}
             conc_rows.append([sessions, f"{m['rate']:.0f} ({m['errors']:.0f} err)", f"{p['rate']:.0f} ({p['errors']:.0f} err)", ratio(m["rate"], p["rate"]),
                               f"{m['rss'] / MIB:.1f} / {m['pss'] / MIB:.1f}", f"{p['pss'] / MIB:.1f} ({p['procs']})",
                               ratio(m["pss"], p["pss"])])
-        for size, msgs in ((1024, 2000), (10240, 2000), (102400, 1000), (1048576, 300), (10485760, 40),
-                           (20971520, 20)):
+        for size, msgs in sizes_msgs:
             m = accept_run(env, mb, mb.smtp_port, 10, msgs, size, False)
             p = accept_run(env, pf, pf.port, 10, msgs, size, False)
             data["size"][size] = {"mailbridge": m, "postfix": p}
@@ -508,9 +515,8 @@ def bench_load(env, smtp_conns=1000, imap_conns=1000, per_conn=5):
 def note_run(name):
     """Records when each bench ran and how busy the machine was (others share its 2 cores)."""
     import json
-    from benchlib import RESULTS
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    p = RESULTS / "runs.json"
+    benchlib.RESULTS.mkdir(parents=True, exist_ok=True)
+    p = benchlib.RESULTS / "runs.json"
     runs = json.loads(p.read_text()) if p.exists() else {}
     runs[name] = {"utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
                   "loadavg_1m_before": float(Path("/proc/loadavg").read_text().split()[0])}
@@ -521,8 +527,19 @@ BENCHES = {"accept": bench_accept, "e2e": bench_e2e, "imap": bench_imap, "idle":
            "growth": bench_growth, "load": bench_load, "pop3": bench_pop3}
 
 
+# --quick: every scenario end to end with tiny counts, to check that it runs.
+QUICK = {"accept": dict(msgs=20, repeats=1, warm=5), "e2e": dict(msgs=20, repeats=1, warm=5),
+         "imap": dict(runs=1, repeat=1, login_secs=1, mailbox=20), "idle": dict(conns=20),
+         "growth": dict(sessions_msgs=((1, 5), (10, 20)), sizes_msgs=((1024, 10), (1048576, 2)), warm=5),
+         "load": dict(smtp_conns=10, imap_conns=10, per_conn=2), "pop3": dict(runs=1, login_secs=1, mailbox=20)}
+
+
 def main():
-    names = sys.argv[1:] or ["all"]
+    args = sys.argv[1:]
+    quick = "--quick" in args
+    names = [a for a in args if a != "--quick"] or ["all"]
+    if quick:  # never overwrite the real results with a smoke run's
+        benchlib.RESULTS = Path(os.environ.get("BENCH_RESULTS", f"{WORK}-results"))
     if names == ["all"]:
         names = list(BENCHES)
     raise_nofile(200000)
@@ -537,7 +554,7 @@ def main():
             note_run(n)
             print(f"== {n}", flush=True)
             try:
-                BENCHES[n](Env())
+                BENCHES[n](Env(), **(QUICK[n] if quick else {}))
             except (Exception, SystemExit) as e:  # noqa: BLE001 - go on with the next benchmark
                 print(f"{n} FAILED: {e}", flush=True)
                 failed.append(n)
