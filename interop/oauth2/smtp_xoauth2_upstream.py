@@ -15,12 +15,10 @@ refused (there is no password here).
 Prints ``READY <port>`` on stdout once it listens.
 """
 
-import argparse
 import asyncio
 import base64
 import json
 import os
-import signal
 import ssl
 import sys
 import urllib.parse
@@ -30,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword  # noqa: E402
 
-from aiosmtpd_upstream import Handler, UpstreamSMTP  # noqa: E402
+from aiosmtpd_upstream import Handler, UpstreamSMTP, common_args, serve  # noqa: E402
 
 GMAIL_CHALLENGE = json.dumps({"status": "400", "schemes": "Bearer", "scope": "https://mail.google.com/"},
                              separators=(",", ":"))
@@ -95,19 +93,12 @@ class XOAuth2Handler(Handler):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--tls", choices=["implicit", "starttls"], default="implicit")
-    ap.add_argument("--cert", required=True)
-    ap.add_argument("--key", required=True)
-    ap.add_argument("--outdir", required=True)
+    ap = common_args()
     ap.add_argument("--introspect", required=True, help="the authorization server's introspection URL")
     ap.add_argument("--client-id", required=True)
     ap.add_argument("--client-secret", required=True)
     ap.add_argument("--ca-file", required=True, help="trust for the introspection endpoint")
     ap.add_argument("--scope", action="append", default=[], help="a scope that allows sending")
-    ap.add_argument("--reject", action="append", default=[], help="recipient answered with 550")
-    ap.add_argument("--tempfail", action="append", default=[], help="recipient answered with 451")
     args = ap.parse_args()
 
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -128,16 +119,7 @@ def main():
                             auth_require_tls=not implicit, tls_context=None if implicit else ctx,
                             require_starttls=not implicit, enable_SMTPUTF8=True, loop=loop)
 
-    server = loop.run_until_complete(loop.create_server(factory, host="127.0.0.1", port=args.port,
-                                                        ssl=ctx if implicit else None, reuse_address=True))
-    print(f"READY {server.sockets[0].getsockname()[1]}", flush=True)
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.run_until_complete(stop.wait())
-    server.close()
-    loop.run_until_complete(server.wait_closed())
-    return 0
+    return serve(loop, factory, args.port, ctx if implicit else None)
 
 
 if __name__ == "__main__":
