@@ -175,8 +175,9 @@ def test_issued_values_are_listed_for_leak_checks(oauth_server):
 # Dovecot: IMAP and POP3 with the oauth2 passdb
 
 
-def imap_auth(dovecot, mech, initial):
-    """AUTHENTICATE mech; returns (ok, server challenges after the first)."""
+def imap_auth(dovecot, mech, initial, refusal=None):
+    """AUTHENTICATE mech; returns (ok, server challenges after the first). A refusal's
+    text goes to the list `refusal` when given."""
     challenges = []
 
     def answer(challenge):
@@ -192,7 +193,9 @@ def imap_auth(dovecot, mech, initial):
         typ, data = c.select("INBOX", readonly=True)
         assert typ == "OK" and int(data[0]) == 5, data
         return True, challenges
-    except imaplib.IMAP4.error:
+    except imaplib.IMAP4.error as e:
+        if refusal is not None:
+            refusal.append(str(e))
         return False, challenges
     finally:
         try:
@@ -211,9 +214,11 @@ def test_imap_xoauth2_and_oauthbearer_with_fresh_token_then_revoked(oauth_server
     ok, _ = imap_auth(oauth_dovecot, "XOAUTH2", p.xoauth2(h.ALT_ACCOUNT, tok["access_token"]))
     assert not ok
     oauth_server.revoke(tok["access_token"], hint="access_token")
-    ok, challenges = imap_auth(oauth_dovecot, "XOAUTH2", p.xoauth2(h.ACCOUNT, tok["access_token"]))
+    refusal = []
+    ok, challenges = imap_auth(oauth_dovecot, "XOAUTH2", p.xoauth2(h.ACCOUNT, tok["access_token"]), refusal)
     assert not ok and len(challenges) == 1, challenges
     assert json.loads(challenges[0])["status"]  # the JSON error challenge of XOAUTH2
+    assert "AUTHENTICATIONFAILED" in refusal[0], refusal
 
 
 def test_imap_xoauth2_with_an_expired_token_fails(oauth_server, oauth_dovecot):
