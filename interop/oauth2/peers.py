@@ -71,7 +71,7 @@ def oauthbearer(user, token):
 class OAuthServer:
     """oidc-provider (server.mjs) over HTTPS on 127.0.0.1 with the test CA's leaf certificate."""
 
-    def __init__(self, directory, ca, access_ttl=20, short_ttl=3, device_interval=1, app_mailbox=h.ACCOUNT,
+    def __init__(self, directory, ca, access_ttl=20, short_ttl=5, device_interval=1, app_mailbox=h.ACCOUNT,
                  redirect_paths=REDIRECT_PATHS):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
