@@ -70,17 +70,23 @@ class Handler:
         return "250 2.0.0 OK queued as %d" % n
 
 
-def main():
+def common_args():
+    """The options every SMTP sink here takes: listener, TLS, where messages go, bad recipients."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--tls", choices=["implicit", "starttls"], default="implicit")
     ap.add_argument("--cert", required=True)
     ap.add_argument("--key", required=True)
-    ap.add_argument("--user", required=True)
-    ap.add_argument("--password", required=True)
     ap.add_argument("--outdir", required=True)
     ap.add_argument("--reject", action="append", default=[], help="recipient answered with 550")
     ap.add_argument("--tempfail", action="append", default=[], help="recipient answered with 451")
+    return ap
+
+
+def main():
+    ap = common_args()
+    ap.add_argument("--user", required=True)
+    ap.add_argument("--password", required=True)
     args = ap.parse_args()
 
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -125,12 +131,17 @@ def main():
             loop=loop,
         )
 
+    return serve(loop, factory, args.port, ctx if args.tls == "implicit" else None)
+
+
+def serve(loop, factory, port, ssl_ctx):
+    """Listens on 127.0.0.1:port (implicit TLS with ssl_ctx), says READY <port>, serves until SIGTERM."""
     server = loop.run_until_complete(
         loop.create_server(
             factory,
             host="127.0.0.1",
-            port=args.port,
-            ssl=ctx if args.tls == "implicit" else None,
+            port=port,
+            ssl=ssl_ctx,
             reuse_address=True,
         )
     )
