@@ -7,6 +7,15 @@
 //! subscriber in `support::logs`, umask-sensitive and crash tests run the
 //! real binary as a child process (`support::process`), and no test sets
 //! environment variables of its own process.
+//!
+//! To bring in a file written for the old layout (`tests/<name>.rs` with
+//! `mod common;`): `git mv` it to `tests/it/<name>.rs`, add `mod <name>;`
+//! below, drop its `mod common;`/`mod *_support;` lines and write
+//! `crate::support::` for `common::` (`smtp_support` is `support::smtp`,
+//! `imap_support` `support::imap`, `pop3_support` `support::pop3`,
+//! `delivery_common` `support::delivery`, `hardening_support`
+//! `support::process`, with its `Smtp` in `support::smtp` and `poll_until` in
+//! `support::wait`).
 
 mod support;
 
