@@ -2,13 +2,13 @@
 //! upstream, a small `daily_limit` and a clock the test moves.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::support::ca::TestCa;
 use crate::support::daemon::{start, start_in, TestDaemon};
 use crate::support::delivery::{config, eventually, feed, Opts, PASSWORD, USER};
+use crate::support::process::{queue, stdout};
 use crate::support::smtp_upstream::{Mode, SmtpUpstream};
 use mailbridge::delivery::limits::{ManualClock, FILE_NAME, WINDOW};
 use mailbridge::spool::EntryState;
@@ -46,13 +46,7 @@ async fn held_for_limit(d: &TestDaemon, n: usize) {
 }
 
 fn queue_list(dir: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_mailbridge"))
-        .arg("-c")
-        .arg(dir.join("relay.toml"))
-        .args(["queue", "list"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout(&queue(dir, &["list"]))
 }
 
 #[tokio::test]

@@ -1,8 +1,6 @@
 //! `mailbridge queue ...` run as the real binary against a spool directory,
 //! alone and while the daemon is delivering from it.
 
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::support::ca::TestCa;
@@ -10,22 +8,9 @@ use crate::support::daemon::start_in;
 use crate::support::delivery::{
     config, envelope, eventually, feed, wait_failed, Opts, PASSWORD, USER,
 };
+use crate::support::process::{queue, stdout};
 use crate::support::smtp_upstream::{Mode, SmtpUpstream};
 use mailbridge::spool::{EntryState, QueueId, Spool};
-
-fn queue(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mailbridge"))
-        .arg("-c")
-        .arg(dir.join("relay.toml"))
-        .arg("queue")
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// A spool with one queued and one failed message, and a relay.toml pointing at it.
 async fn prepared() -> (tempfile::TempDir, QueueId, QueueId) {

@@ -2,32 +2,17 @@
 //! not delivered while the daemon delivers others, and goes out once released;
 //! list/show report it for people and in JSON.
 
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::support::ca::TestCa;
 use crate::support::daemon::start_in;
 use crate::support::delivery::{config, envelope, eventually, feed, Opts, PASSWORD, USER};
+use crate::support::process::{queue, stdout};
 use crate::support::smtp_upstream::{Mode, SmtpUpstream};
 use mailbridge::spool::{EntryState, Spool};
 
 /// Release is picked up by the worker's periodic rescan (every 5 s).
 const WAIT: Duration = Duration::from_secs(15);
-
-fn queue(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mailbridge"))
-        .arg("-c")
-        .arg(dir.join("relay.toml"))
-        .arg("queue")
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 #[tokio::test]
 async fn held_message_waits_until_released() {

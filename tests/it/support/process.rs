@@ -137,3 +137,19 @@ pub fn wait_output(p: &Proc, needle: &str, timeout: Duration) {
         || p.text().contains(needle).then_some(()),
     )
 }
+
+/// `mailbridge -c DIR/relay.toml queue ARGS...`, run to the end.
+pub fn queue(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mailbridge"))
+        .arg("-c")
+        .arg(dir.join("relay.toml"))
+        .arg("queue")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A finished command's stdout as text.
+pub fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
