@@ -245,15 +245,7 @@ async fn reload_with_a_certificate_that_does_not_load_keeps_the_old_config() {
 }
 
 fn connector(ca: &crate::support::ca::TestCa) -> tokio_rustls::TlsConnector {
-    mailbridge::tls::install_crypto_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in mailbridge::tls::load_certs(&ca.ca_file).unwrap() {
-        roots.add(c).unwrap();
-    }
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    ca.connector()
 }
 
 /// Does an implicit-TLS handshake with `addr` succeed for a client trusting `ca`?

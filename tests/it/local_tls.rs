@@ -91,15 +91,7 @@ fn lettre_tls(ca: &TestCa) -> TlsParameters {
 }
 
 fn connector(ca: &TestCa) -> tokio_rustls::TlsConnector {
-    mailbridge::tls::install_crypto_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in mailbridge::tls::load_certs(&ca.ca_file).unwrap() {
-        roots.add(c).unwrap();
-    }
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    ca.connector()
 }
 
 async fn tls_connect(ca: &TestCa, tcp: TcpStream) -> tokio_rustls::client::TlsStream<TcpStream> {

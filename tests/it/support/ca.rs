@@ -71,6 +71,19 @@ impl TestCa {
         }
     }
 
+    /// A TLS client trusting only this CA.
+    pub fn connector(&self) -> tokio_rustls::TlsConnector {
+        mailbridge::tls::install_crypto_provider();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in mailbridge::tls::load_certs(&self.ca_file).unwrap() {
+            roots.add(c).unwrap();
+        }
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+
     /// A leaf valid for `localhost` and 127.0.0.1.
     pub fn server_cert(&self) -> ServerCert {
         self.leaf(&["localhost"], true, false)

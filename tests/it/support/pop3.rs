@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -98,15 +97,7 @@ impl Env {
 
     /// A TLS client config trusting the test CA.
     pub fn connector(&self) -> tokio_rustls::TlsConnector {
-        mailbridge::tls::install_crypto_provider();
-        let mut roots = rustls::RootCertStore::empty();
-        for c in mailbridge::tls::load_certs(&self.ca.ca_file).unwrap() {
-            roots.add(c).unwrap();
-        }
-        let config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tokio_rustls::TlsConnector::from(Arc::new(config))
+        self.ca.connector()
     }
 }
 
