@@ -14,7 +14,7 @@ for shell in bash zsh fish; do
   "$bin" generate completions "$shell" target/generated/completions >/dev/null
 done
 # packaging/deb/ must be what the binary derives from relay.toml and the unit
-# (tests/packaging.rs checks the same; this catches a stale checkout early).
+# (tests/it/packaging.rs checks the same; this catches a stale checkout early).
 "$bin" generate packaging target/generated/packaging >/dev/null
 for f in relay.toml mailbridge.service; do
   cmp -s "target/generated/packaging/$f" "packaging/deb/$f" || {

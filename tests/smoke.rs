@@ -1,9 +1,0 @@
-mod common;
-
-#[test]
-fn ca_makes_certs() {
-    let ca = common::ca::TestCa::new();
-    let c = ca.server_cert();
-    let _ = c.server_config();
-    assert!(ca.ca_pem.contains("BEGIN CERTIFICATE"));
-}
