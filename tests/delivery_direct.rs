@@ -12,8 +12,8 @@ use common::ca::TestCa;
 use common::daemon::start;
 use common::smtp_upstream::{Mode, SmtpUpstream, FORGED_AFTER_STARTTLS};
 use delivery_common::{config, envelope, Opts, PASSWORD, USER};
+use mailbridge::check::smtp_login as check_login;
 use mailbridge::config::{Account, Config};
-use mailbridge::delivery::check_login;
 
 fn account(o: &Opts) -> Account {
     Config::parse(&config(o), Path::new("/tmp/relay.toml"))

@@ -25,14 +25,13 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::ClientConfig;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 
-use crate::config::{ip_allowed, Account, Config};
+use crate::config::{ip_allowed, Config};
 use crate::disconnect::{log_close, CloseReason};
 use crate::stream::{say_and_close, ClientStream};
 use crate::text::Printable;
@@ -295,66 +294,4 @@ async fn proxy(
         end = %stats.end,
         "IMAP session ended"
     );
-}
-
-/// `mailbridge check`: connects with the account's TLS mode, logs in with
-/// its real credentials and logs out. `Ok` is a one-line summary, `Err` a
-/// message with a hint. Neither ever contains the password.
-pub async fn check_login(account: &Account, timeout: Duration) -> Result<String, String> {
-    let ep = &account.imap;
-    let Some(password) = account.password.as_ref() else {
-        return Err(format!(
-            "IMAP {ep}: no usable password: {}",
-            account
-                .password_problem
-                .as_deref()
-                .unwrap_or("none configured")
-        ));
-    };
-    let tls = crate::tls::upstream_client_config(account.ca_file.as_deref())
-        .map_err(|e| format!("IMAP {ep}: {e}"))?;
-    let run = async {
-        let mut conn = upstream::connect(ep, &tls, timeout).await?;
-        let reply = upstream::login(&mut conn, &account.username, password, timeout).await?;
-        upstream::logout(&mut conn).await;
-        Ok::<_, upstream::UpstreamError>(reply)
-    };
-    match tokio::time::timeout(timeout, run).await {
-        Ok(Ok(reply)) => {
-            let caps = reply
-                .code
-                .as_deref()
-                .and_then(|c| c.strip_prefix("CAPABILITY "))
-                .map(|c| format!("; {} capabilities", c.split_whitespace().count()))
-                .unwrap_or_default();
-            Ok(format!("IMAP {ep}: logged in as {}{caps}", account.username))
-        }
-        Ok(Err(e)) => Err(format!("IMAP {ep}: {}", explain(&e, account))),
-        Err(_) => Err(format!(
-            "IMAP {ep}: timed out after {}; is the host reachable, and is the TLS mode right for port {} (993 = implicit, 143 = starttls)?",
-            humantime::format_duration(timeout),
-            ep.port
-        )),
-    }
-}
-
-fn explain(e: &upstream::UpstreamError, account: &Account) -> String {
-    use upstream::UpstreamError as E;
-    let port = account.imap.port;
-    match e {
-        E::Rejected { text } => format!("{} (server said: {text})", responses::CHECK_AUTH_HINT),
-        E::Tls { .. } if e.is_certificate() => format!(
-            "{e}; the server's certificate is not trusted for {}: if the server uses a private CA, set ca_file = \"/path/to/ca.pem\" in this account{}",
-            account.imap.host,
-            account.ca_file.as_ref().map(|p| format!(" (now {})", p.display())).unwrap_or_default()
-        ),
-        E::Tls { .. } => format!(
-            "{e}; is the TLS mode right for port {port}? (993 is implicit TLS, 143 is STARTTLS)"
-        ),
-        E::Timeout(_) | E::Closed(_) => format!(
-            "{e}; is the TLS mode right for port {port}? (993 is implicit TLS, 143 is STARTTLS)"
-        ),
-        E::Connect { .. } | E::Resolve(_) => format!("{e}; is the host name right and the server reachable (DNS, firewall, port)?"),
-        E::Protocol(_) | E::Io(_) => e.to_string(),
-    }
 }

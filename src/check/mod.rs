@@ -1,0 +1,229 @@
+//! `mailbridge check`: the configuration is valid, and every account can log
+//! in to its SMTP and IMAP servers (and POP3 when a POP3 listener is
+//! configured); each problem comes with a hint. [`run`] returns a
+//! [`Report`]; [`crate::cli::check`] prints it.
+//!
+//! - [`smtp`], [`imap`], [`pop3`]: one real login per protocol, on the
+//!   protocol's own upstream connection code.
+
+pub mod imap;
+pub mod pop3;
+pub mod smtp;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{tls_for_port, Account, Config, Endpoint};
+
+pub use imap::login as imap_login;
+pub use pop3::login as pop3_login;
+pub use smtp::login as smtp_login;
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Everything `mailbridge check` found.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub config: PathBuf,
+    pub users: usize,
+    /// The config file is readable by others (and how to fix it).
+    pub permission_warning: Option<String>,
+    pub accounts: Vec<AccountReport>,
+}
+
+impl Report {
+    /// Every account has a usable password and every login worked.
+    pub fn passed(&self) -> bool {
+        self.accounts.iter().all(|a| {
+            !matches!(a.password, PasswordCheck::Unusable(_))
+                && a.probes.iter().all(|p| p.result.is_ok())
+        })
+    }
+}
+
+/// One account's checks.
+#[derive(Debug, Clone)]
+pub struct AccountReport {
+    pub name: String,
+    pub username: String,
+    pub provider: String,
+    pub password: PasswordCheck,
+    /// The logins tried, in order (none when the password is unusable).
+    pub probes: Vec<Probe>,
+}
+
+/// Whether the account's password can be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordCheck {
+    Usable,
+    /// Usable, but probably not what the provider expects.
+    Suspicious(String),
+    /// Missing or unreadable: no login is tried.
+    Unusable(String),
+}
+
+/// Which upstream protocol a probe logged in to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Smtp,
+    Imap,
+    Pop3,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Smtp => "smtp",
+            Protocol::Imap => "imap",
+            Protocol::Pop3 => "pop3",
+        })
+    }
+}
+
+/// One login attempt.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub protocol: Protocol,
+    pub endpoint: Endpoint,
+    /// The TLS mode does not match what the well-known port uses.
+    pub port_hint: Option<String>,
+    /// A one-line summary, or what is wrong and how to fix it (password scrubbed).
+    pub result: Result<String, String>,
+}
+
+/// Runs every check.
+pub async fn run(config: &Config) -> Report {
+    crate::tls::install_crypto_provider();
+    let mut accounts = Vec::new();
+    for account in &config.accounts {
+        let password = password_check(account);
+        let mut probes = Vec::new();
+        if !matches!(password, PasswordCheck::Unusable(_)) {
+            let mut endpoints = vec![
+                (Protocol::Smtp, account.smtp.clone()),
+                (Protocol::Imap, account.imap.clone()),
+            ];
+            // POP3 only when a POP3 listener is configured (then the account must reach it).
+            if let (true, Some(ep)) = (config.pop3.enabled(), &account.pop3) {
+                endpoints.push((Protocol::Pop3, ep.clone()));
+            }
+            for (protocol, endpoint) in endpoints {
+                let result = match protocol {
+                    Protocol::Smtp => smtp::login(account, CHECK_TIMEOUT).await,
+                    Protocol::Imap => imap::login(account, CHECK_TIMEOUT).await,
+                    Protocol::Pop3 => pop3::login(account, CHECK_TIMEOUT).await,
+                };
+                probes.push(Probe {
+                    protocol,
+                    port_hint: port_hint(&endpoint),
+                    endpoint,
+                    result: result.map_err(|problem| scrub(&problem, account)),
+                });
+            }
+        }
+        accounts.push(AccountReport {
+            name: account.name.clone(),
+            username: account.username.clone(),
+            provider: account.provider.to_string(),
+            password,
+            probes,
+        });
+    }
+    Report {
+        config: config.path.clone(),
+        users: config.users.len(),
+        permission_warning: config.permission_warning(),
+        accounts,
+    }
+}
+
+/// Missing or unreadable, or (Gmail) not the 16 letters of an app password.
+fn password_check(account: &Account) -> PasswordCheck {
+    let Some(password) = &account.password else {
+        let why = account.password_problem.as_deref().unwrap_or("no password");
+        return PasswordCheck::Unusable(why.to_string());
+    };
+    let letters = password.expose().chars().count();
+    if account.provider == "gmail" && letters != 16 {
+        return PasswordCheck::Suspicious(format!(
+            "Gmail app passwords are 16 letters; this one has {letters} after removing spaces"
+        ));
+    }
+    PasswordCheck::Usable
+}
+
+/// A hint when the TLS mode does not match what the well-known port uses.
+fn port_hint(e: &Endpoint) -> Option<String> {
+    let expected = tls_for_port(e.port)?;
+    (expected != e.tls).then(|| {
+        format!(
+            "port {} normally uses {} TLS, but tls = \"{}\" is configured",
+            e.port, expected, e.tls
+        )
+    })
+}
+
+/// Belt and braces: never show the password even if an error text carried it.
+fn scrub(text: &str, account: &Account) -> String {
+    match &account.password {
+        Some(p) if !p.is_empty() => text.replace(p.expose(), "***"),
+        _ => text.to_string(),
+    }
+}
+
+/// The hint for a failed IMAP or POP3 login (the same failure kinds, one
+/// wording); `mode_hint` asks about the protocol's TLS ports.
+fn explain(
+    e: &crate::imap::upstream::UpstreamError,
+    account: &Account,
+    host: &str,
+    auth_hint: &str,
+    mode_hint: &str,
+) -> String {
+    use crate::imap::upstream::UpstreamError as E;
+    match e {
+        E::Rejected { text } => format!("{auth_hint} (server said: {text})"),
+        E::Tls { .. } if e.is_certificate() => format!(
+            "{e}; the server's certificate is not trusted for {host}: if the server uses a private CA, set ca_file = \"/path/to/ca.pem\" in this account{}",
+            account.ca_file.as_ref().map(|p| format!(" (now {})", p.display())).unwrap_or_default()
+        ),
+        E::Tls { .. } | E::Timeout(_) | E::Closed(_) => format!("{e}; {mode_hint}"),
+        E::Connect { .. } | E::Resolve(_) => format!(
+            "{e}; is the host name right and the server reachable (DNS, firewall, port)?"
+        ),
+        E::Protocol(_) | E::Io(_) => e.to_string(),
+    }
+}
+
+/// What a login that did not finish in time says.
+fn timed_out(timeout: Duration, mode_hint: &str) -> String {
+    format!(
+        "timed out after {}; is the host reachable, and {mode_hint}",
+        humantime::format_duration(timeout)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TlsMode;
+
+    fn endpoint(port: u16, tls: TlsMode) -> Endpoint {
+        Endpoint {
+            host: "mail.example.com".into(),
+            port,
+            tls,
+        }
+    }
+
+    #[test]
+    fn port_hint_only_when_the_mode_disagrees_with_a_well_known_port() {
+        assert_eq!(port_hint(&endpoint(465, TlsMode::Implicit)), None);
+        assert_eq!(port_hint(&endpoint(2525, TlsMode::Implicit)), None);
+        let hint = port_hint(&endpoint(465, TlsMode::Starttls)).unwrap();
+        assert!(
+            hint.starts_with("port 465 normally uses implicit TLS"),
+            "{hint}"
+        );
+    }
+}
