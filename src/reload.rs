@@ -73,7 +73,7 @@ pub(crate) fn warn_config(config: &Config) {
         warn!("{w}");
     }
     for a in &config.accounts {
-        if let Some(problem) = &a.password_problem {
+        if let Some(problem) = a.password.problem() {
             warn!(account = %a.name, "NO USABLE PASSWORD: {problem}; mail for this account is held in the spool until it is fixed");
         }
     }

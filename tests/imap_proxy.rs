@@ -418,7 +418,8 @@ async fn check_login_reports_success_and_failures() {
         .unwrap();
     assert!(ok.contains("logged in as real@example.com"), "{ok}");
     let mut bad = account.clone();
-    bad.password = Some(mailbridge::secret::Secret::new("wrongpassword"));
+    bad.password =
+        mailbridge::config::Password::Set(mailbridge::secret::Secret::new("wrongpassword"));
     let e = mailbridge::check::imap_login(&bad, timeout)
         .await
         .unwrap_err();

@@ -10,13 +10,10 @@ use crate::imap::{responses, upstream};
 /// contains the password.
 pub async fn login(account: &Account, timeout: Duration) -> Result<String, String> {
     let ep = &account.imap;
-    let Some(password) = account.password.as_ref() else {
+    let Some(password) = account.password.secret() else {
         return Err(format!(
             "IMAP {ep}: no usable password: {}",
-            account
-                .password_problem
-                .as_deref()
-                .unwrap_or("none configured")
+            account.password.problem().unwrap_or("none configured")
         ));
     };
     let tls = crate::tls::upstream_client_config(account.ca_file.as_deref())

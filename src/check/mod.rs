@@ -139,17 +139,17 @@ pub async fn run(config: &Config) -> Report {
 
 /// Missing or unreadable, or (Gmail) not the 16 letters of an app password.
 fn password_check(account: &Account) -> PasswordCheck {
-    let Some(password) = &account.password else {
-        let why = account.password_problem.as_deref().unwrap_or("no password");
+    let Some(password) = account.password.secret() else {
+        let why = account.password.problem().unwrap_or("no password");
         return PasswordCheck::Unusable(why.to_string());
     };
     let letters = password.expose().chars().count();
-    if account.provider == "gmail" && letters != 16 {
-        return PasswordCheck::Suspicious(format!(
-            "Gmail app passwords are 16 letters; this one has {letters} after removing spaces"
-        ));
+    match account.provider.app_password_letters() {
+        Some(n) if n != letters => PasswordCheck::Suspicious(format!(
+            "Gmail app passwords are {n} letters; this one has {letters} after removing spaces"
+        )),
+        _ => PasswordCheck::Usable,
     }
-    PasswordCheck::Usable
 }
 
 /// A hint when the TLS mode does not match what the well-known port uses.
@@ -165,7 +165,7 @@ fn port_hint(e: &Endpoint) -> Option<String> {
 
 /// Belt and braces: never show the password even if an error text carried it.
 fn scrub(text: &str, account: &Account) -> String {
-    match &account.password {
+    match account.password.secret() {
         Some(p) if !p.is_empty() => text.replace(p.expose(), "***"),
         _ => text.to_string(),
     }

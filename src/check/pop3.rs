@@ -12,13 +12,10 @@ pub async fn login(account: &Account, timeout: Duration) -> Result<String, Strin
     let Some(ep) = account.pop3.as_ref() else {
         return Err("POP3: this account has no POP3 server".into());
     };
-    let Some(password) = account.password.as_ref() else {
+    let Some(password) = account.password.secret() else {
         return Err(format!(
             "POP3 {ep}: no usable password: {}",
-            account
-                .password_problem
-                .as_deref()
-                .unwrap_or("none configured")
+            account.password.problem().unwrap_or("none configured")
         ));
     };
     let tls = crate::tls::upstream_client_config(account.ca_file.as_deref())

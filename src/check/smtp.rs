@@ -15,7 +15,7 @@ use crate::delivery::{account_tls, connect, no_password, ConnectFailure};
 /// [`super::run`].)
 pub async fn login(account: &Account, timeout: Duration) -> Result<String, String> {
     let ep = &account.smtp;
-    if account.password.is_none() {
+    if account.password.secret().is_none() {
         return Err(no_password(account));
     }
     let tls = account_tls(account)?;

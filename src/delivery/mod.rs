@@ -285,7 +285,7 @@ async fn deliver_one(ctx: &Context, id: QueueId, account_name: String) -> Done {
         done.due_ms = hold(ctx, &entry, &reason, cfg.retry_max);
         return done;
     };
-    if account.password.is_none() {
+    if account.password.secret().is_none() {
         let reason = upstream::no_password(account);
         done.due_ms = hold(ctx, &entry, &reason, cfg.retry_max);
         return done;

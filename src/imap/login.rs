@@ -64,11 +64,11 @@ pub async fn attempt(req: LoginRequest, ctx: &Arc<Context>, ip: IpAddr) -> Outco
             warn!(account = %name, "local user points at an unknown account");
             return Outcome::Refused(responses::no_account(tag));
         };
-        let Some(password) = account.password.as_ref() else {
+        let Some(password) = account.password.secret() else {
             warn!(
                 account = %account.name,
                 "login refused: the account has no usable password ({})",
-                account.password_problem.as_deref().unwrap_or("unknown reason")
+                account.password.problem().unwrap_or("unknown reason")
             );
             return Outcome::Refused(responses::account_unusable(tag));
         };
