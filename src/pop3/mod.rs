@@ -29,7 +29,6 @@ use crate::pump;
 use crate::slots::AccountSlots;
 use crate::stream::{say_and_close, ClientStream};
 use crate::text::Printable;
-use crate::Context;
 use login::{LoggedIn, Outcome};
 use session::{Session, Step};
 
@@ -37,6 +36,19 @@ use session::{Session, Step};
 /// are the IMAP proxy's, built once per account).
 pub struct Pop3State {
     pub slots: AccountSlots,
+}
+
+/// What a POP3 listener uses; rebuilt on each reload (see [`crate::reload`]).
+pub struct Pop3Context {
+    pub config: Arc<Config>,
+    pub auth: Arc<crate::auth::LocalAuth>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Per-account session counts (survive reloads).
+    pub state: Pop3State,
+    /// Each account's upstream TLS config (shared with IMAP).
+    pub upstream_tls: Arc<crate::tls::UpstreamTls>,
+    /// Local TLS (STLS and pop3s): always the modern profile.
+    pub tls: Option<crate::tls::LocalAcceptor>,
 }
 
 impl Pop3State {
@@ -70,7 +82,7 @@ impl Pop3State {
 pub async fn handle_connection(
     mut stream: ClientStream,
     peer: SocketAddr,
-    ctx: Arc<Context>,
+    ctx: Arc<Pop3Context>,
     shutdown: CancellationToken,
 ) {
     if !ip_allowed(&ctx.config.pop3.allowed_networks, peer.ip()) {
@@ -81,7 +93,7 @@ pub async fn handle_connection(
     let _active = ctx.metrics.pop3_session();
     let mut buf = LineBuffer::default();
     let deadline = tokio::time::Instant::now() + ctx.config.pop3.login_timeout;
-    let mut session = match &ctx.pop3_tls {
+    let mut session = match &ctx.tls {
         Some(_) => Session::with_stls(),
         None => Session::new(),
     };
@@ -116,7 +128,7 @@ async fn pre_login(
     stream: &mut ClientStream,
     buf: &mut LineBuffer,
     session: &mut Session,
-    ctx: &Arc<Context>,
+    ctx: &Arc<Pop3Context>,
     ip: IpAddr,
 ) -> Option<(String, Box<LoggedIn>)> {
     loop {
@@ -140,7 +152,7 @@ async fn pre_login(
                 return None;
             }
             Step::StartTls(b) => {
-                let acceptor = ctx.pop3_tls.as_ref()?;
+                let acceptor = ctx.tls.as_ref()?;
                 // Sent before the handshake, so in plaintext: never act on it.
                 let early = buf.take_rest().len();
                 stream
@@ -169,7 +181,7 @@ async fn proxy(
     mut client: ClientStream,
     logged: LoggedIn,
     client_rest: Vec<u8>,
-    ctx: &Context,
+    ctx: &Pop3Context,
     shutdown: &CancellationToken,
 ) {
     let LoggedIn {
