@@ -10,50 +10,31 @@ use crate::imap::{responses, upstream};
 /// contains the password.
 pub async fn login(account: &Account, timeout: Duration) -> Result<String, String> {
     let ep = &account.imap;
-    let Some(password) = account.password.secret() else {
-        return Err(format!(
-            "IMAP {ep}: no usable password: {}",
-            account.password.problem().unwrap_or("none configured")
-        ));
+    let probe = super::ProxyProbe {
+        label: "IMAP",
+        endpoint: ep,
+        auth_hint: responses::CHECK_AUTH_HINT,
+        mode_hint: format!(
+            "is the TLS mode right for port {}? (993 is implicit TLS, 143 is STARTTLS)",
+            ep.port
+        ),
     };
-    let tls = crate::tls::upstream_client_config(account.ca_file.as_deref())
-        .map_err(|e| format!("IMAP {ep}: {e}"))?;
+    let (password, tls) = probe.prepare(account)?;
     let run = async {
         let mut conn = upstream::connect(ep, &tls, timeout).await?;
         let reply = upstream::login(&mut conn, &account.username, password, timeout).await?;
         upstream::logout(&mut conn).await;
-        Ok::<_, upstream::UpstreamError>(reply)
+        Ok(reply)
     };
-    let mode_hint = format!(
-        "is the TLS mode right for port {}? (993 is implicit TLS, 143 is STARTTLS)",
-        ep.port
-    );
-    match tokio::time::timeout(timeout, run).await {
-        Ok(Ok(reply)) => {
-            let caps = reply
-                .code
-                .as_deref()
-                .and_then(|c| c.strip_prefix("CAPABILITY "))
-                .map(|c| format!("; {} capabilities", c.split_whitespace().count()))
-                .unwrap_or_default();
-            Ok(format!(
-                "IMAP {ep}: logged in as {}{caps}",
-                account.username
-            ))
-        }
-        Ok(Err(e)) => Err(format!(
-            "IMAP {ep}: {}",
-            super::explain(
-                &e,
-                account,
-                &ep.host,
-                responses::CHECK_AUTH_HINT,
-                &mode_hint
-            )
-        )),
-        Err(_) => Err(format!(
-            "IMAP {ep}: {}",
-            super::timed_out(timeout, &mode_hint)
-        )),
-    }
+    let reply = probe.conclude(account, timeout, run).await?;
+    let caps = reply
+        .code
+        .as_deref()
+        .and_then(|c| c.strip_prefix("CAPABILITY "))
+        .map(|c| format!("; {} capabilities", c.split_whitespace().count()))
+        .unwrap_or_default();
+    Ok(format!(
+        "IMAP {ep}: logged in as {}{caps}",
+        account.username
+    ))
 }

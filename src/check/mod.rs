@@ -4,16 +4,19 @@
 //! [`Report`]; [`crate::cli::check`] prints it.
 //!
 //! - [`smtp`], [`imap`], [`pop3`]: one real login per protocol, on the
-//!   protocol's own upstream connection code.
+//!   protocol's own upstream connection code; `probe`: what IMAP and POP3 share.
 
 pub mod imap;
 pub mod pop3;
+mod probe;
 pub mod smtp;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{tls_for_port, Account, Config, Endpoint};
+
+use probe::ProxyProbe;
 
 pub use imap::login as imap_login;
 pub use pop3::login as pop3_login;
@@ -171,38 +174,6 @@ fn scrub(text: &str, account: &Account) -> String {
     }
 }
 
-/// The hint for a failed IMAP or POP3 login (the same failure kinds, one
-/// wording); `mode_hint` asks about the protocol's TLS ports.
-fn explain(
-    e: &crate::imap::upstream::UpstreamError,
-    account: &Account,
-    host: &str,
-    auth_hint: &str,
-    mode_hint: &str,
-) -> String {
-    use crate::imap::upstream::UpstreamError as E;
-    match e {
-        E::Rejected { text } => format!("{auth_hint} (server said: {text})"),
-        E::Tls { .. } if e.is_certificate() => format!(
-            "{e}; the server's certificate is not trusted for {host}: if the server uses a private CA, set ca_file = \"/path/to/ca.pem\" in this account{}",
-            account.ca_file.as_ref().map(|p| format!(" (now {})", p.display())).unwrap_or_default()
-        ),
-        E::Tls { .. } | E::Timeout(_) | E::Closed(_) => format!("{e}; {mode_hint}"),
-        E::Connect { .. } | E::Resolve(_) => format!(
-            "{e}; is the host name right and the server reachable (DNS, firewall, port)?"
-        ),
-        E::Protocol(_) | E::Io(_) => e.to_string(),
-    }
-}
-
-/// What a login that did not finish in time says.
-fn timed_out(timeout: Duration, mode_hint: &str) -> String {
-    format!(
-        "timed out after {}; is the host reachable, and {mode_hint}",
-        humantime::format_duration(timeout)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,5 +196,60 @@ mod tests {
             hint.starts_with("port 465 normally uses implicit TLS"),
             "{hint}"
         );
+    }
+
+    fn account(provider: &str, password: &str) -> Account {
+        let text = format!(
+            "[[accounts]]\nname = \"a\"\nprovider = \"{provider}\"\nusername = \"u@example.com\"\npassword = \"{password}\"\n\
+             smtp = {{ host = \"h\", port = 465 }}\nimap = {{ host = \"h\", port = 993 }}\n"
+        );
+        let c = Config::parse(&text, std::path::Path::new("/x/relay.toml")).unwrap();
+        c.accounts[0].clone()
+    }
+
+    #[test]
+    fn password_check_flags_short_gmail_app_passwords_and_unusable_ones() {
+        let ok = password_check(&account("gmail", "abcd efgh ijkl mnoq"));
+        assert_eq!(ok, PasswordCheck::Usable);
+        let short = password_check(&account("gmail", "abc"));
+        assert!(
+            matches!(&short, PasswordCheck::Suspicious(w) if w.contains("has 3")),
+            "{short:?}"
+        );
+        assert_eq!(
+            password_check(&account("custom", "abc")),
+            PasswordCheck::Usable
+        );
+        let example = password_check(&account("custom", "abcd efgh ijkl mnop"));
+        assert!(
+            matches!(&example, PasswordCheck::Unusable(w) if w.contains("example")),
+            "{example:?}"
+        );
+    }
+
+    #[test]
+    fn report_passes_only_when_every_probe_and_password_is_fine() {
+        let probe = |result| Probe {
+            protocol: Protocol::Smtp,
+            endpoint: endpoint(465, TlsMode::Implicit),
+            port_hint: None,
+            result,
+        };
+        let report = |password, probes| Report {
+            config: "relay.toml".into(),
+            users: 0,
+            permission_warning: None,
+            accounts: vec![AccountReport {
+                name: "a".into(),
+                username: "u".into(),
+                provider: "gmail".into(),
+                password,
+                probes,
+            }],
+        };
+        assert!(report(PasswordCheck::Usable, vec![probe(Ok("ok".into()))]).passed());
+        assert!(report(PasswordCheck::Suspicious("w".into()), vec![]).passed());
+        assert!(!report(PasswordCheck::Usable, vec![probe(Err("no".into()))]).passed());
+        assert!(!report(PasswordCheck::Unusable("none".into()), vec![]).passed());
     }
 }
