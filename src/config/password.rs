@@ -57,3 +57,22 @@ impl Password {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spaces_are_removed_and_the_example_and_empty_ones_are_unusable() {
+        let p = Password::from_text(" wxyz efgh\tijkl mnop\n", "the `password` key");
+        assert_eq!(p.secret().map(|s| s.expose()), Some("wxyzefghijklmnop"));
+        assert_eq!(p.problem(), None);
+        let example = Password::from_text("abcd efgh ijkl mnop", "file p");
+        assert!(example.secret().is_none());
+        assert!(example
+            .problem()
+            .is_some_and(|w| w.contains("example") && w.contains("file p")));
+        let empty = Password::from_text(" \n", "file p");
+        assert_eq!(empty.problem(), Some("the password in file p is empty"));
+    }
+}
