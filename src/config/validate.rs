@@ -279,7 +279,7 @@ fn smtp(src: &Source, s: RawSmtp, users: &[User]) -> Result<SmtpConfig, ConfigEr
         listen,
         smtps_listen,
         spool_dir: src.resolve(s.spool_dir.unwrap_or_else(|| DEFAULT_SPOOL_DIR.into())),
-        mode: s.mode.unwrap_or(SmtpMode::Spool),
+        mode: s.mode.unwrap_or(DEFAULT_SMTP_MODE),
         max_message_size,
         max_recipients,
         max_client_recipients: s
@@ -292,7 +292,9 @@ fn smtp(src: &Source, s: RawSmtp, users: &[User]) -> Result<SmtpConfig, ConfigEr
         idle_timeout: s.idle_timeout.unwrap_or(DEFAULT_SMTP_IDLE),
         max_connections: s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1),
         tls_profile: s.tls_profile.unwrap_or_default(),
-        allow_lf_only_clients: s.allow_lf_only_clients.unwrap_or(true),
+        allow_lf_only_clients: s
+            .allow_lf_only_clients
+            .unwrap_or(DEFAULT_ALLOW_LF_ONLY_CLIENTS),
     })
 }
 
