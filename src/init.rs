@@ -1,13 +1,13 @@
 //! `mailbridge init`: a local CA, a certificate for this machine signed by
 //! it (localhost, 127.0.0.1, ::1 and the host name), and a starter
 //! relay.toml with local TLS switched on. Never overwrites a file without
-//! `--force`; private keys are created with mode 0600.
+//! `--force`; private keys are created with mode 0600. [`crate::cli::init`]
+//! prints what was written.
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -21,7 +21,7 @@ pub const CA_CERT: &str = "certs/ca.pem";
 pub const SERVER_CERT: &str = "certs/localhost.pem";
 pub const SERVER_KEY: &str = "certs/localhost.key";
 pub const CONFIG: &str = "relay.toml";
-const GITIGNORE: &str = "certs/.gitignore";
+pub const GITIGNORE: &str = "certs/.gitignore";
 const GITIGNORE_TEXT: &str = "*.key\n*.pem\n!.gitignore\n";
 
 /// The shipped, commented configuration: the starter config is this with
@@ -40,7 +40,7 @@ const TLS_LINES: [(&str, &str); 2] = [
 
 /// Longest validity clients accept for a certificate from a locally trusted
 /// CA (Apple platforms refuse more than 825 days).
-const SERVER_CERT_DAYS: i64 = 825;
+pub const SERVER_CERT_DAYS: i64 = 825;
 const CA_DAYS: i64 = 3650;
 
 #[derive(Debug, thiserror::Error)]
@@ -113,58 +113,6 @@ pub fn init(dir: &Path, force: bool) -> Result<Written, InitError> {
         files.push(gitignore);
     }
     Ok(Written { files, names })
-}
-
-/// `mailbridge init [--force] [--dir DIR]`: runs [`init`] and tells the
-/// admin what was written and what to do next.
-pub fn command(dir: &Path, force: bool) -> ExitCode {
-    let written = match init(dir, force) {
-        Ok(w) => w,
-        Err(e) => {
-            eprintln!("mailbridge init: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let [ca, cert, key, config] = [CA_CERT, SERVER_CERT, SERVER_KEY, CONFIG].map(|p| dir.join(p));
-    println!("mailbridge init wrote:");
-    println!(
-        "  {}  local CA certificate: install it on each device as a trusted CA",
-        ca.display()
-    );
-    println!(
-        "  {}  listener certificate for {}",
-        cert.display(),
-        written.names.join(", ")
-    );
-    println!(
-        "  {}  its private key (mode 0600; keep it private, never commit it)",
-        key.display()
-    );
-    println!(
-        "  {}  starter configuration with tls_cert and tls_key set (mode 0600)",
-        config.display()
-    );
-    if written.files.len() > 4 {
-        println!(
-            "  {}  keeps keys and certificates out of git",
-            dir.join(GITIGNORE).display()
-        );
-    }
-    println!(
-        "\nNext:
-  1. Edit {config}: the account's username and app password, and [[users]] if devices log in.
-  2. Trust {ca} on every device that will use TLS (import it as a trusted root/CA certificate).
-  3. Run `mailbridge --config {config} check`, then `mailbridge --config {config}`.
-     STARTTLS is now offered on the SMTP and IMAP ports; uncomment smtps_listen and
-     imaps_listen for implicit-TLS ports. Only TLS 1.2 and 1.3 are accepted: devices that
-     need SSLv3 or TLS 1.0 must keep using the plaintext ports, on loopback or a trusted LAN.
-The CA's private key was not kept, so it cannot be used to issue any other certificate.
-The certificate is valid for {SERVER_CERT_DAYS} days; run `mailbridge init --force` for new ones
-(devices must then trust the new {CA_CERT}).",
-        config = config.display(),
-        ca = ca.display(),
-    );
-    ExitCode::SUCCESS
 }
 
 /// localhost, 127.0.0.1, ::1 and this machine's host name (if it is a valid DNS name).

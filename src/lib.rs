@@ -62,12 +62,14 @@ use tracing::info;
 use crate::config::Config;
 use crate::listener::{accept_loop, ListenerSpec};
 
-/// Everything a session or the worker needs, shared behind one `Arc`.
-/// A config reload builds a new one (see [`reload`]); the spool, the wake-up,
-/// the metrics and the counters inside `imap`/`auth` are shared between them.
+/// What the delivery worker, the metrics listener and the status page use,
+/// plus each listener's own context ([`smtp::SmtpContext`],
+/// [`imap::ImapContext`], [`pop3::Pop3Context`]: each gets only what it
+/// uses). A config reload builds a new one (see [`reload`]); the spool, the
+/// wake-up, the metrics, the status page and the counters inside
+/// `imap`/`pop3`/`auth` are shared between them.
 pub struct Context {
     pub config: Arc<Config>,
-    pub auth: auth::LocalAuth,
     pub spool: Arc<spool::Spool>,
     /// Signalled after each enqueue so the worker looks at the queue at once.
     pub wake_delivery: Arc<Notify>,
@@ -75,20 +77,15 @@ pub struct Context {
     pub metrics: Arc<metrics::Metrics>,
     /// Recent events and session counts for the status page (survives reloads).
     pub status: Arc<status::Status>,
-    /// Upstream SMTP clients (worker and direct mode).
-    pub upstream: delivery::Upstream,
-    /// IMAP proxy state (per-account connection counts, upstream TLS configs).
-    pub imap: imap::ImapState,
-    /// Local TLS of the SMTP listeners (STARTTLS and smtps) by
-    /// `smtp.tls_profile`, built at start and on each reload (never per
-    /// connection); `None` when `tls_cert`/`tls_key` are not configured.
-    pub smtp_tls: Option<tls::LocalAcceptor>,
-    /// The same for the IMAP listeners (STARTTLS and imaps), by `imap.tls_profile`.
-    pub imap_tls: Option<tls::LocalAcceptor>,
-    /// The same for the POP3 listeners (STLS and pop3s): always the modern profile.
-    pub pop3_tls: Option<tls::LocalAcceptor>,
-    /// POP3 proxy state (per-account session counts).
-    pub pop3: pop3::Pop3State,
+    /// Upstream SMTP clients (worker and direct mode; the same as `smtp.upstream`).
+    pub upstream: Arc<delivery::Upstream>,
+    /// The SMTP listeners' context (local TLS built at start and on each
+    /// reload, never per connection).
+    pub smtp: Arc<smtp::SmtpContext>,
+    /// The IMAP listeners' context (per-account connection counts).
+    pub imap: Arc<imap::ImapContext>,
+    /// The POP3 listeners' context (per-account session counts).
+    pub pop3: Arc<pop3::Pop3Context>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,9 +216,9 @@ impl Proto {
     /// The local TLS acceptor for this listener's family (its `tls_profile`).
     fn acceptor(self, ctx: &Context) -> Option<tls::LocalAcceptor> {
         match self {
-            Proto::Smtp | Proto::Smtps => ctx.smtp_tls.clone(),
-            Proto::Imap | Proto::Imaps => ctx.imap_tls.clone(),
-            Proto::Pop3 | Proto::Pop3s => ctx.pop3_tls.clone(),
+            Proto::Smtp | Proto::Smtps => ctx.smtp.tls.clone(),
+            Proto::Imap | Proto::Imaps => ctx.imap.tls.clone(),
+            Proto::Pop3 | Proto::Pop3s => ctx.pop3.tls.clone(),
         }
     }
 }
@@ -339,13 +336,13 @@ impl Listeners<'_> {
                         };
                         match proto {
                             Proto::Smtp | Proto::Smtps => {
-                                smtp::handle_connection(s, p, ctx, sd).await
+                                smtp::handle_connection(s, p, ctx.smtp.clone(), sd).await
                             }
                             Proto::Imap | Proto::Imaps => {
-                                imap::handle_connection(s, p, ctx, sd).await
+                                imap::handle_connection(s, p, ctx.imap.clone(), sd).await
                             }
                             Proto::Pop3 | Proto::Pop3s => {
-                                pop3::handle_connection(s, p, ctx, sd).await
+                                pop3::handle_connection(s, p, ctx.pop3.clone(), sd).await
                             }
                         }
                     }

@@ -41,7 +41,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Some(Command::HashPassword) => cli::hash_password_command(),
-        Some(Command::Init { force, ref dir }) => mailbridge::init::command(dir, force),
+        Some(Command::Init { force, ref dir }) => cli::init::command(dir, force),
         Some(Command::Generate { ref what }) => mailbridge::packaging::command(what),
         _ => {
             let runtime = match tokio::runtime::Runtime::new() {
@@ -66,10 +66,10 @@ async fn async_main(cli: Cli) -> ExitCode {
     };
     match &cli.command {
         None | Some(Command::Run) => serve(config, &cli.config).await,
-        Some(Command::Check) => mailbridge::check::run(&config).await,
-        Some(Command::Queue { command }) => mailbridge::spool::admin::run(&config, command.clone()),
+        Some(Command::Check) => cli::check::run(&config).await,
+        Some(Command::Queue { command }) => cli::queue::run(&config, command.clone()),
         Some(Command::HashPassword) => cli::hash_password_command(),
-        Some(Command::Init { force, dir }) => mailbridge::init::command(dir, *force),
+        Some(Command::Init { force, dir }) => cli::init::command(dir, *force),
         Some(Command::Generate { what }) => mailbridge::packaging::command(what),
     }
 }

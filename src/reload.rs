@@ -1,9 +1,10 @@
 //! Building the [`Context`] from a [`Config`], at start and on reload
 //! (SIGHUP). A reload swaps in a new `Context` for new connections and the
 //! worker's next pass; sessions in progress keep the one they started with.
+//! Each listener gets its own context (SMTP, IMAP, POP3) with what it uses.
 //! What must outlive a reload is shared: the spool, the worker's wake-up, the
-//! metrics, the status page's events, the IMAP per-account connection counters and the login-failure
-//! tracker. Listen addresses and the spool directory need a restart.
+//! metrics, the status page's events, the IMAP and POP3 per-account
+//! connection counters and the login-failure tracker. Listen addresses and the spool directory need a restart.
 
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::{auth, delivery, imap, pop3, spool, tls, Context, Daemon, StartError};
+use crate::{auth, delivery, imap, pop3, smtp, spool, tls, Context, Daemon, StartError};
 
 /// The parts of a [`Context`] that survive reloads.
 pub(crate) struct Shared {
@@ -37,30 +38,55 @@ pub(crate) fn build_context(
             );
         }
     }
-    let imap = match previous {
-        Some(p) => imap::ImapState::reloaded(&config, &p.imap),
+    let upstream_tls = Arc::new(tls::UpstreamTls::new(&config).map_err(StartError::Upstream)?);
+    let imap_state = match previous {
+        Some(p) => imap::ImapState::reloaded(&config, &p.imap.state),
         None => imap::ImapState::new(&config),
-    }
-    .map_err(StartError::Upstream)?;
-    let pop3 = match previous {
-        Some(p) => pop3::Pop3State::reloaded(&config, &p.pop3),
+    };
+    let pop3_state = match previous {
+        Some(p) => pop3::Pop3State::reloaded(&config, &p.pop3.state),
         None => pop3::Pop3State::new(&config),
     };
-    let auth = match previous {
-        Some(p) => p.auth.reloaded(&config.users),
+    let auth = Arc::new(match previous {
+        Some(p) => p.smtp.auth.reloaded(&config.users),
         None => auth::LocalAuth::new(&config.users),
+    });
+    let upstream = Arc::new(
+        delivery::Upstream::new(&config).map_err(|e| StartError::Upstream(e.to_string()))?,
+    );
+    let smtp = smtp::SmtpContext {
+        config: config.clone(),
+        auth: auth.clone(),
+        spool: shared.spool.clone(),
+        wake_delivery: shared.wake_delivery.clone(),
+        metrics: shared.metrics.clone(),
+        status: shared.status.clone(),
+        upstream: upstream.clone(),
+        tls: local_tls.smtp,
+    };
+    let imap = imap::ImapContext {
+        config: config.clone(),
+        auth: auth.clone(),
+        metrics: shared.metrics.clone(),
+        state: imap_state,
+        upstream_tls: upstream_tls.clone(),
+        tls: local_tls.imap,
+    };
+    let pop3 = pop3::Pop3Context {
+        config: config.clone(),
+        auth,
+        metrics: shared.metrics.clone(),
+        state: pop3_state,
+        upstream_tls,
+        tls: local_tls.pop3,
     };
     Ok(Context {
-        auth,
         spool: shared.spool,
         wake_delivery: shared.wake_delivery,
-        upstream: delivery::Upstream::new(&config)
-            .map_err(|e| StartError::Upstream(e.to_string()))?,
-        imap,
-        smtp_tls: local_tls.smtp,
-        imap_tls: local_tls.imap,
-        pop3_tls: local_tls.pop3,
-        pop3,
+        upstream,
+        smtp: Arc::new(smtp),
+        imap: Arc::new(imap),
+        pop3: Arc::new(pop3),
         metrics: shared.metrics,
         status: shared.status,
         config,
@@ -73,7 +99,7 @@ pub(crate) fn warn_config(config: &Config) {
         warn!("{w}");
     }
     for a in &config.accounts {
-        if let Some(problem) = &a.password_problem {
+        if let Some(problem) = a.password.problem() {
             warn!(account = %a.name, "NO USABLE PASSWORD: {problem}; mail for this account is held in the spool until it is fixed");
         }
     }

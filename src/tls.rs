@@ -69,6 +69,27 @@ pub fn upstream_client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig
     Ok(Arc::new(config))
 }
 
+/// Each account's upstream TLS client config (webpki roots plus its
+/// `ca_file`), built once per configuration for the IMAP and POP3 proxies.
+pub struct UpstreamTls(std::collections::HashMap<String, Arc<ClientConfig>>);
+
+impl UpstreamTls {
+    pub fn new(config: &crate::config::Config) -> Result<UpstreamTls, String> {
+        let mut by_account = std::collections::HashMap::new();
+        for a in &config.accounts {
+            let tls = upstream_client_config(a.ca_file.as_deref())
+                .map_err(|e| format!("account {}: IMAP upstream TLS: {e}", a.name))?;
+            by_account.insert(a.name.clone(), tls);
+        }
+        Ok(UpstreamTls(by_account))
+    }
+
+    /// The config for `account`, if it is configured.
+    pub fn get(&self, account: &str) -> Option<Arc<ClientConfig>> {
+        self.0.get(account).cloned()
+    }
+}
+
 /// A server config for local TLS listeners (TLS 1.2 and 1.3 only).
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     install_crypto_provider();

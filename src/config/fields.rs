@@ -1,6 +1,5 @@
 //! Parsing and checking of single values and parts of the configuration:
-//! listen addresses, networks, host names, passwords (the example and the
-//! spaces of an app password), provider endpoints, the local TLS profile and
+//! listen addresses, networks, host names, provider endpoints, the local TLS profile and
 //! the `[pop3]` section. Every error names the file and the key.
 
 use std::net::SocketAddr;
@@ -10,7 +9,6 @@ use ipnet::IpNet;
 
 use super::raw::{RawAccount, RawEndpoint, RawPop3};
 use super::*;
-use crate::secret::Secret;
 
 pub(super) fn system_hostname() -> String {
     hostname::get()
@@ -20,46 +18,15 @@ pub(super) fn system_hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// The placeholder in the shipped relay.toml.
-const EXAMPLE_APP_PASSWORD: &str = "abcdefghijklmnop";
-
-/// Removes all whitespace (Gmail shows app passwords as `abcd efgh ijkl mnop`).
-pub(super) fn normalise_password(p: &str, source: &str) -> (Option<Secret>, Option<String>) {
-    let cleaned: String = p.chars().filter(|c| !c.is_whitespace()).collect();
-    if cleaned == EXAMPLE_APP_PASSWORD {
-        (None, Some(format!("the password in {source} is still the example \"abcd efgh ijkl mnop\"; put the account's app password there")))
-    } else if cleaned.is_empty() {
-        (None, Some(format!("the password in {source} is empty")))
-    } else {
-        (Some(Secret::new(cleaned)), None)
-    }
-}
-
 /// The account's (smtp, imap, pop3) endpoints; pop3 is `None` when the
 /// provider has none and the account gives no `pop3` table.
 pub(super) fn resolve_endpoints(
     path: &Path,
     i: usize,
+    provider: Provider,
     a: &RawAccount,
 ) -> Result<(Endpoint, Endpoint, Option<Endpoint>), ConfigError> {
-    let preset = if a.provider == "custom" {
-        None
-    } else {
-        match preset(&a.provider) {
-            Some(p) => Some(p),
-            None => {
-                return Err(ConfigError::new(
-                    path,
-                    format!("accounts[{i}].provider"),
-                    format!(
-                        "unknown provider {:?}; one of: {}",
-                        a.provider,
-                        PROVIDERS.join(", ")
-                    ),
-                ))
-            }
-        }
-    };
+    let preset = provider.preset();
     let one = |proto: &str,
                raw: &Option<RawEndpoint>,
                preset: Option<Endpoint>|
@@ -102,7 +69,7 @@ pub(super) fn resolve_endpoints(
             }
         }
     };
-    let pop3_preset = pop3_preset(&a.provider);
+    let pop3_preset = provider.pop3_preset();
     let pop3 = match (&a.pop3, &pop3_preset) {
         (None, None) => None,
         _ => Some(one("pop3", &a.pop3, pop3_preset)?),
@@ -267,7 +234,7 @@ pub(super) fn pop3_config(
             if a.pop3.is_some() || !used {
                 continue;
             }
-            let message = if a.provider == "icloud" {
+            let message = if a.provider == Provider::Icloud {
                 "iCloud Mail offers no POP3, but [pop3] listen is set and local users log in to this account; \
                  use IMAP for it, or move those users to another account"
                     .to_string()

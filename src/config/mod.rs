@@ -13,8 +13,13 @@ use crate::secret::Secret;
 
 mod exposure;
 mod fields;
+mod password;
 mod perms;
+pub mod provider;
 mod raw;
+mod validate;
+pub use password::Password;
+pub use provider::Provider;
 use raw::RawConfig;
 
 /// A configuration problem, always tied to the file and the key.
@@ -213,13 +218,12 @@ impl fmt::Display for Endpoint {
 #[derive(Debug, Clone)]
 pub struct Account {
     pub name: String,
-    pub provider: String,
+    pub provider: Provider,
     pub username: String,
     /// Envelope sender for relayed mail (defaults to `username`).
     pub address: String,
-    /// `None` when no usable password was found; `password_problem` says why.
-    pub password: Option<Secret>,
-    pub password_problem: Option<String>,
+    /// The upstream password, or why there is no usable one.
+    pub password: Password,
     pub smtp: Endpoint,
     pub imap: Endpoint,
     /// The POP3 upstream; `None` for providers without POP3 (iCloud) and
@@ -347,6 +351,18 @@ pub const DEFAULT_SMTP_IDLE: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_IMAP_IDLE: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_IMAP_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 2000;
+pub const DEFAULT_SPOOL_DIR: &str = "spool";
+pub const DEFAULT_SMTP_MODE: SmtpMode = SmtpMode::Spool;
+pub const DEFAULT_ALLOW_LF_ONLY_CLIENTS: bool = true;
+pub const DEFAULT_PROVIDER: Provider = Provider::Gmail;
+pub const DEFAULT_IMAP_PER_ACCOUNT: usize = 15;
+pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(3600);
+pub const DEFAULT_EXPIRE_AFTER: Duration = Duration::from_secs(5 * 86400);
+pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
+pub const DEFAULT_CONCURRENCY: usize = 4;
+/// `delivery.concurrency` is clamped to 1..=this.
+pub const MAX_CONCURRENCY: usize = 64;
 /// RFC 1939 section 3: the inactivity autologout timer is at least 10 minutes.
 pub const DEFAULT_POP3_IDLE: Duration = Duration::from_secs(10 * 60);
 pub const DEFAULT_POP3_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -359,57 +375,6 @@ fn default_allowed() -> Vec<IpNet> {
         "::1/128".parse().expect("literal"),
     ]
 }
-
-/// Provider presets: (smtp, imap).
-fn preset(provider: &str) -> Option<(Endpoint, Endpoint)> {
-    let ep = |host: &str, port, tls| Endpoint {
-        host: host.into(),
-        port,
-        tls,
-    };
-    use TlsMode::*;
-    Some(match provider {
-        "gmail" => (
-            ep("smtp.gmail.com", 465, Implicit),
-            ep("imap.gmail.com", 993, Implicit),
-        ),
-        "outlook" => (
-            ep("smtp-mail.outlook.com", 587, Starttls),
-            ep("outlook.office365.com", 993, Implicit),
-        ),
-        "yahoo" => (
-            ep("smtp.mail.yahoo.com", 465, Implicit),
-            ep("imap.mail.yahoo.com", 993, Implicit),
-        ),
-        "icloud" => (
-            ep("smtp.mail.me.com", 587, Starttls),
-            ep("imap.mail.me.com", 993, Implicit),
-        ),
-        "fastmail" => (
-            ep("smtp.fastmail.com", 465, Implicit),
-            ep("imap.fastmail.com", 993, Implicit),
-        ),
-        _ => return None,
-    })
-}
-
-/// The POP3 upstream of a provider preset; `None` when it has no POP3.
-fn pop3_preset(provider: &str) -> Option<Endpoint> {
-    let host = match provider {
-        "gmail" => "pop.gmail.com",
-        "outlook" | "microsoft365" => "outlook.office365.com",
-        "yahoo" => "pop.mail.yahoo.com",
-        "fastmail" => "pop.fastmail.com",
-        _ => return None,
-    };
-    Some(Endpoint {
-        host: host.into(),
-        port: 995,
-        tls: TlsMode::Implicit,
-    })
-}
-
-pub const PROVIDERS: &[&str] = &["gmail", "outlook", "yahoo", "icloud", "fastmail", "custom"];
 
 /// The TLS mode a well-known port implies, if any.
 pub fn tls_for_port(port: u16) -> Option<TlsMode> {

@@ -20,7 +20,7 @@ impl Upstream {
         message: &[u8],
         spool: &Spool,
     ) -> DirectReply {
-        if account.password.is_none() {
+        if account.password.secret().is_none() {
             return DirectReply::no_password(&no_password(account));
         }
         let size = message.len();

@@ -6,9 +6,8 @@
 //! - [`starttls`]: the strict plaintext greeting/EHLO/STARTTLS before the handshake.
 //! - [`outcome`]: error classification, reasons and hints, direct-mode replies.
 //! - [`schedule`]: which message is due next (oldest first, per-account back-off).
-//! - [`direct`], [`check`]: `mode = "direct"` and `mailbridge check`.
+//! - [`direct`]: `mode = "direct"`; `mailbridge check` ([`crate::check`]) uses [`connect`].
 
-mod check;
 mod direct;
 mod fold;
 pub mod limits;
@@ -27,9 +26,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, info_span, warn, Instrument};
 
-pub use check::check_login;
 pub use outcome::{ConnectFailure, DeliveryReport, DirectReply};
+pub(crate) use transport::account_tls;
 pub use upstream::Upstream;
+pub(crate) use upstream::{connect, no_password};
 
 use crate::spool::{to_ms, Deferral, QueueEntry, QueueId, SpoolError};
 use crate::text::Printable;
@@ -285,7 +285,7 @@ async fn deliver_one(ctx: &Context, id: QueueId, account_name: String) -> Done {
         done.due_ms = hold(ctx, &entry, &reason, cfg.retry_max);
         return done;
     };
-    if account.password.is_none() {
+    if account.password.secret().is_none() {
         let reason = upstream::no_password(account);
         done.due_ms = hold(ctx, &entry, &reason, cfg.retry_max);
         return done;

@@ -98,7 +98,7 @@ pub(crate) async fn connect(
     let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello)
         .await
         .map_err(|e| connect_error(&e, &stage))?;
-    let Some(password) = &account.password else {
+    let Some(password) = account.password.secret() else {
         conn.abort().await;
         return Err(ConnectFailure::Config(no_password(account)));
     };
@@ -121,10 +121,7 @@ pub(crate) fn no_password(account: &Account) -> String {
     format!(
         "account {:?} has no usable password: {}",
         account.name,
-        account
-            .password_problem
-            .as_deref()
-            .unwrap_or("not configured")
+        account.password.problem().unwrap_or("not configured")
     )
 }
 

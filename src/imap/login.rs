@@ -10,12 +10,12 @@ use tracing::{debug, info, warn};
 
 use super::session::LoginRequest;
 use super::upstream::{self, Connection, UpstreamError};
+use super::ImapContext;
 use super::{responses, AccountSlot};
 use crate::auth::Denied;
 use crate::config::Account;
 use crate::secret::Secret;
 use crate::text::Printable;
-use crate::Context;
 
 /// Connect, TLS and greeting together must finish within this.
 pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -37,7 +37,7 @@ pub enum Outcome {
 }
 
 /// Runs the whole login for `req` from `ip`.
-pub async fn attempt(req: LoginRequest, ctx: &Arc<Context>, ip: IpAddr) -> Outcome {
+pub async fn attempt(req: LoginRequest, ctx: &Arc<ImapContext>, ip: IpAddr) -> Outcome {
     let tag = req.tag.as_str();
     let passthrough = ctx.config.imap.passthrough && !ctx.auth.has_user(&req.user);
     // Passthrough: the upstream judges the password, so the reserved attempt
@@ -64,21 +64,21 @@ pub async fn attempt(req: LoginRequest, ctx: &Arc<Context>, ip: IpAddr) -> Outco
             warn!(account = %name, "local user points at an unknown account");
             return Outcome::Refused(responses::no_account(tag));
         };
-        let Some(password) = account.password.as_ref() else {
+        let Some(password) = account.password.secret() else {
             warn!(
                 account = %account.name,
                 "login refused: the account has no usable password ({})",
-                account.password_problem.as_deref().unwrap_or("unknown reason")
+                account.password.problem().unwrap_or("unknown reason")
             );
             return Outcome::Refused(responses::account_unusable(tag));
         };
         (account, account.username.as_str(), password)
     };
-    let Some(slot) = ctx.imap.acquire(&account.name) else {
+    let Some(slot) = ctx.state.acquire(&account.name) else {
         warn!(account = %account.name, limit = ctx.config.imap.max_connections_per_account, "login refused: per-account connection limit reached");
         return Outcome::Refused(responses::too_many_connections(tag));
     };
-    let Some(tls) = ctx.imap.tls_for(&account.name) else {
+    let Some(tls) = ctx.upstream_tls.get(&account.name) else {
         return Outcome::Refused(responses::upstream_unavailable(tag));
     };
     let mut conn = match upstream::connect(&account.imap, &tls, UPSTREAM_CONNECT_TIMEOUT).await {
@@ -126,7 +126,7 @@ pub async fn attempt(req: LoginRequest, ctx: &Arc<Context>, ip: IpAddr) -> Outco
 }
 
 /// The reply to a login the throttle or the password check refused.
-fn denied(ctx: &Context, tag: &str, d: Denied, why: &str) -> Vec<u8> {
+fn denied(ctx: &ImapContext, tag: &str, d: Denied, why: &str) -> Vec<u8> {
     if d.was_verified() {
         ctx.metrics.auth_failure("imap");
     }

@@ -25,92 +25,82 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use rustls::ClientConfig;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 
-use crate::config::{ip_allowed, Account, Config};
+use crate::config::{ip_allowed, Config};
 use crate::disconnect::{log_close, CloseReason};
 use crate::stream::{say_and_close, ClientStream};
 use crate::text::Printable;
-use crate::Context;
 use framing::{FrameError, LineBuffer};
 use login::{LoggedIn, Outcome};
 use session::{Session, Step};
 
 /// Per-account upstream TLS configs (built once) and connection counters.
 pub struct ImapState {
-    accounts: HashMap<String, AccountState>,
+    /// Upstream connections held per account.
+    accounts: HashMap<String, Arc<AtomicUsize>>,
     max_per_account: usize,
 }
 
-struct AccountState {
-    tls: Arc<ClientConfig>,
-    connections: Arc<AtomicUsize>,
-}
-
 impl ImapState {
-    pub fn new(config: &Config) -> Result<ImapState, String> {
-        let mut accounts = HashMap::new();
-        for a in &config.accounts {
-            let tls = crate::tls::upstream_client_config(a.ca_file.as_deref())
-                .map_err(|e| format!("account {}: IMAP upstream TLS: {e}", a.name))?;
-            accounts.insert(
-                a.name.clone(),
-                AccountState {
-                    tls,
-                    connections: Arc::new(AtomicUsize::new(0)),
-                },
-            );
-        }
-        Ok(ImapState {
+    pub fn new(config: &Config) -> ImapState {
+        let accounts = config
+            .accounts
+            .iter()
+            .map(|a| (a.name.clone(), Arc::new(AtomicUsize::new(0))))
+            .collect();
+        ImapState {
             accounts,
             max_per_account: config.imap.max_connections_per_account,
-        })
+        }
     }
 
     /// Like [`ImapState::new`] for a reloaded config, keeping the connection
     /// counters of accounts that still exist (their sessions stay counted).
-    pub fn reloaded(config: &Config, previous: &ImapState) -> Result<ImapState, String> {
-        let mut state = ImapState::new(config)?;
-        for (name, a) in state.accounts.iter_mut() {
+    pub fn reloaded(config: &Config, previous: &ImapState) -> ImapState {
+        let mut state = ImapState::new(config);
+        for (name, count) in state.accounts.iter_mut() {
             if let Some(old) = previous.accounts.get(name) {
-                a.connections = old.connections.clone();
+                *count = old.clone();
             }
         }
-        Ok(state)
+        state
     }
 
     /// Takes one of the account's connection slots, if one is free.
     pub fn acquire(&self, account: &str) -> Option<AccountSlot> {
-        AccountSlot::try_take(
-            &self.accounts.get(account)?.connections,
-            self.max_per_account,
-        )
+        AccountSlot::try_take(self.accounts.get(account)?, self.max_per_account)
     }
 
     /// Upstream connections currently held for `account`.
     pub fn connections(&self, account: &str) -> usize {
         self.accounts
             .get(account)
-            .map_or(0, |a| a.connections.load(Ordering::Acquire))
+            .map_or(0, |a| a.load(Ordering::Acquire))
     }
+}
 
-    /// The account's upstream TLS config (webpki roots plus its `ca_file`),
-    /// also used by the POP3 proxy.
-    pub(crate) fn tls_for(&self, account: &str) -> Option<Arc<ClientConfig>> {
-        self.accounts.get(account).map(|a| a.tls.clone())
-    }
+/// What an IMAP listener uses; rebuilt on each reload (see [`crate::reload`]).
+pub struct ImapContext {
+    pub config: Arc<Config>,
+    pub auth: Arc<crate::auth::LocalAuth>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Per-account upstream connection counts (survive reloads).
+    pub state: ImapState,
+    /// Each account's upstream TLS config.
+    pub upstream_tls: Arc<crate::tls::UpstreamTls>,
+    /// Local TLS (STARTTLS and imaps) by `imap.tls_profile`; `None` without `tls_cert`/`tls_key`.
+    pub tls: Option<crate::tls::LocalAcceptor>,
 }
 
 /// Serves one client connection from greeting to close.
 pub async fn handle_connection(
     mut stream: ClientStream,
     peer: SocketAddr,
-    ctx: Arc<Context>,
+    ctx: Arc<ImapContext>,
     shutdown: CancellationToken,
 ) {
     if !ip_allowed(&ctx.config.imap.allowed_networks, peer.ip()) {
@@ -121,7 +111,7 @@ pub async fn handle_connection(
     let _active = ctx.metrics.imap_session();
     let mut buf = LineBuffer::default();
     let deadline = tokio::time::Instant::now() + ctx.config.imap.login_timeout;
-    let mut session = match &ctx.imap_tls {
+    let mut session = match &ctx.tls {
         Some(_) => Session::with_starttls(),
         None => Session::new(),
     };
@@ -159,7 +149,7 @@ async fn pre_login(
     stream: &mut ClientStream,
     buf: &mut LineBuffer,
     session: &mut Session,
-    ctx: &Arc<Context>,
+    ctx: &Arc<ImapContext>,
     ip: IpAddr,
 ) -> Option<(String, Box<LoggedIn>)> {
     loop {
@@ -203,7 +193,7 @@ async fn pre_login(
                 return None;
             }
             Step::StartTls(b) => {
-                let acceptor = ctx.imap_tls.as_ref()?;
+                let acceptor = ctx.tls.as_ref()?;
                 // Sent before the handshake, so in plaintext: never act on it.
                 let early = buf.take_rest().len();
                 stream
@@ -229,7 +219,7 @@ async fn proxy(
     mut client: ClientStream,
     logged: LoggedIn,
     client_rest: Vec<u8>,
-    ctx: &Context,
+    ctx: &ImapContext,
     shutdown: &CancellationToken,
 ) {
     let LoggedIn {
@@ -295,66 +285,4 @@ async fn proxy(
         end = %stats.end,
         "IMAP session ended"
     );
-}
-
-/// `mailbridge check`: connects with the account's TLS mode, logs in with
-/// its real credentials and logs out. `Ok` is a one-line summary, `Err` a
-/// message with a hint. Neither ever contains the password.
-pub async fn check_login(account: &Account, timeout: Duration) -> Result<String, String> {
-    let ep = &account.imap;
-    let Some(password) = account.password.as_ref() else {
-        return Err(format!(
-            "IMAP {ep}: no usable password: {}",
-            account
-                .password_problem
-                .as_deref()
-                .unwrap_or("none configured")
-        ));
-    };
-    let tls = crate::tls::upstream_client_config(account.ca_file.as_deref())
-        .map_err(|e| format!("IMAP {ep}: {e}"))?;
-    let run = async {
-        let mut conn = upstream::connect(ep, &tls, timeout).await?;
-        let reply = upstream::login(&mut conn, &account.username, password, timeout).await?;
-        upstream::logout(&mut conn).await;
-        Ok::<_, upstream::UpstreamError>(reply)
-    };
-    match tokio::time::timeout(timeout, run).await {
-        Ok(Ok(reply)) => {
-            let caps = reply
-                .code
-                .as_deref()
-                .and_then(|c| c.strip_prefix("CAPABILITY "))
-                .map(|c| format!("; {} capabilities", c.split_whitespace().count()))
-                .unwrap_or_default();
-            Ok(format!("IMAP {ep}: logged in as {}{caps}", account.username))
-        }
-        Ok(Err(e)) => Err(format!("IMAP {ep}: {}", explain(&e, account))),
-        Err(_) => Err(format!(
-            "IMAP {ep}: timed out after {}; is the host reachable, and is the TLS mode right for port {} (993 = implicit, 143 = starttls)?",
-            humantime::format_duration(timeout),
-            ep.port
-        )),
-    }
-}
-
-fn explain(e: &upstream::UpstreamError, account: &Account) -> String {
-    use upstream::UpstreamError as E;
-    let port = account.imap.port;
-    match e {
-        E::Rejected { text } => format!("{} (server said: {text})", responses::CHECK_AUTH_HINT),
-        E::Tls { .. } if e.is_certificate() => format!(
-            "{e}; the server's certificate is not trusted for {}: if the server uses a private CA, set ca_file = \"/path/to/ca.pem\" in this account{}",
-            account.imap.host,
-            account.ca_file.as_ref().map(|p| format!(" (now {})", p.display())).unwrap_or_default()
-        ),
-        E::Tls { .. } => format!(
-            "{e}; is the TLS mode right for port {port}? (993 is implicit TLS, 143 is STARTTLS)"
-        ),
-        E::Timeout(_) | E::Closed(_) => format!(
-            "{e}; is the TLS mode right for port {port}? (993 is implicit TLS, 143 is STARTTLS)"
-        ),
-        E::Connect { .. } | E::Resolve(_) => format!("{e}; is the host name right and the server reachable (DNS, firewall, port)?"),
-        E::Protocol(_) | E::Io(_) => e.to_string(),
-    }
 }

@@ -11,12 +11,12 @@ use tracing::{debug, info, warn};
 use super::responses;
 use super::session::LoginRequest;
 use super::upstream::{self, Connection, UpstreamError};
+use super::Pop3Context;
 use crate::auth::Denied;
 use crate::config::Account;
 use crate::imap::login::{UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_LOGIN_TIMEOUT};
 use crate::secret::Secret;
 use crate::slots::AccountSlot;
-use crate::Context;
 
 pub struct LoggedIn {
     pub upstream: Connection,
@@ -32,7 +32,7 @@ pub enum Outcome {
 }
 
 /// Runs the whole login for `req` from `ip`.
-pub async fn attempt(req: LoginRequest, ctx: &Arc<Context>, ip: IpAddr) -> Outcome {
+pub async fn attempt(req: LoginRequest, ctx: &Arc<Pop3Context>, ip: IpAddr) -> Outcome {
     let passthrough = ctx.config.pop3.passthrough && !ctx.auth.has_user(&req.user);
     let mut pending = None;
     let (account, username, password): (&Account, String, &Secret) = if passthrough {
@@ -56,11 +56,11 @@ pub async fn attempt(req: LoginRequest, ctx: &Arc<Context>, ip: IpAddr) -> Outco
             warn!(account = %name, "local user points at an unknown account");
             return Outcome::Refused(responses::NO_ACCOUNT);
         };
-        let Some(password) = account.password.as_ref() else {
+        let Some(password) = account.password.secret() else {
             warn!(
                 account = %account.name,
                 "POP3 login refused: the account has no usable password ({})",
-                account.password_problem.as_deref().unwrap_or("unknown reason")
+                account.password.problem().unwrap_or("unknown reason")
             );
             return Outcome::Refused(responses::ACCOUNT_UNUSABLE);
         };
@@ -71,11 +71,11 @@ pub async fn attempt(req: LoginRequest, ctx: &Arc<Context>, ip: IpAddr) -> Outco
         warn!(account = %account.name, "POP3 login refused: the account has no POP3 server");
         return Outcome::Refused(responses::NO_POP3);
     };
-    let Some(slot) = ctx.pop3.slots.acquire(&account.name) else {
-        warn!(account = %account.name, limit = ctx.pop3.slots.max(), "POP3 login refused: per-account session limit reached");
+    let Some(slot) = ctx.state.slots.acquire(&account.name) else {
+        warn!(account = %account.name, limit = ctx.state.slots.max(), "POP3 login refused: per-account session limit reached");
         return Outcome::Refused(responses::TOO_MANY_CONNECTIONS);
     };
-    let Some(tls) = ctx.imap.tls_for(&account.name) else {
+    let Some(tls) = ctx.upstream_tls.get(&account.name) else {
         return Outcome::Refused(responses::UPSTREAM_UNAVAILABLE);
     };
     let mut conn = match upstream::connect(endpoint, &tls, UPSTREAM_CONNECT_TIMEOUT).await {
@@ -116,7 +116,7 @@ pub async fn attempt(req: LoginRequest, ctx: &Arc<Context>, ip: IpAddr) -> Outco
 
 /// The reply to a login the throttle or the password check refused (the same
 /// login throttle as SMTP AUTH and IMAP LOGIN: `crate::auth`).
-fn denied(ctx: &Context, d: Denied, why: &str) -> &'static [u8] {
+fn denied(ctx: &Pop3Context, d: Denied, why: &str) -> &'static [u8] {
     if d.was_verified() {
         ctx.metrics.auth_failure("pop3");
     }

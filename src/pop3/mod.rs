@@ -16,13 +16,12 @@ pub mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 
-use crate::config::{ip_allowed, Account, Config};
+use crate::config::{ip_allowed, Config};
 use crate::disconnect::{log_close, CloseReason};
 use crate::imap::framing::{FrameError, LineBuffer};
 use crate::prelogin;
@@ -30,7 +29,6 @@ use crate::pump;
 use crate::slots::AccountSlots;
 use crate::stream::{say_and_close, ClientStream};
 use crate::text::Printable;
-use crate::Context;
 use login::{LoggedIn, Outcome};
 use session::{Session, Step};
 
@@ -38,6 +36,19 @@ use session::{Session, Step};
 /// are the IMAP proxy's, built once per account).
 pub struct Pop3State {
     pub slots: AccountSlots,
+}
+
+/// What a POP3 listener uses; rebuilt on each reload (see [`crate::reload`]).
+pub struct Pop3Context {
+    pub config: Arc<Config>,
+    pub auth: Arc<crate::auth::LocalAuth>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Per-account session counts (survive reloads).
+    pub state: Pop3State,
+    /// Each account's upstream TLS config (shared with IMAP).
+    pub upstream_tls: Arc<crate::tls::UpstreamTls>,
+    /// Local TLS (STLS and pop3s): always the modern profile.
+    pub tls: Option<crate::tls::LocalAcceptor>,
 }
 
 impl Pop3State {
@@ -71,7 +82,7 @@ impl Pop3State {
 pub async fn handle_connection(
     mut stream: ClientStream,
     peer: SocketAddr,
-    ctx: Arc<Context>,
+    ctx: Arc<Pop3Context>,
     shutdown: CancellationToken,
 ) {
     if !ip_allowed(&ctx.config.pop3.allowed_networks, peer.ip()) {
@@ -82,7 +93,7 @@ pub async fn handle_connection(
     let _active = ctx.metrics.pop3_session();
     let mut buf = LineBuffer::default();
     let deadline = tokio::time::Instant::now() + ctx.config.pop3.login_timeout;
-    let mut session = match &ctx.pop3_tls {
+    let mut session = match &ctx.tls {
         Some(_) => Session::with_stls(),
         None => Session::new(),
     };
@@ -117,7 +128,7 @@ async fn pre_login(
     stream: &mut ClientStream,
     buf: &mut LineBuffer,
     session: &mut Session,
-    ctx: &Arc<Context>,
+    ctx: &Arc<Pop3Context>,
     ip: IpAddr,
 ) -> Option<(String, Box<LoggedIn>)> {
     loop {
@@ -141,7 +152,7 @@ async fn pre_login(
                 return None;
             }
             Step::StartTls(b) => {
-                let acceptor = ctx.pop3_tls.as_ref()?;
+                let acceptor = ctx.tls.as_ref()?;
                 // Sent before the handshake, so in plaintext: never act on it.
                 let early = buf.take_rest().len();
                 stream
@@ -170,7 +181,7 @@ async fn proxy(
     mut client: ClientStream,
     logged: LoggedIn,
     client_rest: Vec<u8>,
-    ctx: &Context,
+    ctx: &Pop3Context,
     shutdown: &CancellationToken,
 ) {
     let LoggedIn {
@@ -225,59 +236,4 @@ async fn proxy(
         end = %stats.end,
         "POP3 session ended"
     );
-}
-
-/// `mailbridge check`: connects with the account's POP3 TLS mode, logs in
-/// with its real credentials and QUITs (which changes nothing). `Ok` is a
-/// one-line summary, `Err` a message with a hint; neither has the password.
-pub async fn check_login(account: &Account, timeout: Duration) -> Result<String, String> {
-    let Some(ep) = account.pop3.as_ref() else {
-        return Err("POP3: this account has no POP3 server".into());
-    };
-    let Some(password) = account.password.as_ref() else {
-        return Err(format!(
-            "POP3 {ep}: no usable password: {}",
-            account
-                .password_problem
-                .as_deref()
-                .unwrap_or("none configured")
-        ));
-    };
-    let tls = crate::tls::upstream_client_config(account.ca_file.as_deref())
-        .map_err(|e| format!("POP3 {ep}: {e}"))?;
-    let user = upstream::upstream_user(&account.username, account.pop3_recent_mode);
-    let run = async {
-        let mut conn = upstream::connect(ep, &tls, timeout).await?;
-        upstream::login(&mut conn, &user, password, timeout).await?;
-        upstream::quit(&mut conn).await;
-        Ok::<_, upstream::UpstreamError>(())
-    };
-    let port = ep.port;
-    let mode_hint =
-        format!("is the TLS mode right for port {port}? (995 is implicit TLS, 110 is STLS)");
-    match tokio::time::timeout(timeout, run).await {
-        Ok(Ok(())) => Ok(format!("POP3 {ep}: logged in as {user}")),
-        Ok(Err(e)) => {
-            use upstream::UpstreamError as E;
-            let why = match &e {
-                E::Rejected { text } => {
-                    format!("{} (server said: {text})", responses::CHECK_AUTH_HINT)
-                }
-                E::Tls { .. } if e.is_certificate() => format!(
-                    "{e}; the server's certificate is not trusted for {}: if it uses a private CA, set ca_file in this account",
-                    ep.host
-                ),
-                E::Tls { .. } | E::Timeout(_) | E::Closed(_) => format!("{e}; {mode_hint}"),
-                E::Connect { .. } | E::Resolve(_) => format!(
-                    "{e}; is the host name right and the server reachable (DNS, firewall, port)?"
-                ),
-                E::Protocol(_) | E::Io(_) => e.to_string(),
-            };
-            Err(format!("POP3 {ep}: {why}"))
-        }
-        Err(_) => Err(format!(
-            "POP3 {ep}: timed out after {}; is the host reachable, and {mode_hint}",
-            humantime::format_duration(timeout)
-        )),
-    }
 }

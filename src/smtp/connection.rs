@@ -22,13 +22,13 @@ use super::message::{self, TraceInfo};
 use super::replies;
 use super::sender;
 use super::session::{Session, SessionConfig, Step, Transaction};
+use super::SmtpContext;
 use crate::auth::Denied;
 use crate::config::{ip_allowed, SmtpMode};
 use crate::disconnect::{log_close, CloseReason};
 use crate::secret::Secret;
 use crate::spool::{Envelope, QueueId};
 use crate::stream::ClientStream;
-use crate::Context;
 
 /// Longest command line, CRLF included.
 pub const MAX_LINE: usize = 4096;
@@ -65,7 +65,7 @@ struct Conn {
 pub async fn serve(
     stream: ClientStream,
     peer: SocketAddr,
-    ctx: Arc<Context>,
+    ctx: Arc<SmtpContext>,
     shutdown: CancellationToken,
 ) {
     let host = ctx.config.smtp.hostname.clone();
@@ -86,7 +86,7 @@ pub async fn serve(
     conn.wbuf
         .extend_from_slice(replies::banner(&host).as_bytes());
     let mut cfg = SessionConfig::from_config(&ctx.config);
-    cfg.starttls_offered = ctx.smtp_tls.is_some();
+    cfg.starttls_offered = ctx.tls.is_some();
     let mut session = Session::new(cfg);
     if conn.stream.is_tls() {
         session.tls_started();
@@ -114,7 +114,7 @@ pub async fn serve(
 async fn run(
     conn: &mut Conn,
     session: &mut Session,
-    ctx: &Context,
+    ctx: &SmtpContext,
     shutdown: &CancellationToken,
 ) -> Result<(), Stop> {
     loop {
@@ -143,7 +143,7 @@ async fn run(
                 let reply = receive_message(conn, session, ctx, shutdown).await?;
                 session.reply(reply)
             }
-            Step::StartTls(reply) => match &ctx.smtp_tls {
+            Step::StartTls(reply) => match &ctx.tls {
                 Some(acceptor) => {
                     let started = conn.start_tls(&reply, acceptor, shutdown).await;
                     if matches!(started, Err(Stop::Io(_))) {
@@ -176,7 +176,7 @@ fn log_if_gave_up(session: &Session, step: &Step) {
 async fn authenticate(
     conn: &mut Conn,
     session: &mut Session,
-    ctx: &Context,
+    ctx: &SmtpContext,
     shutdown: &CancellationToken,
     user: String,
     password: Secret,
@@ -214,7 +214,7 @@ async fn authenticate(
 async fn receive_message(
     conn: &mut Conn,
     session: &mut Session,
-    ctx: &Context,
+    ctx: &SmtpContext,
     shutdown: &CancellationToken,
 ) -> Result<String, Stop> {
     let mut reader = DataReader::new(ctx.config.smtp.max_message_size, session.end_of_data());
@@ -296,7 +296,7 @@ fn envelope(txn: &Transaction, session: &Session, peer: SocketAddr, eight_bit: b
 }
 
 /// Spools the message (or sends it upstream in direct mode); returns the reply.
-async fn hand_over(ctx: &Context, id: QueueId, envelope: &Envelope, message: &[u8]) -> String {
+async fn hand_over(ctx: &SmtpContext, id: QueueId, envelope: &Envelope, message: &[u8]) -> String {
     if ctx.config.smtp.mode == SmtpMode::Direct {
         let Some(account) = ctx.config.account(&envelope.account) else {
             return replies::NO_DIRECT_UPSTREAM.into();

@@ -1,239 +1,124 @@
-//! `mailbridge queue list | show | retry | delete | hold | release`: plain file operations on
-//! the spool directory, safe while the daemon runs (every change is an atomic
-//! rename; the worker re-reads the queue every few seconds and tolerates
-//! entries that vanish under it).
-//!
-//! Everything shown that came from a client or a provider (addresses, HELO
-//! name, headers, upstream replies) goes through [`Printable`] (text) or
-//! [`printable_json`] (`--json`), so a terminal cannot be driven by it.
+//! The data behind `mailbridge queue list | show | retry | delete | hold | release`:
+//! plain file operations on the spool directory, safe while the daemon runs
+//! (every change is an atomic rename; the worker re-reads the queue every few
+//! seconds and tolerates entries that vanish under it). Printing lives in
+//! [`crate::cli::queue`].
 
-use std::process::ExitCode;
 use std::time::SystemTime;
 
 use serde::Serialize;
 
 use super::{EntryState, QueueEntry, QueueId, Spool, SpoolError};
-use crate::cli::QueueCommand;
 use crate::config::Config;
-use crate::text::{printable_json, Printable};
 
-/// One entry as `--json` prints it.
-#[derive(Serialize)]
-struct EntryView<'a> {
-    id: &'a str,
-    state: EntryState,
-    account: &'a str,
-    mail_from: &'a str,
-    recipients: &'a [String],
-    remaining: &'a [String],
-    size: u64,
-    attempts: u32,
-    received_at: String,
-    next_attempt: Option<String>,
-    failed_at: Option<String>,
-    last_error: Option<&'a str>,
-    client: &'a str,
-    helo: &'a str,
-    local_user: Option<&'a str>,
+/// One entry as `queue list` and `queue show` present it (`--json` prints it as is).
+#[derive(Debug, Clone, Serialize)]
+pub struct EntryView {
+    pub id: String,
+    pub state: EntryState,
+    pub account: String,
+    pub mail_from: String,
+    pub recipients: Vec<String>,
+    pub remaining: Vec<String>,
+    pub size: u64,
+    pub attempts: u32,
+    pub received_at: String,
+    pub next_attempt: Option<String>,
+    pub failed_at: Option<String>,
+    pub last_error: Option<String>,
+    pub client: String,
+    pub helo: String,
+    pub local_user: Option<String>,
     /// Why the provider may rewrite `From:` (only from `queue show`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    warning: Option<String>,
+    pub warning: Option<String>,
 }
 
-fn rfc3339(t: SystemTime) -> String {
+/// `queue show`: the entry and, when the message file is readable, its
+/// header section (at most 8 KiB, to recognise the message).
+#[derive(Debug, Clone)]
+pub struct Shown {
+    pub entry: EntryView,
+    pub headers: Option<String>,
+}
+
+/// What `queue retry ID` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retried {
+    /// It is retried now.
+    Now,
+    /// It is on hold: sent once released.
+    OnHold,
+}
+
+/// A time as `queue` shows it (RFC 3339, UTC).
+pub fn rfc3339(t: SystemTime) -> String {
     time::OffsetDateTime::from(t)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| "?".into())
 }
 
-fn view(e: &QueueEntry) -> EntryView<'_> {
+/// The view of one entry.
+pub fn view(e: &QueueEntry) -> EntryView {
     EntryView {
-        id: &e.id.0,
+        id: e.id.0.clone(),
         state: e.state,
-        account: &e.envelope.account,
-        mail_from: &e.envelope.mail_from,
-        recipients: &e.envelope.recipients,
-        remaining: &e.remaining,
+        account: e.envelope.account.clone(),
+        mail_from: e.envelope.mail_from.clone(),
+        recipients: e.envelope.recipients.clone(),
+        remaining: e.remaining.clone(),
         size: e.size,
         attempts: e.attempts,
         received_at: rfc3339(e.received_at),
         next_attempt: e.next_attempt.map(rfc3339),
         failed_at: e.failed_at.map(rfc3339),
-        last_error: e.last_error.as_deref(),
-        client: &e.envelope.client,
-        helo: &e.envelope.helo,
-        local_user: e.envelope.local_user.as_deref(),
+        last_error: e.last_error.clone(),
+        client: e.envelope.client.clone(),
+        helo: e.envelope.helo.clone(),
+        local_user: e.envelope.local_user.clone(),
         warning: None,
     }
 }
 
-/// Runs one `queue` subcommand; prints to stdout, errors to stderr.
-pub fn run(config: &Config, command: QueueCommand) -> ExitCode {
-    let spool = match Spool::open(&config.smtp.spool_dir) {
-        Ok(s) => s,
-        Err(e) => return fail(&e.to_string()),
-    };
-    let result = match command {
-        QueueCommand::List { json } => list(&spool, json),
-        QueueCommand::Show { id, json } => show(config, &spool, &QueueId(id), json),
-        QueueCommand::Retry { id: Some(id) } => retry_one(&spool, &id),
-        QueueCommand::Retry { id: None } => retry_all(&spool),
-        QueueCommand::Delete { id } => spool
-            .delete(&QueueId(id.clone()))
-            .map(|()| println!("{id}: deleted")),
-        QueueCommand::Hold { id } => spool.hold(&QueueId(id.clone())).map(|()| {
-            println!("{id}: on hold (not delivered until `mailbridge queue release {id}`)")
-        }),
-        QueueCommand::Release { id } => spool
-            .release(&QueueId(id.clone()))
-            .map(|()| println!("{id}: released; will be delivered now")),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e.to_string()),
-    }
+/// Opens the configured spool.
+pub fn open(config: &Config) -> Result<Spool, SpoolError> {
+    Spool::open(&config.smtp.spool_dir)
 }
 
-fn fail(msg: &str) -> ExitCode {
-    // Errors can quote damaged spool contents.
-    eprintln!("mailbridge queue: {}", Printable(msg));
-    ExitCode::from(1)
+/// Every entry, queued and failed.
+pub fn list(spool: &Spool) -> Result<Vec<EntryView>, SpoolError> {
+    Ok(spool.list()?.iter().map(view).collect())
 }
 
-fn to_json<T: Serialize>(v: &T) -> Result<String, SpoolError> {
-    serde_json::to_string_pretty(v)
-        .map(|json| printable_json(&json))
-        .map_err(|e| SpoolError::Task(e.to_string()))
-}
-
-/// Addresses for a text line, each escaped.
-fn addresses(list: &[String]) -> String {
-    let shown: Vec<String> = list.iter().map(|a| Printable(a).to_string()).collect();
-    shown.join(", ")
-}
-
-fn list(spool: &Spool, json: bool) -> Result<(), SpoolError> {
-    let entries = spool.list()?;
-    if json {
-        let views: Vec<EntryView> = entries.iter().map(view).collect();
-        println!("{}", to_json(&views)?);
-        return Ok(());
-    }
-    if entries.is_empty() {
-        println!("spool is empty ({})", spool.dir().display());
-        return Ok(());
-    }
-    println!(
-        "{:<24} {:<9} {:>9} {:>4} {:<20} {:<24} LAST ERROR",
-        "ID", "STATE", "SIZE", "TRY", "RECEIVED", "RECIPIENTS"
-    );
-    for e in &entries {
-        let rcpts = match e.remaining.len() {
-            0 => String::new(),
-            1 => Printable(&e.remaining[0]).to_string(),
-            n => format!("{} (+{})", Printable(&e.remaining[0]), n - 1),
-        };
-        let received = rfc3339(e.received_at);
-        println!(
-            "{:<24} {:<9} {:>9} {:>4} {:<20} {:<24} {}",
-            e.id.0,
-            e.state.to_string(),
-            e.size,
-            e.attempts,
-            received.get(..19).unwrap_or(&received),
-            rcpts,
-            Printable(e.last_error.as_deref().unwrap_or(""))
-        );
-    }
-    let failed = entries
-        .iter()
-        .filter(|e| e.state == EntryState::Failed)
-        .count();
-    let on_hold = entries
-        .iter()
-        .filter(|e| e.state == EntryState::OnHold)
-        .count();
-    let held = match on_hold {
-        0 => String::new(),
-        n => format!(" ({n} on hold)"),
-    };
-    println!("{} queued{held}, {failed} failed", entries.len() - failed);
-    Ok(())
-}
-
-fn show(config: &Config, spool: &Spool, id: &QueueId, json: bool) -> Result<(), SpoolError> {
+/// One entry with the `From:` rewrite warning and its headers.
+pub fn show(config: &Config, spool: &Spool, id: &QueueId) -> Result<Shown, SpoolError> {
     let e = spool.entry(id)?;
     let message = spool.read_message(id);
-    let mut v = view(&e);
-    v.warning = match (&message, config.account(&e.envelope.account)) {
+    let mut entry = view(&e);
+    entry.warning = match (&message, config.account(&e.envelope.account)) {
         (Ok(m), Some(account)) => crate::smtp::sender::rewrite_warning(m, account),
         _ => None,
     };
-    if json {
-        println!("{}", to_json(&v)?);
-        return Ok(());
-    }
-    println!("id:           {}", v.id);
-    println!("state:        {}", e.state);
-    println!("account:      {}", v.account);
-    println!("from:         <{}>", Printable(v.mail_from));
-    println!("recipients:   {}", addresses(v.recipients));
-    if v.remaining != v.recipients {
-        println!("remaining:    {}", addresses(v.remaining));
-    }
-    println!("size:         {} bytes", v.size);
-    println!(
-        "received:     {} from {} (HELO {})",
-        v.received_at,
-        Printable(v.client),
-        Printable(v.helo)
-    );
-    if let Some(u) = v.local_user {
-        println!("local user:   {}", Printable(u));
-    }
-    println!("attempts:     {}", v.attempts);
-    if let Some(n) = &v.next_attempt {
-        println!("next attempt: {n}");
-    }
-    if let Some(f) = &v.failed_at {
-        println!("failed at:    {f}");
-    }
-    if let Some(err) = v.last_error {
-        println!("last error:   {}", Printable(err));
-    }
-    if let Some(w) = &v.warning {
-        println!("warning:      {}", Printable(w));
-    }
-    // The header section, to recognise the message (bodies can be large).
-    if let Ok(msg) = message {
+    let headers = message.ok().map(|msg| {
         let end = msg
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
             .unwrap_or(msg.len())
             .min(8192);
-        println!("headers:");
-        for line in String::from_utf8_lossy(&msg[..end]).lines() {
-            println!("  {}", Printable(line));
-        }
-    }
-    Ok(())
+        String::from_utf8_lossy(&msg[..end]).into_owned()
+    });
+    Ok(Shown { entry, headers })
 }
 
-fn retry_one(spool: &Spool, id: &str) -> Result<(), SpoolError> {
-    let qid = QueueId(id.to_string());
-    spool.retry(&qid)?;
-    if spool
-        .entry(&qid)
-        .is_ok_and(|e| e.state == EntryState::OnHold)
-    {
-        println!("{id}: on hold; it is sent once released (`mailbridge queue release {id}`)");
-    } else {
-        println!("{id}: will be retried now");
-    }
-    Ok(())
+/// Retries one message now (also a failed one).
+pub fn retry_one(spool: &Spool, id: &QueueId) -> Result<Retried, SpoolError> {
+    spool.retry(id)?;
+    let held = spool.entry(id).is_ok_and(|e| e.state == EntryState::OnHold);
+    Ok(if held { Retried::OnHold } else { Retried::Now })
 }
 
-fn retry_all(spool: &Spool) -> Result<(), SpoolError> {
+/// Retries every queued message now; returns how many.
+pub fn retry_all(spool: &Spool) -> Result<usize, SpoolError> {
     let mut n = 0;
     for e in spool.list_queued()? {
         match spool.retry(&e.id) {
@@ -242,6 +127,5 @@ fn retry_all(spool: &Spool) -> Result<(), SpoolError> {
             Err(err) => return Err(err),
         }
     }
-    println!("{n} queued message(s) will be retried now");
-    Ok(())
+    Ok(n)
 }

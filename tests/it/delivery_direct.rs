@@ -9,8 +9,8 @@ use crate::support::ca::TestCa;
 use crate::support::daemon::start;
 use crate::support::delivery::{config, envelope, Opts, PASSWORD, USER};
 use crate::support::smtp_upstream::{Mode, SmtpUpstream, FORGED_AFTER_STARTTLS};
+use mailbridge::check::smtp_login as check_login;
 use mailbridge::config::{Account, Config};
-use mailbridge::delivery::check_login;
 
 fn account(o: &Opts) -> Account {
     Config::parse(&config(o), Path::new("/tmp/relay.toml"))

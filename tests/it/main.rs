@@ -19,6 +19,7 @@
 
 mod support;
 
+mod cli_check;
 mod delivery;
 mod delivery_direct;
 mod delivery_logs;

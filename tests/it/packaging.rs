@@ -90,7 +90,10 @@ fn generate_packaging_writes_the_committed_files() {
 fn packaged_config_loads_and_check_names_the_missing_password() {
     let config = Config::load(&repo("packaging/deb/relay.toml")).unwrap();
     assert_eq!(config.smtp.spool_dir, Path::new(PACKAGED_SPOOL));
-    assert!(config.accounts.iter().all(|a| a.password.is_none()));
+    assert!(config
+        .accounts
+        .iter()
+        .all(|a| a.password.secret().is_none()));
     let out = mailbridge(&[
         "-c",
         repo("packaging/deb/relay.toml").to_str().unwrap(),

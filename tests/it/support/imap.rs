@@ -80,7 +80,7 @@ impl Env {
 
     /// Upstream connections the daemon currently counts for the account.
     pub fn account_connections(&self) -> usize {
-        self.daemon.daemon.context.imap.connections("acct")
+        self.daemon.daemon.context.imap.state.connections("acct")
     }
 }
 

@@ -82,7 +82,7 @@ impl Env {
 
     /// Upstream sessions the daemon counts for the account now.
     pub fn account_connections(&self) -> usize {
-        self.daemon.daemon.context.pop3.connections("acct")
+        self.daemon.daemon.context.pop3.state.connections("acct")
     }
 
     /// Waits (up to 5 s) until the daemon counts `n` sessions for the account.

@@ -1,5 +1,11 @@
 //! The command line: `run` (default), `check`, `queue ...`, `hash-password`, `init`
 //! (and the hidden `generate` for packagers, see [`crate::packaging`]).
+//! The library computes; printing lives here:
+//! - [`queue`], [`check`], [`init`]: the output of those commands.
+
+pub mod check;
+pub mod init;
+pub mod queue;
 
 use std::io::Read;
 use std::path::PathBuf;
