@@ -133,6 +133,9 @@ pub(super) struct RawAccount {
     pub(super) sent_copy: SentCopy,
     #[serde(default)]
     pub(super) send_as: Vec<String>,
+    /// `"password"` (default) or `"oauth2"`.
+    pub(super) auth: Option<String>,
+    pub(super) oauth2: Option<crate::oauth2::config::RawOAuth2>,
 }
 
 fn default_provider() -> String {
@@ -201,6 +204,8 @@ impl RawConfig {
                     ),
                 ));
             }
+            let oauth2 = crate::oauth2::config::validate(a.auth.as_deref(), a.oauth2, &base)
+                .map_err(|e| err(&key(&e.key), e.message))?;
             let sources = [
                 a.password.is_some(),
                 a.password_env.is_some(),
@@ -236,6 +241,11 @@ impl RawConfig {
                         Some(format!("cannot read password_file {}: {e}", file.display())),
                     ),
                 }
+            } else if oauth2.is_some() {
+                (
+                    None,
+                    Some("auth = \"oauth2\": this version does not yet log in upstream with the OAuth2 token".into()),
+                )
             } else {
                 (
                     None,
@@ -287,6 +297,7 @@ impl RawConfig {
                 notify: a.notify,
                 sent_copy: a.sent_copy,
                 send_as: a.send_as,
+                oauth2,
             });
         }
         if accounts.is_empty() {
