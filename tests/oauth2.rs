@@ -1,0 +1,519 @@
+//! `mailbridge auth` (the real binary) against an in-process HTTPS token
+//! endpoint whose certificate comes from a CA made at test time: the device
+//! flow (pending, slow_down, approval; declined; expired), client
+//! credentials, authorization code + PKCE with the redirect pasted on stdin,
+//! `--status` and `--forget`, the token file's mode, and no token in any
+//! output at trace level.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::ca::TestCa;
+use sha2::Digest;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+const DEVICE_AT: &str = "AT-device-7f3a9c1e";
+const DEVICE_RT: &str = "RT-device-2b8d4e6f";
+const CC_AT: &str = "AT-client-credentials-91c2";
+const CODE_AT: &str = "AT-authcode-5d1e";
+const CODE_RT: &str = "RT-authcode-8a7b";
+const DEVICE_CODE: &str = "DC-device-code-33aa";
+const AUTH_CODE: &str = "AC-code-from-browser";
+const CLIENT_SECRET: &str = "client-secret-4e5f";
+
+/// What the token endpoint saw.
+#[derive(Default)]
+struct Seen {
+    /// Poll times of the device-code grant, per client id.
+    polls: HashMap<String, Vec<Instant>>,
+    /// The PKCE challenge from the authorize URL the binary printed.
+    challenge: Option<String>,
+    code_exchanges: Vec<HashMap<String, String>>,
+    cc_requests: usize,
+}
+
+struct TokenServer {
+    port: u16,
+    seen: Arc<Mutex<Seen>>,
+}
+
+fn json_reply(status: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn form(body: &str) -> HashMap<String, String> {
+    reqwest::Url::parse(&format!("http://x/?{body}"))
+        .unwrap()
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// The endpoint's answer; client ids choose the device flow's ending.
+fn answer(seen: &Mutex<Seen>, path: &str, head: &str, body: &str) -> String {
+    let f = form(body);
+    let get = |k: &str| f.get(k).cloned().unwrap_or_default();
+    match (path, get("grant_type").as_str()) {
+        ("/device", _) => {
+            let expires = if get("client_id") == "dev-expire" {
+                2
+            } else {
+                600
+            };
+            json_reply(
+                "200 OK",
+                &format!(
+                    r#"{{"device_code":"{DEVICE_CODE}","user_code":"WDJB-MJHT","verification_uri":"https://login.example/device","expires_in":{expires},"interval":1}}"#
+                ),
+            )
+        }
+        ("/token", "urn:ietf:params:oauth:grant-type:device_code") => {
+            assert_eq!(get("device_code"), DEVICE_CODE);
+            let client = get("client_id");
+            let n = {
+                let mut s = seen.lock().unwrap();
+                let polls = s.polls.entry(client.clone()).or_default();
+                polls.push(Instant::now());
+                polls.len()
+            };
+            let error = match (client.as_str(), n) {
+                ("dev-ok", 1) => Some("authorization_pending"),
+                ("dev-ok", 2) => Some("slow_down"),
+                ("dev-ok", _) => None,
+                ("dev-deny", _) => Some("access_denied"),
+                _ => Some("authorization_pending"),
+            };
+            match error {
+                Some(e) => json_reply("400 Bad Request", &format!(r#"{{"error":"{e}"}}"#)),
+                None => json_reply(
+                    "200 OK",
+                    &format!(
+                        r#"{{"access_token":"{DEVICE_AT}","token_type":"Bearer","expires_in":3600,"refresh_token":"{DEVICE_RT}","scope":"mail offline"}}"#
+                    ),
+                ),
+            }
+        }
+        ("/token", "client_credentials") => {
+            seen.lock().unwrap().cc_requests += 1;
+            let basic =
+                base64::engine::general_purpose::STANDARD.encode(format!("cc:{CLIENT_SECRET}"));
+            if !head.contains(&format!("authorization: Basic {basic}"))
+                && !head.contains(&format!("Authorization: Basic {basic}"))
+            {
+                return json_reply("401 Unauthorized", r#"{"error":"invalid_client"}"#);
+            }
+            json_reply(
+                "200 OK",
+                &format!(r#"{{"access_token":"{CC_AT}","token_type":"Bearer","expires_in":3599}}"#),
+            )
+        }
+        ("/token", "authorization_code") => {
+            let challenge = seen.lock().unwrap().challenge.clone().unwrap_or_default();
+            let verifier = get("code_verifier");
+            let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(sha2::Sha256::digest(verifier.as_bytes()));
+            seen.lock().unwrap().code_exchanges.push(f.clone());
+            if get("code") != AUTH_CODE || computed != challenge {
+                return json_reply(
+                    "400 Bad Request",
+                    r#"{"error":"invalid_grant","error_description":"PKCE verification failed"}"#,
+                );
+            }
+            json_reply(
+                "200 OK",
+                &format!(
+                    r#"{{"access_token":"{CODE_AT}","token_type":"Bearer","expires_in":3600,"refresh_token":"{CODE_RT}"}}"#
+                ),
+            )
+        }
+        _ => json_reply("400 Bad Request", r#"{"error":"unsupported_grant_type"}"#),
+    }
+}
+
+impl TokenServer {
+    async fn start(ca: &TestCa) -> TokenServer {
+        let acceptor = ca.server_cert().acceptor();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let shared = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let seen = shared.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let (head, body) = loop {
+                        let Ok(n) = tls.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).into_owned();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let head = text[..end].to_string();
+                            let len = head
+                                .lines()
+                                .find_map(|l| {
+                                    let (k, v) = l.split_once(':')?;
+                                    k.eq_ignore_ascii_case("content-length")
+                                        .then(|| v.trim().parse::<usize>().ok())?
+                                })
+                                .unwrap_or(0);
+                            if buf.len() >= end + 4 + len {
+                                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len])
+                                    .into_owned();
+                                break (head, body);
+                            }
+                        }
+                    };
+                    let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                    let reply = answer(&seen, &path, &head, &body);
+                    let _ = tls.write_all(reply.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        TokenServer { port, seen }
+    }
+}
+
+fn write_config(dir: &Path, ca: &TestCa, port: u16) {
+    let url = |p: &str| format!("https://localhost:{port}{p}");
+    let custom = |name: &str, client: &str, flow: &str, extra: &str| {
+        format!(
+            "[[accounts]]\nname = \"{name}\"\nprovider = \"custom\"\nusername = \"{name}@example.com\"\nauth = \"oauth2\"\nca_file = \"{}\"\n\
+             smtp = {{ host = \"localhost\", port = 465, tls = \"implicit\" }}\nimap = {{ host = \"localhost\", port = 993, tls = \"implicit\" }}\n\
+             [accounts.oauth2]\nprovider = \"custom\"\nclient_id = \"{client}\"\nflow = \"{flow}\"\nscopes = [\"mail\", \"offline\"]\n\
+             token_url = \"{}\"\ndevice_url = \"{}\"\nauthorize_url = \"https://login.example/authorize\"\n{extra}\n",
+            ca.ca_file.display(),
+            url("/token"),
+            url("/device"),
+        )
+    };
+    let text = format!(
+        "default_account = \"dev\"\n[smtp]\nspool_dir = \"{}\"\n\n{}{}{}{}{}\
+         [[accounts]]\nname = \"plain\"\nusername = \"p@gmail.com\"\npassword = \"app-password\"\n",
+        dir.join("spool").display(),
+        custom("dev", "dev-ok", "device", ""),
+        custom("deny", "dev-deny", "device", ""),
+        custom("late", "dev-expire", "device", ""),
+        custom(
+            "app",
+            "cc",
+            "client_credentials",
+            &format!("client_secret = \"{CLIENT_SECRET}\"")
+        ),
+        custom("code", "pkce", "authorization_code", ""),
+    );
+    std::fs::write(dir.join("relay.toml"), text).unwrap();
+}
+
+async fn auth(dir: &Path, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_mailbridge"))
+        .arg("-c")
+        .arg(dir.join("relay.toml"))
+        .arg("auth")
+        .args(args)
+        .env("RUST_LOG", "trace")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn assert_no_secret(all: &str) {
+    for s in [
+        DEVICE_AT,
+        DEVICE_RT,
+        CC_AT,
+        CODE_AT,
+        CODE_RT,
+        DEVICE_CODE,
+        AUTH_CODE,
+        CLIENT_SECRET,
+    ] {
+        assert!(!all.contains(s), "{s} leaked into the output:\n{all}");
+    }
+}
+
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+fn stored(dir: &Path, account: &str) -> serde_json::Value {
+    let raw = std::fs::read(dir.join("spool/oauth2").join(format!("{account}.json"))).unwrap();
+    serde_json::from_slice(&raw).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_flow_polls_honours_slow_down_and_stores_the_token_privately() {
+    let ca = TestCa::new();
+    let server = TokenServer::start(&ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &ca, server.port);
+
+    let o = auth(dir.path(), &["dev"]).await;
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    assert!(all.contains("https://login.example/device"), "{all}");
+    assert!(all.contains("WDJB-MJHT"), "the user code is shown: {all}");
+    assert_no_secret(&all);
+
+    let polls = server.seen.lock().unwrap().polls["dev-ok"].clone();
+    assert_eq!(polls.len(), 3, "pending, slow_down, approved");
+    assert!(
+        polls[1] - polls[0] >= Duration::from_millis(950),
+        "{:?}",
+        polls[1] - polls[0]
+    );
+    assert!(
+        polls[2] - polls[1] >= Duration::from_millis(5900),
+        "slow_down adds 5 s: {:?}",
+        polls[2] - polls[1]
+    );
+
+    let v = stored(dir.path(), "dev");
+    assert_eq!(v["access_token"], DEVICE_AT);
+    assert_eq!(v["refresh_token"], DEVICE_RT);
+    #[cfg(unix)]
+    {
+        assert_eq!(mode(&dir.path().join("spool/oauth2/dev.json")), 0o600);
+        assert_eq!(mode(&dir.path().join("spool/oauth2")), 0o700);
+    }
+
+    let o = auth(dir.path(), &["--status"]).await;
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    let dev = all
+        .lines()
+        .find(|l| l.starts_with("dev\t"))
+        .unwrap_or_default();
+    assert!(dev.contains("valid, expires"), "{all}");
+    assert!(dev.contains("refresh token stored"), "{all}");
+    let app = all
+        .lines()
+        .find(|l| l.starts_with("app\t"))
+        .unwrap_or_default();
+    assert!(app.contains("no token"), "{all}");
+    assert!(
+        !all.contains("plain"),
+        "password accounts are not listed: {all}"
+    );
+    assert_no_secret(&all);
+
+    let o = auth(dir.path(), &["--forget", "dev"]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!dir.path().join("spool/oauth2/dev.json").exists());
+    let o = auth(dir.path(), &["--status"]).await;
+    let all = text(&o);
+    let dev = all
+        .lines()
+        .find(|l| l.starts_with("dev\t"))
+        .unwrap_or_default();
+    assert!(dev.contains("no token"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_flow_says_when_declined_or_expired() {
+    let ca = TestCa::new();
+    let server = TokenServer::start(&ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &ca, server.port);
+
+    let o = auth(dir.path(), &["deny"]).await;
+    let all = text(&o);
+    assert!(!o.status.success(), "{all}");
+    assert!(all.contains("declined"), "{all}");
+    assert!(!dir.path().join("spool/oauth2/deny.json").exists());
+
+    let o = auth(dir.path(), &["late"]).await;
+    let all = text(&o);
+    assert!(!o.status.success(), "{all}");
+    assert!(all.contains("expired"), "{all}");
+    assert_no_secret(&all);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_credentials_need_no_person() {
+    let ca = TestCa::new();
+    let server = TokenServer::start(&ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &ca, server.port);
+
+    let o = auth(dir.path(), &["app"]).await;
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    assert_no_secret(&all);
+    assert_eq!(server.seen.lock().unwrap().cc_requests, 1);
+    let v = stored(dir.path(), "app");
+    assert_eq!(v["access_token"], CC_AT);
+    assert!(v.get("refresh_token").is_none());
+    #[cfg(unix)]
+    assert_eq!(mode(&dir.path().join("spool/oauth2/app.json")), 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_code_with_pkce_takes_the_pasted_redirect() {
+    let ca = TestCa::new();
+    let server = TokenServer::start(&ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &ca, server.port);
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mailbridge"))
+        .arg("-c")
+        .arg(dir.path().join("relay.toml"))
+        .args(["auth", "code", "--no-browser"])
+        .env("RUST_LOG", "trace")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut shown = String::new();
+    let url = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the binary prints the authorize URL")
+            .unwrap()
+            .expect("stdout open");
+        shown.push_str(&line);
+        shown.push('\n');
+        if line.starts_with("https://login.example/authorize") {
+            break reqwest::Url::parse(&line).unwrap();
+        }
+    };
+    let q: HashMap<String, String> = url
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["response_type"], "code");
+    assert_eq!(q["scope"], "mail offline");
+    let redirect = q["redirect_uri"].clone();
+    assert!(redirect.starts_with("http://127.0.0.1:"), "{redirect}");
+    server.seen.lock().unwrap().challenge = Some(q["code_challenge"].clone());
+
+    let pasted = format!("{redirect}?code={AUTH_CODE}&state={}\n", q["state"]);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(pasted.as_bytes()).await.unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    while let Some(l) = lines.next_line().await.unwrap() {
+        rest.push_str(&l);
+        rest.push('\n');
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    let status = child.wait().await.unwrap();
+    let all = format!("{shown}{rest}{err}");
+    assert!(status.success(), "{all}");
+    assert_no_secret(&all);
+
+    let exchanges = &server.seen.lock().unwrap().code_exchanges;
+    assert_eq!(exchanges.len(), 1);
+    assert_eq!(exchanges[0]["redirect_uri"], redirect);
+    let v = stored(dir.path(), "code");
+    assert_eq!(v["access_token"], CODE_AT);
+    assert_eq!(v["refresh_token"], CODE_RT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_errors_for_unknown_password_and_escaped_names() {
+    let ca = TestCa::new();
+    let server = TokenServer::start(&ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &ca, server.port);
+
+    let o = auth(dir.path(), &["nosuch\x1b[2J"]).await;
+    let all = text(&o);
+    assert!(!o.status.success());
+    assert!(all.contains("no [[accounts]] entry"), "{all}");
+    assert!(!all.contains('\x1b'), "escaped: {all:?}");
+    assert!(
+        all.contains("OAuth2 accounts: dev, deny, late, app, code"),
+        "{all}"
+    );
+
+    let o = auth(dir.path(), &["plain"]).await;
+    let all = text(&o);
+    assert!(!o.status.success());
+    assert!(all.contains("logs in with a password"), "{all}");
+    assert!(!all.contains("app-password"), "{all}");
+
+    let o = auth(dir.path(), &["--forget", "plain"]).await;
+    assert!(!o.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoints_are_verified_https_only() {
+    let ca = TestCa::new();
+    let server = TokenServer::start(&ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &ca, server.port);
+    // Without the test CA as ca_file the endpoint's certificate is not trusted.
+    let other = TestCa::named("some other CA");
+    let cfg = std::fs::read_to_string(dir.path().join("relay.toml"))
+        .unwrap()
+        .replace(
+            &ca.ca_file.display().to_string(),
+            &other.ca_file.display().to_string(),
+        );
+    std::fs::write(dir.path().join("relay.toml"), cfg).unwrap();
+    let o = auth(dir.path(), &["app"]).await;
+    let all = text(&o);
+    assert!(!o.status.success(), "{all}");
+    assert!(all.contains("cannot reach the token endpoint"), "{all}");
+    assert_eq!(server.seen.lock().unwrap().cc_requests, 0);
+    assert_no_secret(&all);
+
+    // An http:// endpoint is a configuration error, before anything is sent.
+    let cfg = std::fs::read_to_string(dir.path().join("relay.toml"))
+        .unwrap()
+        .replace(
+            &format!("https://localhost:{}/token", server.port),
+            "http://localhost:1/token",
+        );
+    std::fs::write(dir.path().join("relay.toml"), cfg).unwrap();
+    let o = auth(dir.path(), &["app"]).await;
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{all}");
+    assert!(all.contains("oauth2.token_url"), "{all}");
+    assert!(all.contains("https"), "{all}");
+}
