@@ -564,4 +564,24 @@ mod tests {
         let s = ok("provider = \"google\"\nclient_id = \"a\"\nclient_secret = \"hunter2\"");
         assert!(!format!("{s:?}").contains("hunter2"));
     }
+
+    #[test]
+    fn relay_toml_errors_name_the_account_key_and_oauth2_accounts_need_no_password() {
+        let base = "[[accounts]]\nname = \"o\"\nprovider = \"outlook\"\nusername = \"me@outlook.com\"\nauth = \"oauth2\"\n[accounts.oauth2]\nprovider = \"microsoft\"\nclient_id = \"abc\"\n";
+        let path = Path::new("/nonexistent/relay.toml");
+        let c = crate::config::Config::parse(base, path).unwrap();
+        let a = &c.accounts[0];
+        assert!(a.password.is_none());
+        assert_eq!(a.oauth2.as_ref().map(|s| s.flow), Some(Flow::Device));
+        let e = crate::config::Config::parse(&format!("{base}tenant = \"not a tenant\"\n"), path)
+            .unwrap_err();
+        assert_eq!(e.key, "accounts[0].oauth2.tenant");
+        // Password accounts are as before.
+        let c = crate::config::Config::parse(
+            "[[accounts]]\nname = \"g\"\nusername = \"u@gmail.com\"\npassword = \"x\"\n",
+            path,
+        )
+        .unwrap();
+        assert!(c.accounts[0].oauth2.is_none());
+    }
 }
