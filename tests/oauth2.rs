@@ -517,3 +517,69 @@ async fn token_endpoints_are_verified_https_only() {
     assert!(all.contains("oauth2.token_url"), "{all}");
     assert!(all.contains("https"), "{all}");
 }
+
+mod imap_xoauth2 {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use super::common::ca::TestCa;
+    use super::common::imap_upstream::ImapUpstream;
+    use mailbridge::config::{Endpoint, TlsMode};
+    use mailbridge::imap::upstream::{authenticate_xoauth2, connect, UpstreamError};
+    use mailbridge::secret::Secret;
+
+    const USER: &str = "me@example.com";
+    const TOKEN: &str = "ya29.imap-access-token";
+    const T: Duration = Duration::from_secs(10);
+
+    async fn login(up: &ImapUpstream, ca: &TestCa, token: &str) -> Result<(), UpstreamError> {
+        let ep = Endpoint {
+            host: "localhost".into(),
+            port: up.port(),
+            tls: TlsMode::Implicit,
+        };
+        let tls = mailbridge::tls::upstream_client_config(Some(&ca.ca_file)).unwrap();
+        let mut conn = connect(&ep, &tls, T).await?;
+        authenticate_xoauth2(&mut conn, USER, &Secret::new(token), T)
+            .await
+            .map(|_| ())
+    }
+
+    #[tokio::test]
+    async fn authenticate_xoauth2_after_the_continuation_without_sasl_ir() {
+        let ca = TestCa::new();
+        let up = ImapUpstream::start(&ca.server_cert(), USER, TOKEN).await;
+        login(&up, &ca, TOKEN).await.unwrap();
+        assert_eq!(up.logins(), vec![b"L1 AUTHENTICATE XOAUTH2\r\n".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn authenticate_xoauth2_inline_when_sasl_ir_is_offered() {
+        let ca = TestCa::new();
+        let up = ImapUpstream::start(&ca.server_cert(), USER, TOKEN).await;
+        up.shared.sasl_ir.store(true, Ordering::SeqCst);
+        login(&up, &ca, TOKEN).await.unwrap();
+        let ir = mailbridge::oauth2::sasl::initial_response(USER, &Secret::new(TOKEN));
+        assert_eq!(
+            up.logins(),
+            vec![format!("L1 AUTHENTICATE XOAUTH2 {}\r\n", ir.expose()).into_bytes()]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_typed_with_the_providers_challenge() {
+        let ca = TestCa::new();
+        let up = ImapUpstream::start(&ca.server_cert(), USER, TOKEN).await;
+        up.shared.sasl_ir.store(true, Ordering::SeqCst);
+        let e = login(&up, &ca, "ya29.expired-token").await.unwrap_err();
+        let UpstreamError::TokenRejected { text, failure } = &e else {
+            panic!("{e:?}");
+        };
+        assert!(text.contains("AUTHENTICATIONFAILED"), "{text}");
+        let f = failure.as_ref().expect("challenge decoded");
+        assert!(f.token_rejected());
+        assert_eq!(f.scope.as_deref(), Some("https://mail.google.com/"));
+        assert!(!e.to_string().contains("expired-token"), "{e}");
+        assert!(!format!("{e:?}").contains("expired-token"), "{e:?}");
+    }
+}

@@ -355,6 +355,6 @@ fn explain(e: &upstream::UpstreamError, account: &Account) -> String {
             "{e}; is the TLS mode right for port {port}? (993 is implicit TLS, 143 is STARTTLS)"
         ),
         E::Connect { .. } | E::Resolve(_) => format!("{e}; is the host name right and the server reachable (DNS, firewall, port)?"),
-        E::Protocol(_) | E::Io(_) => e.to_string(),
+        E::Protocol(_) | E::Io(_) | E::TokenRejected { .. } => e.to_string(),
     }
 }

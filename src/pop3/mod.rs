@@ -271,7 +271,7 @@ pub async fn check_login(account: &Account, timeout: Duration) -> Result<String,
                 E::Connect { .. } | E::Resolve(_) => format!(
                     "{e}; is the host name right and the server reachable (DNS, firewall, port)?"
                 ),
-                E::Protocol(_) | E::Io(_) => e.to_string(),
+                E::Protocol(_) | E::Io(_) | E::TokenRejected { .. } => e.to_string(),
             };
             Err(format!("POP3 {ep}: {why}"))
         }
