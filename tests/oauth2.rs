@@ -583,3 +583,58 @@ mod imap_xoauth2 {
         assert!(!format!("{e:?}").contains("expired-token"), "{e:?}");
     }
 }
+
+mod pop3_xoauth2 {
+    use std::time::Duration;
+
+    use super::common::ca::TestCa;
+    use super::common::pop3_upstream::{Mode, Pop3Upstream};
+    use mailbridge::config::{Endpoint, TlsMode};
+    use mailbridge::pop3::upstream::{authenticate_xoauth2, connect, UpstreamError};
+    use mailbridge::secret::Secret;
+
+    const USER: &str = "me@outlook.com";
+    const TOKEN: &str = "EwBIA-pop3-access-token";
+    const T: Duration = Duration::from_secs(10);
+
+    async fn login(up: &Pop3Upstream, ca: &TestCa, token: &str) -> Result<(), UpstreamError> {
+        let ep = Endpoint {
+            host: "localhost".into(),
+            port: up.port(),
+            tls: TlsMode::Implicit,
+        };
+        let tls = mailbridge::tls::upstream_client_config(Some(&ca.ca_file)).unwrap();
+        let mut conn = connect(&ep, &tls, T).await?;
+        authenticate_xoauth2(&mut conn, USER, &Secret::new(token), T).await
+    }
+
+    #[tokio::test]
+    async fn auth_xoauth2_logs_in_with_the_token() {
+        let ca = TestCa::new();
+        let up = Pop3Upstream::start(&ca.server_cert(), USER, TOKEN, Mode::Implicit).await;
+        login(&up, &ca, TOKEN).await.unwrap();
+        let ir = mailbridge::oauth2::sasl::initial_response(USER, &Secret::new(TOKEN));
+        assert_eq!(
+            up.lines(),
+            vec![
+                b"AUTH XOAUTH2\r\n".to_vec(),
+                format!("{}\r\n", ir.expose()).into_bytes()
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_typed_with_the_providers_challenge() {
+        let ca = TestCa::new();
+        let up = Pop3Upstream::start(&ca.server_cert(), USER, TOKEN, Mode::Implicit).await;
+        let e = login(&up, &ca, "EwBIA-expired").await.unwrap_err();
+        let UpstreamError::TokenRejected { text, failure } = &e else {
+            panic!("{e:?}");
+        };
+        assert!(text.contains("Authentication failed"), "{text}");
+        assert!(failure.as_ref().is_some_and(|f| f.token_rejected()));
+        assert!(!e.to_string().contains("EwBIA-expired"), "{e}");
+        // The challenge was answered with an empty line (ending the exchange).
+        assert_eq!(up.lines().last().map(Vec::as_slice), Some(&b"\r\n"[..]));
+    }
+}
