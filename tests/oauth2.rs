@@ -518,13 +518,28 @@ async fn token_endpoints_are_verified_https_only() {
     assert!(all.contains("https"), "{all}");
 }
 
+/// An implicit-TLS endpoint on localhost and the verified client config for `ca`.
+fn local_upstream(
+    ca: &TestCa,
+    port: u16,
+) -> (mailbridge::config::Endpoint, Arc<rustls::ClientConfig>) {
+    let ep = mailbridge::config::Endpoint {
+        host: "localhost".into(),
+        port,
+        tls: mailbridge::config::TlsMode::Implicit,
+    };
+    (
+        ep,
+        mailbridge::tls::upstream_client_config(Some(&ca.ca_file)).unwrap(),
+    )
+}
+
 mod imap_xoauth2 {
     use std::sync::atomic::Ordering;
     use std::time::Duration;
 
     use super::common::ca::TestCa;
     use super::common::imap_upstream::ImapUpstream;
-    use mailbridge::config::{Endpoint, TlsMode};
     use mailbridge::imap::upstream::{authenticate_xoauth2, connect, UpstreamError};
     use mailbridge::secret::Secret;
 
@@ -533,12 +548,7 @@ mod imap_xoauth2 {
     const T: Duration = Duration::from_secs(10);
 
     async fn login(up: &ImapUpstream, ca: &TestCa, token: &str) -> Result<(), UpstreamError> {
-        let ep = Endpoint {
-            host: "localhost".into(),
-            port: up.port(),
-            tls: TlsMode::Implicit,
-        };
-        let tls = mailbridge::tls::upstream_client_config(Some(&ca.ca_file)).unwrap();
+        let (ep, tls) = super::local_upstream(ca, up.port());
         let mut conn = connect(&ep, &tls, T).await?;
         authenticate_xoauth2(&mut conn, USER, &Secret::new(token), T)
             .await
@@ -559,7 +569,7 @@ mod imap_xoauth2 {
         let up = ImapUpstream::start(&ca.server_cert(), USER, TOKEN).await;
         up.shared.sasl_ir.store(true, Ordering::SeqCst);
         login(&up, &ca, TOKEN).await.unwrap();
-        let ir = mailbridge::oauth2::sasl::initial_response(USER, &Secret::new(TOKEN));
+        let ir = mailbridge::oauth2::sasl::initial_response(USER, &Secret::new(TOKEN)).unwrap();
         assert_eq!(
             up.logins(),
             vec![format!("L1 AUTHENTICATE XOAUTH2 {}\r\n", ir.expose()).into_bytes()]
@@ -589,7 +599,6 @@ mod pop3_xoauth2 {
 
     use super::common::ca::TestCa;
     use super::common::pop3_upstream::{Mode, Pop3Upstream};
-    use mailbridge::config::{Endpoint, TlsMode};
     use mailbridge::pop3::upstream::{authenticate_xoauth2, connect, UpstreamError};
     use mailbridge::secret::Secret;
 
@@ -598,12 +607,7 @@ mod pop3_xoauth2 {
     const T: Duration = Duration::from_secs(10);
 
     async fn login(up: &Pop3Upstream, ca: &TestCa, token: &str) -> Result<(), UpstreamError> {
-        let ep = Endpoint {
-            host: "localhost".into(),
-            port: up.port(),
-            tls: TlsMode::Implicit,
-        };
-        let tls = mailbridge::tls::upstream_client_config(Some(&ca.ca_file)).unwrap();
+        let (ep, tls) = super::local_upstream(ca, up.port());
         let mut conn = connect(&ep, &tls, T).await?;
         authenticate_xoauth2(&mut conn, USER, &Secret::new(token), T).await
     }
@@ -613,7 +617,7 @@ mod pop3_xoauth2 {
         let ca = TestCa::new();
         let up = Pop3Upstream::start(&ca.server_cert(), USER, TOKEN, Mode::Implicit).await;
         login(&up, &ca, TOKEN).await.unwrap();
-        let ir = mailbridge::oauth2::sasl::initial_response(USER, &Secret::new(TOKEN));
+        let ir = mailbridge::oauth2::sasl::initial_response(USER, &Secret::new(TOKEN)).unwrap();
         assert_eq!(
             up.lines(),
             vec![

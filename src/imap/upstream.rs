@@ -401,13 +401,9 @@ async fn xoauth2_inner(
     user: &str,
     token: &Secret,
 ) -> Result<LoginReply, UpstreamError> {
-    if user.contains(['\0', '\x01', '\r', '\n']) || token.expose().contains(['\x01', '\r', '\n']) {
-        return Err(UpstreamError::Protocol(
-            "user name or token contains a byte XOAUTH2 cannot carry".into(),
-        ));
-    }
+    let ir = crate::oauth2::sasl::initial_response(user, token)
+        .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
     const TAG: &str = "L1";
-    let ir = crate::oauth2::sasl::initial_response(user, token);
     let sasl_ir = greeting_offers(&conn.greeting, "SASL-IR");
     if sasl_ir {
         conn.stream

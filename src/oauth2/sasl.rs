@@ -15,16 +15,23 @@ pub enum SaslError {
     NotBase64,
     #[error("the XOAUTH2 challenge is not the JSON error object providers send")]
     NotJson,
+    #[error("user name or token contains a byte XOAUTH2 cannot carry")]
+    Unsendable,
 }
 
 /// The base64 initial response for `AUTH XOAUTH2` / `AUTHENTICATE XOAUTH2`.
-/// It carries the access token, so it is a [`Secret`].
-pub fn initial_response(user: &str, access_token: &Secret) -> Secret {
+/// It carries the access token, so it is a [`Secret`]. The ^A separator,
+/// NUL, CR and LF cannot be carried.
+pub fn initial_response(user: &str, access_token: &Secret) -> Result<Secret, SaslError> {
+    let bad = ['\0', '\x01', '\r', '\n'];
+    if user.contains(bad) || access_token.expose().contains(bad) {
+        return Err(SaslError::Unsendable);
+    }
     let raw = format!(
         "user={user}\x01auth=Bearer {}\x01\x01",
         access_token.expose()
     );
-    Secret::new(STANDARD.encode(raw))
+    Ok(Secret::new(STANDARD.encode(raw)))
 }
 
 /// What the provider said about a refused token.
@@ -79,13 +86,20 @@ mod tests {
         let r = initial_response(
             "someuser@example.com",
             &Secret::new("ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg"),
-        );
+        )
+        .unwrap();
         // The example from Google's XOAUTH2 protocol page.
         assert_eq!(
             r.expose(),
             "dXNlcj1zb21ldXNlckBleGFtcGxlLmNvbQFhdXRoPUJlYXJlciB5YTI5LnZGOWRmdDRxbVRjMk52YjNSbGNrQmhkSFJoZG1semRHRXVZMjl0Q2cBAQ=="
         );
         assert_eq!(format!("{r:?}"), "***");
+        for (u, t) in [("a\x01b", "t"), ("a", "t\r\nA2 LOGOUT"), ("a\0", "t")] {
+            assert_eq!(
+                initial_response(u, &Secret::new(t)).unwrap_err(),
+                SaslError::Unsendable
+            );
+        }
     }
 
     #[test]

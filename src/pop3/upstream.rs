@@ -187,11 +187,8 @@ async fn xoauth2_inner(
     user: &str,
     token: &Secret,
 ) -> Result<(), UpstreamError> {
-    if user.contains(['\0', '\x01', '\r', '\n']) || token.expose().contains(['\x01', '\r', '\n']) {
-        return Err(UpstreamError::Protocol(
-            "user name or token contains a byte XOAUTH2 cannot carry".into(),
-        ));
-    }
+    let ir = crate::oauth2::sasl::initial_response(user, token)
+        .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
     conn.stream.write_all(b"AUTH XOAUTH2\r\n").await?;
     conn.stream.flush().await?;
     let mut sent = false;
@@ -223,7 +220,6 @@ async fn xoauth2_inner(
             failure = crate::oauth2::sasl::decode_failure(data.trim()).ok();
             conn.stream.write_all(b"\r\n").await?;
         } else {
-            let ir = crate::oauth2::sasl::initial_response(user, token);
             conn.stream
                 .write_all(format!("{}\r\n", ir.expose()).as_bytes())
                 .await?;
