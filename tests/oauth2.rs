@@ -27,6 +27,8 @@ const CODE_RT: &str = "RT-authcode-8a7b";
 const DEVICE_CODE: &str = "DC-device-code-33aa";
 const AUTH_CODE: &str = "AC-code-from-browser";
 const CLIENT_SECRET: &str = "client-secret-4e5f";
+const REFRESHED_AT: &str = "AT-refreshed-0c0c";
+const ROTATED_RT: &str = "RT-rotated-1d1d";
 
 /// What the token endpoint saw.
 #[derive(Default)]
@@ -37,6 +39,7 @@ struct Seen {
     challenge: Option<String>,
     code_exchanges: Vec<HashMap<String, String>>,
     cc_requests: usize,
+    refreshes: Vec<HashMap<String, String>>,
 }
 
 struct TokenServer {
@@ -133,6 +136,21 @@ fn answer(seen: &Mutex<Seen>, path: &str, head: &str, body: &str) -> String {
                 "200 OK",
                 &format!(
                     r#"{{"access_token":"{CODE_AT}","token_type":"Bearer","expires_in":3600,"refresh_token":"{CODE_RT}"}}"#
+                ),
+            )
+        }
+        ("/token", "refresh_token") => {
+            seen.lock().unwrap().refreshes.push(f.clone());
+            if get("refresh_token") != DEVICE_RT {
+                return json_reply(
+                    "400 Bad Request",
+                    r#"{"error":"invalid_grant","error_description":"AADSTS70000: the grant was revoked"}"#,
+                );
+            }
+            json_reply(
+                "200 OK",
+                &format!(
+                    r#"{{"access_token":"{REFRESHED_AT}","token_type":"Bearer","expires_in":3600,"refresh_token":"{ROTATED_RT}"}}"#
                 ),
             )
         }
@@ -516,6 +534,71 @@ async fn token_endpoints_are_verified_https_only() {
     assert_eq!(o.status.code(), Some(2), "{all}");
     assert!(all.contains("oauth2.token_url"), "{all}");
     assert!(all.contains("https"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_manager_refreshes_over_https_saves_the_rotated_token_and_flags_a_revoked_grant()
+{
+    use mailbridge::oauth2::manager::{ProviderSource, TokenError, TokenManager};
+    use mailbridge::oauth2::store::{now_ms, StoredToken, TokenStore};
+    use mailbridge::secret::Secret;
+
+    let ca = TestCa::new();
+    let server = TokenServer::start(&ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &ca, server.port);
+    let config = mailbridge::config::Config::load(&dir.path().join("relay.toml")).unwrap();
+    let account = config.account("dev").unwrap();
+    let source = ProviderSource {
+        settings: account.oauth2.clone().unwrap(),
+        http: mailbridge::oauth2::http::client(
+            account.ca_file.as_deref(),
+            mailbridge::oauth2::http::REQUEST_TIMEOUT,
+        )
+        .unwrap(),
+    };
+    let store = TokenStore::new(&config.smtp.spool_dir);
+    let expired = |rt: &str| StoredToken {
+        access_token: Secret::new(DEVICE_AT),
+        refresh_token: Some(Secret::new(rt)),
+        expires_at_ms: Some(now_ms().saturating_sub(1000)),
+        scopes: vec!["mail".into()],
+        obtained_at_ms: 0,
+    };
+    store.save("dev", &expired(DEVICE_RT)).unwrap();
+    let manager = TokenManager::new("dev", store.clone(), Arc::new(source));
+
+    assert_eq!(manager.access_token().await.unwrap().expose(), REFRESHED_AT);
+    let saved = store.load("dev").unwrap().unwrap();
+    assert_eq!(
+        saved.refresh_token.unwrap().expose(),
+        ROTATED_RT,
+        "rotation persisted"
+    );
+    {
+        let seen = server.seen.lock().unwrap();
+        assert_eq!(seen.refreshes.len(), 1);
+        assert_eq!(seen.refreshes[0]["refresh_token"], DEVICE_RT);
+        assert_eq!(seen.refreshes[0]["scope"], "mail offline");
+    }
+
+    // A revoked grant, written as `mailbridge auth` would: picked up, refused for good.
+    store.save("dev", &expired("RT-revoked")).unwrap();
+    let e = manager.access_token().await.unwrap_err();
+    assert!(
+        matches!(e, TokenError::NeedsReauthorization { .. }),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("invalid_grant") && text.contains("AADSTS70000"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("RT-revoked") && !text.contains(DEVICE_AT),
+        "{text}"
+    );
+    assert_eq!(server.seen.lock().unwrap().refreshes.len(), 2);
 }
 
 /// An implicit-TLS endpoint on localhost and the verified client config for `ca`.
