@@ -70,7 +70,8 @@ fn setup(life: Duration) -> (tempfile::TempDir, TokenStore, Arc<Fake>, Arc<Token
 async fn reuses_the_token_until_shortly_before_expiry_then_refreshes_once() {
     let (_d, store, fake, m) = setup(HOUR);
     assert_eq!(m.access_token().await.unwrap().expose(), "access-1");
-    tokio::time::advance(HOUR - REFRESH_MARGIN - Duration::from_secs(5)).await;
+    // 65 s before expiry: reused; 55 s before: refreshed (the margin is 60 s).
+    tokio::time::advance(HOUR - Duration::from_secs(65)).await;
     assert_eq!(m.access_token().await.unwrap().expose(), "access-1");
     assert_eq!(fake.calls(), 0, "reused before expiry");
     tokio::time::advance(Duration::from_secs(10)).await;
