@@ -400,17 +400,29 @@ async fn client_credentials_need_no_person() {
     assert_eq!(mode(&dir.path().join("spool/oauth2/app.json")), 0o600);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn authorization_code_with_pkce_takes_the_pasted_redirect() {
+/// How the redirect comes back in the authorization-code test.
+#[derive(Clone, Copy, PartialEq)]
+enum Back {
+    /// `--no-browser`: pasted on stdin.
+    Pasted,
+    /// The browser follows it to the loopback listener (after a favicon request).
+    Browser,
+}
+
+async fn authorization_code_flow(back: Back) {
     let ca = TestCa::new();
     let server = TokenServer::start(&ca).await;
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &ca, server.port);
 
+    let mut args = vec!["auth", "code"];
+    if back == Back::Pasted {
+        args.push("--no-browser");
+    }
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mailbridge"))
         .arg("-c")
         .arg(dir.path().join("relay.toml"))
-        .args(["auth", "code", "--no-browser"])
+        .args(&args)
         .env("RUST_LOG", "trace")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -442,9 +454,36 @@ async fn authorization_code_with_pkce_takes_the_pasted_redirect() {
     assert!(redirect.starts_with("http://127.0.0.1:"), "{redirect}");
     server.seen.lock().unwrap().challenge = Some(q["code_challenge"].clone());
 
-    let pasted = format!("{redirect}?code={AUTH_CODE}&state={}\n", q["state"]);
+    let target = format!("/?code={AUTH_CODE}&state={}", q["state"]);
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(pasted.as_bytes()).await.unwrap();
+    match back {
+        Back::Pasted => {
+            let pasted = format!("{}{target}\n", redirect.trim_end_matches('/'));
+            stdin.write_all(pasted.as_bytes()).await.unwrap();
+        }
+        Back::Browser => {
+            let addr = redirect
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string();
+            let get = |path: String| {
+                let addr = addr.clone();
+                async move {
+                    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                        .await
+                        .unwrap();
+                    let mut page = String::new();
+                    c.read_to_string(&mut page).await.unwrap();
+                    page
+                }
+            };
+            assert!(get("/favicon.ico".into()).await.starts_with("HTTP/1.1 404"));
+            let page = get(target.clone()).await;
+            assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+            assert!(page.contains("you can close this window"), "{page}");
+        }
+    }
     drop(stdin);
     let mut rest = String::new();
     while let Some(l) = lines.next_line().await.unwrap() {
@@ -470,6 +509,16 @@ async fn authorization_code_with_pkce_takes_the_pasted_redirect() {
     let v = stored(dir.path(), "code");
     assert_eq!(v["access_token"], CODE_AT);
     assert_eq!(v["refresh_token"], CODE_RT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_code_with_pkce_takes_the_pasted_redirect() {
+    authorization_code_flow(Back::Pasted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_code_with_pkce_takes_the_browsers_loopback_redirect() {
+    authorization_code_flow(Back::Browser).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
