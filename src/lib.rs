@@ -36,6 +36,7 @@ pub mod init;
 pub mod legacy_tls;
 pub mod listener;
 pub mod metrics;
+pub mod oauth2;
 pub mod packaging;
 pub mod pop3;
 pub mod prelogin;

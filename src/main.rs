@@ -68,6 +68,7 @@ async fn async_main(cli: Cli) -> ExitCode {
         None | Some(Command::Run) => serve(config, &cli.config).await,
         Some(Command::Check) => cli::check::run(&config).await,
         Some(Command::Queue { command }) => cli::queue::run(&config, command.clone()),
+        Some(Command::Auth(args)) => mailbridge::oauth2::cli::run(&config, args).await,
         Some(Command::HashPassword) => cli::hash_password_command(),
         Some(Command::Init { force, dir }) => cli::init::command(dir, *force),
         Some(Command::Generate { what }) => mailbridge::packaging::command(what),

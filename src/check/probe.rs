@@ -71,7 +71,7 @@ impl ProxyProbe<'_> {
             E::Connect { .. } | E::Resolve(_) => format!(
                 "{e}; is the host name right and the server reachable (DNS, firewall, port)?"
             ),
-            E::Protocol(_) | E::Io(_) => e.to_string(),
+            E::Protocol(_) | E::Io(_) | E::TokenRejected { .. } => e.to_string(),
         }
     }
 }

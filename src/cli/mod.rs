@@ -1,4 +1,4 @@
-//! The command line: `run` (default), `check`, `queue ...`, `hash-password`, `init`
+//! The command line: `run` (default), `check`, `queue ...`, `auth`, `hash-password`, `init`
 //! (and the hidden `generate` for packagers, see [`crate::packaging`]).
 //! The library computes; printing lives here:
 //! - [`queue`], [`check`], [`init`]: the output of those commands.
@@ -56,6 +56,8 @@ pub enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Authorize an OAuth2 account (stores its token), or show/forget stored tokens.
+    Auth(crate::oauth2::cli::AuthArgs),
     /// Read a password on stdin and print an argon2id hash for [[users]].password_hash.
     HashPassword,
     /// Create a local CA and a certificate for this machine in certs/, and a starter relay.toml.

@@ -244,6 +244,8 @@ pub struct Account {
     /// Other `From:` addresses the provider lets this account send as
     /// (Gmail's verified "Send mail as" aliases); any other `From:` is warned about.
     pub send_as: Vec<String>,
+    /// `auth = "oauth2"`: how tokens are obtained (`None`: password login).
+    pub oauth2: Option<crate::oauth2::config::OAuth2Settings>,
 }
 
 /// IMAP APPEND to Sent: Gmail already files SMTP-sent mail there.

@@ -128,6 +128,9 @@ pub(super) struct RawAccount {
     pub(super) sent_copy: SentCopy,
     #[serde(default)]
     pub(super) send_as: Vec<String>,
+    /// `"password"` (default) or `"oauth2"`.
+    pub(super) auth: Option<String>,
+    pub(super) oauth2: Option<crate::oauth2::config::RawOAuth2>,
 }
 
 fn default_provider() -> String {

@@ -91,7 +91,7 @@ fn accounts(src: &Source, raw: Vec<RawAccount>) -> Result<Vec<Account>, ConfigEr
 }
 
 /// One `[[accounts]]` entry (the `i`th).
-fn account(src: &Source, i: usize, a: RawAccount) -> Result<Account, ConfigError> {
+fn account(src: &Source, i: usize, mut a: RawAccount) -> Result<Account, ConfigError> {
     let key = |k: &str| format!("accounts[{i}].{k}");
     let provider = match Provider::from_name(&a.provider) {
         Some(p) => p,
@@ -117,7 +117,9 @@ fn account(src: &Source, i: usize, a: RawAccount) -> Result<Account, ConfigError
             ),
         ));
     }
-    let password = password(src, i, &a)?;
+    let oauth2 = crate::oauth2::config::validate(a.auth.as_deref(), a.oauth2.take(), &src.base)
+        .map_err(|e| src.err(&key(&e.key), e.message))?;
+    let password = password(src, i, &a, oauth2.is_some())?;
     if a.username.trim().is_empty() {
         return Err(src.err(&key("username"), "must not be empty"));
     }
@@ -158,12 +160,18 @@ fn account(src: &Source, i: usize, a: RawAccount) -> Result<Account, ConfigError
         notify: a.notify,
         sent_copy: a.sent_copy,
         send_as: a.send_as,
+        oauth2,
     })
 }
 
 /// One of `password`, `password_env`, `password_file`, read now. A missing
 /// or unreadable one is not an error: the account's mail waits in the spool.
-fn password(src: &Source, i: usize, a: &RawAccount) -> Result<Password, ConfigError> {
+fn password(
+    src: &Source,
+    i: usize,
+    a: &RawAccount,
+    oauth2: bool,
+) -> Result<Password, ConfigError> {
     let given = [
         a.password.is_some(),
         a.password_env.is_some(),
@@ -191,6 +199,10 @@ fn password(src: &Source, i: usize, a: &RawAccount) -> Result<Password, ConfigEr
             Err(e) => Password::Unreadable {
                 why: format!("cannot read password_file {}: {e}", file.display()),
             },
+        }
+    } else if oauth2 {
+        Password::Missing {
+            why: "auth = \"oauth2\": this version does not yet log in upstream with the OAuth2 token".into(),
         }
     } else {
         Password::Missing {

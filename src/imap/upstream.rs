@@ -43,6 +43,13 @@ pub enum UpstreamError {
     /// server's own status text (it never contains what we sent).
     #[error("login refused: {text}")]
     Rejected { text: String },
+    /// XOAUTH2 refused: `failure` is the provider's decoded challenge
+    /// (status 401: the token is invalid or expired, so refresh and retry once).
+    #[error("OAuth2 token refused: {text}{}", failure.as_ref().map(|f| format!(" (status {})", f.status)).unwrap_or_default())]
+    TokenRejected {
+        text: String,
+        failure: Option<crate::oauth2::sasl::XOAuth2Failure>,
+    },
 }
 
 impl UpstreamError {
@@ -303,17 +310,8 @@ async fn login_inner(
     }
     const TAG: &str = "L1";
     let pieces = login_pieces(TAG, user.as_bytes(), password.expose().as_bytes());
-    let mut reply = LoginReply::default();
-    let mut capability: Option<String> = None;
-    let mut untagged_len = 0usize;
-    let mut collect = |line: Vec<u8>| {
-        if line.len() >= 13 && line[..13].eq_ignore_ascii_case(b"* CAPABILITY ") {
-            capability = Some(String::from_utf8_lossy(&line[2..]).trim_end().to_string());
-        } else if line.starts_with(b"* ") && untagged_len + line.len() <= MAX_UNTAGGED {
-            untagged_len += line.len();
-            reply.untagged.extend_from_slice(&line);
-        }
-    };
+    let mut seen = Untagged::default();
+    let mut collect = |line: Vec<u8>| seen.push(line);
     let last = pieces.len() - 1;
     for (i, piece) in pieces.iter().enumerate() {
         conn.stream.write_all(piece).await?;
@@ -344,11 +342,125 @@ async fn login_inner(
     if !ok {
         return Err(UpstreamError::Rejected { text: clip(&text) });
     }
-    reply.code = match text.strip_prefix('[').and_then(|t| t.split_once(']')) {
-        Some((code, _)) => Some(code.to_string()),
-        None => capability,
-    };
-    Ok(reply)
+    Ok(seen.finish(&text))
+}
+
+/// The untagged lines of a login exchange: CAPABILITY kept for the reply
+/// code, the rest (bounded) passed on.
+#[derive(Default)]
+struct Untagged {
+    reply: LoginReply,
+    capability: Option<String>,
+    len: usize,
+}
+
+impl Untagged {
+    fn push(&mut self, line: Vec<u8>) {
+        if line.len() >= 13 && line[..13].eq_ignore_ascii_case(b"* CAPABILITY ") {
+            self.capability = Some(String::from_utf8_lossy(&line[2..]).trim_end().to_string());
+        } else if line.starts_with(b"* ") && self.len + line.len() <= MAX_UNTAGGED {
+            self.len += line.len();
+            self.reply.untagged.extend_from_slice(&line);
+        }
+    }
+
+    /// The reply for a tagged OK with status text `text`.
+    fn finish(mut self, text: &str) -> LoginReply {
+        self.reply.code = match text.strip_prefix('[').and_then(|t| t.split_once(']')) {
+            Some((code, _)) => Some(code.to_string()),
+            None => self.capability,
+        };
+        self.reply
+    }
+}
+
+/// True when the greeting's CAPABILITY code lists `cap` (e.g. `SASL-IR`).
+pub fn greeting_offers(greeting: &str, cap: &str) -> bool {
+    greeting
+        .split(['[', ']', ' '])
+        .any(|w| w.eq_ignore_ascii_case(cap))
+}
+
+/// `AUTHENTICATE XOAUTH2` with an OAuth2 access token, the initial response
+/// inline when the greeting offers SASL-IR (RFC 4959), else after the `+`.
+/// A refused token (the provider's `+ <base64 JSON>` challenge, answered
+/// with an empty line, then NO) is [`UpstreamError::TokenRejected`].
+pub async fn authenticate_xoauth2(
+    conn: &mut Connection,
+    user: &str,
+    token: &Secret,
+    timeout: Duration,
+) -> Result<LoginReply, UpstreamError> {
+    tokio::time::timeout(timeout, xoauth2_inner(conn, user, token))
+        .await
+        .map_err(|_| UpstreamError::Timeout("waiting for the AUTHENTICATE reply"))?
+}
+
+async fn xoauth2_inner(
+    conn: &mut Connection,
+    user: &str,
+    token: &Secret,
+) -> Result<LoginReply, UpstreamError> {
+    let ir = crate::oauth2::sasl::initial_response(user, token)
+        .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+    const TAG: &str = "L1";
+    let sasl_ir = greeting_offers(&conn.greeting, "SASL-IR");
+    if sasl_ir {
+        conn.stream
+            .write_all(format!("{TAG} AUTHENTICATE XOAUTH2 {}\r\n", ir.expose()).as_bytes())
+            .await?;
+    } else {
+        conn.stream
+            .write_all(format!("{TAG} AUTHENTICATE XOAUTH2\r\n").as_bytes())
+            .await?;
+    }
+    conn.stream.flush().await?;
+    let mut seen = Untagged::default();
+    let mut sent_ir = sasl_ir;
+    let mut failure = None;
+    let prefix = format!("{TAG} ");
+    loop {
+        let line = conn
+            .buffer
+            .read_line(&mut conn.stream, MAX_UPSTREAM_LINE)
+            .await
+            .map_err(|e| frame_err(e, "during AUTHENTICATE"))?;
+        if line.starts_with(b"+") {
+            let data = String::from_utf8_lossy(&line[1..]).trim().to_string();
+            if sent_ir {
+                // The error challenge; an empty response ends the exchange.
+                failure = crate::oauth2::sasl::decode_failure(&data).ok();
+                conn.stream.write_all(b"\r\n").await?;
+            } else {
+                conn.stream
+                    .write_all(format!("{}\r\n", ir.expose()).as_bytes())
+                    .await?;
+                sent_ir = true;
+            }
+            conn.stream.flush().await?;
+            continue;
+        }
+        if line.starts_with(prefix.as_bytes()) {
+            let rest = String::from_utf8_lossy(&line[prefix.len()..])
+                .trim_end()
+                .to_string();
+            let (status, text) = rest.split_once(' ').unwrap_or((rest.as_str(), ""));
+            if status.eq_ignore_ascii_case("OK") {
+                return Ok(seen.finish(text));
+            }
+            return Err(UpstreamError::TokenRejected {
+                text: clip(text),
+                failure,
+            });
+        }
+        if line.starts_with(b"* BYE") {
+            return Err(UpstreamError::Protocol(format!(
+                "server closed the session: {}",
+                clip(String::from_utf8_lossy(&line).trim_end())
+            )));
+        }
+        seen.push(line);
+    }
 }
 
 /// Sends LOGOUT and waits briefly for the answer (for `mailbridge check`).

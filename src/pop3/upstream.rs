@@ -1,6 +1,6 @@
 //! The upstream POP3 side: TCP connect, TLS (implicit, or STLS on a plain
 //! connection, never credentials in the clear), the `+OK` greeting, and
-//! USER/PASS with the account's credentials. Errors are the IMAP upstream's
+//! USER/PASS with the account's credentials (or AUTH XOAUTH2 with an OAuth2 token). Errors are the IMAP upstream's
 //! [`UpstreamError`] (the same failure kinds, the same hints).
 
 use std::sync::Arc;
@@ -165,6 +165,68 @@ async fn login_inner(
         }
     }
     Ok(())
+}
+
+/// `AUTH XOAUTH2` (RFC 5034 exchange: the initial response after the
+/// server's `+`, as Microsoft documents it). A refused token (a `+ <base64
+/// JSON>` challenge answered with an empty line, then `-ERR`) is
+/// [`UpstreamError::TokenRejected`].
+pub async fn authenticate_xoauth2(
+    conn: &mut Connection,
+    user: &str,
+    token: &Secret,
+    timeout: Duration,
+) -> Result<(), UpstreamError> {
+    tokio::time::timeout(timeout, xoauth2_inner(conn, user, token))
+        .await
+        .map_err(|_| UpstreamError::Timeout("waiting for the AUTH reply"))?
+}
+
+async fn xoauth2_inner(
+    conn: &mut Connection,
+    user: &str,
+    token: &Secret,
+) -> Result<(), UpstreamError> {
+    let ir = crate::oauth2::sasl::initial_response(user, token)
+        .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+    conn.stream.write_all(b"AUTH XOAUTH2\r\n").await?;
+    conn.stream.flush().await?;
+    let mut sent = false;
+    let mut failure = None;
+    loop {
+        let line = conn
+            .buffer
+            .read_line(&mut conn.stream, MAX_UPSTREAM_LINE)
+            .await
+            .map_err(|e| frame_err(e, "during AUTH"))?;
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        if text.len() >= 3 && text[..3].eq_ignore_ascii_case("+OK") {
+            return Ok(());
+        }
+        if let Some(rest) = text.strip_prefix("-ERR") {
+            return Err(UpstreamError::TokenRejected {
+                text: clip(rest.trim()),
+                failure,
+            });
+        }
+        let Some(data) = text.strip_prefix('+') else {
+            return Err(UpstreamError::Protocol(format!(
+                "unexpected reply during AUTH: {}",
+                clip(&text)
+            )));
+        };
+        if sent {
+            // The error challenge; an empty response ends the exchange.
+            failure = crate::oauth2::sasl::decode_failure(data.trim()).ok();
+            conn.stream.write_all(b"\r\n").await?;
+        } else {
+            conn.stream
+                .write_all(format!("{}\r\n", ir.expose()).as_bytes())
+                .await?;
+            sent = true;
+        }
+        conn.stream.flush().await?;
+    }
 }
 
 /// Sends QUIT and waits briefly for the answer (for `mailbridge check`).

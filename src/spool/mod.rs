@@ -9,7 +9,7 @@
 //! can work on the same directory at once.
 
 pub mod admin;
-mod store;
+pub(crate) mod store;
 
 use std::fs;
 use std::path::{Path, PathBuf};

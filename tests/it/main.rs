@@ -47,6 +47,7 @@ mod lifecycle;
 mod local_tls;
 mod metrics;
 mod notify;
+mod oauth2;
 mod packaging;
 mod pop3_logs;
 mod pop3_proxy;

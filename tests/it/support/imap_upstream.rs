@@ -7,7 +7,7 @@
 //! makes it drop the connection in the middle of a literal.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{
@@ -15,6 +15,8 @@ use tokio::io::{
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+
+use base64::Engine;
 
 use super::ca::ServerCert;
 
@@ -70,6 +72,9 @@ pub struct Shared {
     pub commands: Mutex<Vec<Vec<u8>>>,
     /// If set, LIST names this mailbox with the `\Sent` special-use flag.
     pub sent_mailbox: Mutex<Option<String>>,
+    /// The greeting offers `AUTH=XOAUTH2 SASL-IR` (AUTHENTICATE XOAUTH2 is
+    /// always accepted, with the configured password as the bearer token).
+    pub sasl_ir: AtomicBool,
 }
 
 pub struct ImapUpstream {
@@ -178,8 +183,16 @@ async fn serve(
         Mode::Implicit => {
             let tls = acceptor.accept(tcp).await?;
             let mut s = BufReader::new(tls);
-            s.write_all(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] test upstream ready\r\n")
-                .await?;
+            let extra = if sh.sasl_ir.load(Ordering::SeqCst) {
+                " AUTH=XOAUTH2 SASL-IR"
+            } else {
+                ""
+            };
+            s.write_all(
+                format!("* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN{extra}] test upstream ready\r\n")
+                    .as_bytes(),
+            )
+            .await?;
             s.flush().await?;
             session(&mut s, config, sh).await
         }
@@ -328,6 +341,54 @@ async fn session<S: AsyncBufRead + AsyncWrite + Unpin>(
                     format!("* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n{tag} OK done\r\n").as_bytes(),
                 )
                 .await?;
+            }
+            "AUTHENTICATE" if upper.starts_with("AUTHENTICATE XOAUTH2") => {
+                sh.logins.lock().unwrap().push(cmd.clone());
+                sh.changed.notify_waiters();
+                let inline = String::from_utf8_lossy(rest)
+                    .trim_end()
+                    .split(' ')
+                    .nth(2)
+                    .map(str::to_string);
+                let response = match inline {
+                    Some(r) => r,
+                    None => {
+                        s.write_all(b"+ \r\n").await?;
+                        s.flush().await?;
+                        String::from_utf8_lossy(&read_line(s).await?)
+                            .trim()
+                            .to_string()
+                    }
+                };
+                let expected = format!(
+                    "user={}\x01auth=Bearer {}\x01\x01",
+                    config.username, config.password
+                );
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(response.as_bytes())
+                    .unwrap_or_default();
+                if decoded == expected.as_bytes() {
+                    logged_in = true;
+                    s.write_all(
+                        format!("{tag} OK [CAPABILITY {POST_LOGIN_CAPS}] Logged in\r\n").as_bytes(),
+                    )
+                    .await?;
+                } else {
+                    // Gmail's answer to a bad token: a JSON challenge, then NO.
+                    let challenge = base64::engine::general_purpose::STANDARD.encode(
+                        r#"{"status":"401","schemes":"Bearer","scope":"https://mail.google.com/"}"#,
+                    );
+                    s.write_all(format!("+ {challenge}\r\n").as_bytes()).await?;
+                    s.flush().await?;
+                    let _ = read_line(s).await?;
+                    s.write_all(
+                        format!(
+                            "{tag} NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)\r\n"
+                        )
+                        .as_bytes(),
+                    )
+                    .await?;
+                }
             }
             "LOGIN" => {
                 sh.logins.lock().unwrap().push(cmd.clone());

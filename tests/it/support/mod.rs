@@ -16,4 +16,5 @@ pub mod pop3_upstream;
 pub mod process;
 pub mod smtp;
 pub mod smtp_upstream;
+pub mod token_endpoint;
 pub mod wait;

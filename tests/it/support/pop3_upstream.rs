@@ -14,6 +14,8 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufRea
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
+use base64::Engine;
+
 use super::ca::ServerCert;
 pub use super::imap_upstream::Mode;
 
@@ -208,6 +210,32 @@ async fn session<S: AsyncBufRead + AsyncWrite + Unpin>(
             "USER" if !logged_in => {
                 user = Some(arg.to_string());
                 b"+OK\r\n".to_vec()
+            }
+            "AUTH" if !logged_in && arg.eq_ignore_ascii_case("XOAUTH2") => {
+                // The configured password is the bearer token; a bad one gets
+                // Gmail's JSON challenge, then -ERR.
+                s.write_all(b"+ \r\n").await?;
+                s.flush().await?;
+                let response = read_line(s, sh).await?;
+                let expected = format!(
+                    "user={}\x01auth=Bearer {}\x01\x01",
+                    config.username, config.password
+                );
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(String::from_utf8_lossy(&response).trim())
+                    .unwrap_or_default();
+                if decoded == expected.as_bytes() {
+                    logged_in = true;
+                    b"+OK User successfully authenticated.\r\n".to_vec()
+                } else {
+                    let challenge = base64::engine::general_purpose::STANDARD.encode(
+                        r#"{"status":"401","schemes":"Bearer","scope":"https://mail.google.com/"}"#,
+                    );
+                    s.write_all(format!("+ {challenge}\r\n").as_bytes()).await?;
+                    s.flush().await?;
+                    let _ = read_line(s, sh).await?;
+                    b"-ERR [AUTH] Authentication failed.\r\n".to_vec()
+                }
             }
             "PASS" if !logged_in => {
                 if user.take().as_deref() == Some(config.username.as_str())
