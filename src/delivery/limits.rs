@@ -4,6 +4,10 @@
 //! deliveries never overshoot, and the clock it is measured with (injectable,
 //! so tests can move a day forward).
 //!
+//! The window ([`Window`]) is loaded once at start-up and handed to every
+//! [`DailyLimits`] a config (re)load builds, so a reload keeps the count and
+//! the reservations of deliveries in progress; the caps come from the config.
+//!
 //! What counts: **recipients**, not messages. Gmail counts every recipient of
 //! a message toward its daily quota ("500 recipients per day" for consumer
 //! accounts; one message to 3 people uses 3), so counting recipients that the
@@ -16,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -98,11 +102,6 @@ impl Full {
     }
 }
 
-/// Is `reason` (a queue entry's last error) a daily-limit hold?
-pub fn is_limit_reason(reason: &str) -> bool {
-    reason.starts_with(REASON_PREFIX)
-}
-
 /// Recipients reserved for a delivery in progress; released on drop unless
 /// [`Reservation::commit`] records what was actually delivered.
 #[derive(Debug)]
@@ -150,24 +149,39 @@ struct Persisted {
 }
 
 /// What a config reload must not lose: the window (with reservations of
-/// deliveries in progress) and the clock. Shared by every [`DailyLimits`]
-/// opened on the same spool directory while one is alive.
-struct Shared {
+/// deliveries in progress), its file and the clock.
+pub struct Window {
+    path: PathBuf,
     state: Mutex<State>,
     clock: RwLock<Arc<dyn Clock>>,
 }
 
-/// Live windows by file path (weak: a stopped daemon's window is reloaded from disk).
-fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<Shared>>> {
-    static R: OnceLock<Mutex<HashMap<PathBuf, Weak<Shared>>>> = OnceLock::new();
-    R.get_or_init(Default::default)
+impl Window {
+    /// The window persisted under `spool_dir` (a missing file is an empty
+    /// window; a damaged one is moved aside with a warning and the window
+    /// starts empty).
+    pub fn load(spool_dir: &Path) -> Arc<Window> {
+        let path = spool_dir.join(FILE_NAME);
+        // Written 0600 from now on; one from an older version is tightened.
+        crate::spool::make_private(&path, crate::spool::FILE_MODE);
+        let mut state = State::default();
+        for (account, list) in load(&path) {
+            let mut list: Vec<_> = list.into_iter().filter(|(_, n)| *n > 0).collect();
+            list.sort_unstable();
+            state.sent.insert(account, list.into());
+        }
+        Arc::new(Window {
+            path,
+            state: Mutex::new(state),
+            clock: RwLock::new(Arc::new(SystemClock)),
+        })
+    }
 }
 
-/// Every account's cap and window.
+/// Every account's cap, counted on the shared [`Window`].
 pub struct DailyLimits {
-    path: Option<PathBuf>,
     limits: HashMap<String, u32>,
-    shared: Arc<Shared>,
+    shared: Arc<Window>,
 }
 
 impl std::fmt::Debug for DailyLimits {
@@ -179,45 +193,22 @@ impl std::fmt::Debug for DailyLimits {
 }
 
 impl DailyLimits {
-    /// The caps of `accounts`, with the window read from `spool_dir` (a
-    /// missing file is an empty window; a damaged one is moved aside with a
-    /// warning and the window starts empty).
-    pub fn open(spool_dir: &Path, accounts: &[Account]) -> DailyLimits {
+    /// The caps of `accounts`, counted on `window`.
+    pub fn new(window: Arc<Window>, accounts: &[Account]) -> DailyLimits {
         let limits: HashMap<String, u32> = accounts
             .iter()
             .filter_map(|a| a.daily_limit.map(|l| (a.name.clone(), l)))
             .collect();
-        let path = spool_dir.join(FILE_NAME);
-        // Written 0600 from now on; one from an older version is tightened.
-        crate::spool::make_private(&path, crate::spool::FILE_MODE);
-        let key = fs::canonicalize(spool_dir)
-            .map(|d| d.join(FILE_NAME))
-            .unwrap_or_else(|_| path.clone());
-        let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
-        reg.retain(|_, w| w.strong_count() > 0);
-        let shared = match reg.get(&key).and_then(Weak::upgrade) {
-            // A reload: keep the window and reservations in progress.
-            Some(s) => s,
-            None => {
-                let mut state = State::default();
-                for (account, list) in load(&path) {
-                    let mut list: Vec<_> = list.into_iter().filter(|(_, n)| *n > 0).collect();
-                    list.sort_unstable();
-                    state.sent.insert(account, list.into());
-                }
-                let s = Arc::new(Shared {
-                    state: Mutex::new(state),
-                    clock: RwLock::new(Arc::new(SystemClock)),
-                });
-                reg.insert(key, Arc::downgrade(&s));
-                s
-            }
-        };
         DailyLimits {
-            path: Some(path),
             limits,
-            shared,
+            shared: window,
         }
+    }
+
+    /// The caps of `accounts` on the window persisted under `spool_dir`
+    /// (what a new process starts from).
+    pub fn open(spool_dir: &Path, accounts: &[Account]) -> DailyLimits {
+        DailyLimits::new(Window::load(spool_dir), accounts)
     }
 
     /// Replaces the clock (tests).
@@ -321,13 +312,12 @@ impl DailyLimits {
                     .collect(),
             }
         };
-        if let Some(path) = &self.path {
-            if let Err(e) = save(path, &snapshot) {
-                warn!(
-                    "cannot write {}: {e} (the daily count is kept in memory only)",
-                    path.display()
-                );
-            }
+        let path = &self.shared.path;
+        if let Err(e) = save(path, &snapshot) {
+            warn!(
+                "cannot write {}: {e} (the daily count is kept in memory only)",
+                path.display()
+            );
         }
     }
 }
@@ -467,6 +457,29 @@ mod tests {
         assert_eq!(l2.used("a"), 1);
         assert!(l2.wait_for("a", 2).is_none());
         assert!(l2.wait_for("a", 3).is_some());
+    }
+
+    #[test]
+    fn a_reload_counts_on_the_same_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let window = Window::load(dir.path());
+        let before = DailyLimits::new(window.clone(), &[account("a", Some(2))]);
+        let held = before.try_reserve("a", 1).unwrap();
+        // The reloaded config raises nothing but sees the delivery in progress.
+        let after = DailyLimits::new(window, &[account("a", Some(2))]);
+        after.try_reserve("a", 1).unwrap().commit(1);
+        assert!(
+            after.try_reserve("a", 1).is_err(),
+            "the reservation is kept"
+        );
+        held.commit(1);
+        assert_eq!((before.used("a"), after.used("a")), (2, 2));
+        // Another spool directory is another window: nothing is shared by path.
+        let other = tempfile::tempdir().unwrap();
+        assert_eq!(
+            DailyLimits::open(other.path(), &[account("a", Some(2))]).used("a"),
+            0
+        );
     }
 
     #[test]

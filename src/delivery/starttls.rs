@@ -15,7 +15,7 @@ use lettre::transport::smtp::response::Response;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::outcome::{describe_text, ConnectFailure};
-use super::upstream::positive_text;
+use super::reply::Reply;
 use crate::config::Endpoint;
 use crate::imap::framing::{FrameError, LineBuffer};
 
@@ -104,7 +104,9 @@ pub fn parse_reply(text: &str) -> Result<Response, StarttlsError> {
 /// read next, as any SMTP client would).
 pub fn after_reply(phase: Phase, reply: &Response, buffered: bool) -> Result<Next, StarttlsError> {
     if !reply.is_positive() {
-        return Err(StarttlsError::Refused(positive_text(reply)));
+        return Err(StarttlsError::Refused(
+            Reply::from_response(reply).to_string(),
+        ));
     }
     match phase {
         Phase::Greeting => Ok(Next::SendEhlo),
