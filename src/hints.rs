@@ -99,6 +99,17 @@ impl Problem {
         Some(p)
     }
 
+    /// A problem with the server's certificate?
+    pub fn is_certificate(self) -> bool {
+        matches!(
+            self,
+            Problem::UntrustedCa
+                | Problem::WrongName
+                | Problem::CertificateExpired
+                | Problem::Certificate
+        )
+    }
+
     /// What to tell the admin (the SMTP account's settings are named).
     pub fn hint(self) -> &'static str {
         match self {

@@ -38,7 +38,7 @@ impl Upstream {
         let report = self
             .deliver(account, envelope, &envelope.recipients, message)
             .await;
-        reservation.commit(report.delivered().len());
+        reservation.commit(report.delivered().len()).await;
         let (delivered, permanent, temporary) =
             (report.delivered(), report.permanent(), report.temporary());
         if delivered.is_empty() {

@@ -112,11 +112,21 @@ pub struct Reservation<'a> {
 }
 
 impl Reservation<'_> {
-    /// Records `delivered` recipients as sent now and releases the reservation.
-    pub fn commit(self, delivered: usize) {
+    /// Records `delivered` recipients as sent now, releases the reservation
+    /// and writes the window to its file (off the runtime threads).
+    pub async fn commit(self, delivered: usize) {
         let delivered = u32::try_from(delivered).unwrap_or(u32::MAX);
-        self.limits.record(&self.account, delivered);
-        // Drop releases the reservation.
+        let snapshot = self.limits.record(&self.account, delivered);
+        let window = self.limits.shared.clone();
+        // Releases the reservation before the write.
+        drop(self);
+        if let Some((seq, snapshot)) = snapshot {
+            let _ = crate::spool::off_runtime(move || {
+                window.save(seq, &snapshot);
+                Ok(())
+            })
+            .await;
+        }
     }
 }
 
@@ -139,6 +149,8 @@ struct State {
     sent: HashMap<String, VecDeque<(u64, u32)>>,
     /// Per account: recipients of deliveries in progress.
     reserved: HashMap<String, u32>,
+    /// Changes so far (orders the file writes).
+    changes: u64,
 }
 
 /// The file's shape.
@@ -154,6 +166,8 @@ pub struct Window {
     path: PathBuf,
     state: Mutex<State>,
     clock: RwLock<Arc<dyn Clock>>,
+    /// The change last written to the file (writes never go back in time).
+    saved: Mutex<u64>,
 }
 
 impl Window {
@@ -174,7 +188,25 @@ impl Window {
             path,
             state: Mutex::new(state),
             clock: RwLock::new(Arc::new(SystemClock)),
+            saved: Mutex::new(0),
         })
+    }
+
+    /// Writes change `seq`'s snapshot, unless a later one is already written.
+    fn save(&self, seq: u64, snapshot: &Persisted) {
+        let Ok(mut saved) = self.saved.lock() else {
+            return;
+        };
+        if *saved >= seq {
+            return;
+        }
+        match save(&self.path, snapshot) {
+            Ok(()) => *saved = seq,
+            Err(e) => warn!(
+                "cannot write {}: {e} (the daily count is kept in memory only)",
+                self.path.display()
+            ),
+        }
     }
 }
 
@@ -286,39 +318,32 @@ impl DailyLimits {
         room(&mut s, account, limit, n, now)
     }
 
-    fn record(&self, account: &str, delivered: u32) {
+    /// Counts `delivered` recipients as sent now; returns what to write to
+    /// the file (the change's number and the window), if anything changed.
+    fn record(&self, account: &str, delivered: u32) -> Option<(u64, Persisted)> {
         if delivered == 0 || !self.limits.contains_key(account) {
-            return;
+            return None;
         }
         let now = to_ms(self.now());
-        let snapshot = {
-            let Ok(mut s) = self.shared.state.lock() else {
-                return;
-            };
-            s.sent
-                .entry(account.to_string())
-                .or_default()
-                .push_back((now, delivered));
-            let all: Vec<String> = s.sent.keys().cloned().collect();
-            for a in all {
-                prune(&mut s, &a, now);
-            }
-            Persisted {
-                v: 1,
-                accounts: s
-                    .sent
-                    .iter()
-                    .map(|(a, l)| (a.clone(), l.iter().copied().collect()))
-                    .collect(),
-            }
-        };
-        let path = &self.shared.path;
-        if let Err(e) = save(path, &snapshot) {
-            warn!(
-                "cannot write {}: {e} (the daily count is kept in memory only)",
-                path.display()
-            );
+        let mut s = self.shared.state.lock().ok()?;
+        s.sent
+            .entry(account.to_string())
+            .or_default()
+            .push_back((now, delivered));
+        let all: Vec<String> = s.sent.keys().cloned().collect();
+        for a in all {
+            prune(&mut s, &a, now);
         }
+        s.changes += 1;
+        let snapshot = Persisted {
+            v: 1,
+            accounts: s
+                .sent
+                .iter()
+                .map(|(a, l)| (a.clone(), l.iter().copied().collect()))
+                .collect(),
+        };
+        Some((s.changes, snapshot))
     }
 }
 
@@ -430,19 +455,19 @@ mod tests {
             .remove(0)
     }
 
-    #[test]
-    fn counts_recipients_on_a_rolling_window_and_persists() {
+    #[tokio::test]
+    async fn counts_recipients_on_a_rolling_window_and_persists() {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(from_ms(to_ms(SystemTime::now()))));
         let l = DailyLimits::open(dir.path(), &[account("a", Some(3))]);
         l.set_clock(clock.clone());
-        l.try_reserve("a", 2).unwrap().commit(2);
+        l.try_reserve("a", 2).unwrap().commit(2).await;
         clock.advance(Duration::from_secs(3600));
         let r = l.try_reserve("a", 1).unwrap();
         // In flight: the cap is full until it finishes.
         assert!(l.try_reserve("a", 1).is_err());
         drop(r);
-        l.try_reserve("a", 1).unwrap().commit(1);
+        l.try_reserve("a", 1).unwrap().commit(1).await;
         let full = l.try_reserve("a", 1).unwrap_err();
         assert_eq!(full.wait, WINDOW - Duration::from_secs(3600));
         assert!(full
@@ -459,20 +484,20 @@ mod tests {
         assert!(l2.wait_for("a", 3).is_some());
     }
 
-    #[test]
-    fn a_reload_counts_on_the_same_window() {
+    #[tokio::test]
+    async fn a_reload_counts_on_the_same_window() {
         let dir = tempfile::tempdir().unwrap();
         let window = Window::load(dir.path());
         let before = DailyLimits::new(window.clone(), &[account("a", Some(2))]);
         let held = before.try_reserve("a", 1).unwrap();
         // The reloaded config raises nothing but sees the delivery in progress.
         let after = DailyLimits::new(window, &[account("a", Some(2))]);
-        after.try_reserve("a", 1).unwrap().commit(1);
+        after.try_reserve("a", 1).unwrap().commit(1).await;
         assert!(
             after.try_reserve("a", 1).is_err(),
             "the reservation is kept"
         );
-        held.commit(1);
+        held.commit(1).await;
         assert_eq!((before.used("a"), after.used("a")), (2, 2));
         // Another spool directory is another window: nothing is shared by path.
         let other = tempfile::tempdir().unwrap();
@@ -482,19 +507,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn damaged_file_is_moved_aside_and_no_cap_means_no_count() {
+    #[tokio::test]
+    async fn damaged_file_is_moved_aside_and_no_cap_means_no_count() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(FILE_NAME), b"{not json").unwrap();
         let l = DailyLimits::open(dir.path(), &[account("a", Some(1)), account("b", None)]);
         assert_eq!(l.used("a"), 0);
         assert!(dir.path().join("daily-limits.json.damaged").exists());
         for _ in 0..5 {
-            l.try_reserve("b", 10).unwrap().commit(10);
+            l.try_reserve("b", 10).unwrap().commit(10).await;
         }
         assert_eq!(l.used("b"), 0);
         // More recipients than the cap: fits only when the window is empty.
-        l.try_reserve("a", 4).unwrap().commit(4);
+        l.try_reserve("a", 4).unwrap().commit(4).await;
         assert!(l.try_reserve("a", 4).is_err());
     }
 }

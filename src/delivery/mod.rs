@@ -102,7 +102,13 @@ async fn handed(rx: &mut Option<mpsc::UnboundedReceiver<Durable>>) -> Option<Dur
 pub async fn run(live: Arc<arc_swap::ArcSwap<Context>>, shutdown: CancellationToken) {
     let mut ctx = live.load_full();
     let mut handoff = ctx.wake_delivery.take_receiver();
-    let _ = ctx.spool.blocking(|s| Ok(s.recover())).await;
+    let _ = ctx
+        .spool
+        .blocking(|s| {
+            s.recover();
+            Ok(())
+        })
+        .await;
     let cfg = ctx.config.delivery.clone();
     let mut sched = Schedule::new(cfg.retry_initial, cfg.retry_max);
     for f in rescan(&ctx, &mut sched).await {
@@ -305,31 +311,21 @@ async fn deliver_one(ctx: &Context, id: QueueId, account_name: String) -> Done {
     }
     let policy = Policy::of(&ctx.config.delivery);
     let decide = |attempt: Attempt<'_>| disposition(&entry, attempt, SystemTime::now(), policy);
-    let Some(account) = ctx.config.account(&entry.envelope.account) else {
-        let reason = format!(
+    let usable = match ctx.config.account(&entry.envelope.account) {
+        None => Err(format!(
             "no [[accounts]] entry is named {:?}",
             entry.envelope.account
-        );
-        return finish_with(
-            ctx,
-            done,
-            &entry,
-            None,
-            decide(Attempt::NotConfigured(&reason)),
-        )
-        .await;
+        )),
+        Some(a) if a.password.is_none() => Err(upstream::no_password(a)),
+        Some(a) => Ok(a),
     };
-    if account.password.is_none() {
-        let reason = upstream::no_password(account);
-        return finish_with(
-            ctx,
-            done,
-            &entry,
-            None,
-            decide(Attempt::NotConfigured(&reason)),
-        )
-        .await;
-    }
+    let account = match usable {
+        Ok(a) => a,
+        Err(reason) => {
+            let d = decide(Attempt::NotConfigured(&reason));
+            return finish_with(ctx, done, &entry, None, d).await;
+        }
+    };
     let needed = entry.remaining.len();
     let reservation = match ctx.upstream.limits().try_reserve(&account.name, needed) {
         Ok(r) => r,
@@ -347,7 +343,7 @@ async fn deliver_one(ctx: &Context, id: QueueId, account_name: String) -> Done {
         .upstream
         .deliver(account, &entry.envelope, &entry.remaining, &message)
         .await;
-    reservation.commit(report.delivered().len());
+    reservation.commit(report.delivered().len()).await;
     done.account_failed = report
         .connect_failure
         .as_ref()

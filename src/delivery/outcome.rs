@@ -59,23 +59,24 @@ impl DeliveryReport {
 
     /// Recipients rejected for good, with why.
     pub fn permanent(&self) -> Vec<(String, Cause)> {
-        self.recipients
-            .iter()
-            .filter_map(|(r, s)| match s {
-                Status::Permanent(c) => Some((r.clone(), c.clone())),
-                _ => None,
-            })
-            .collect()
+        self.with(|s| match s {
+            Status::Permanent(c) => Some(c),
+            _ => None,
+        })
     }
 
     /// Recipients to retry, with why.
     pub fn temporary(&self) -> Vec<(String, Cause)> {
+        self.with(|s| match s {
+            Status::Temporary(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    fn with(&self, cause: impl Fn(&Status) -> Option<&Cause>) -> Vec<(String, Cause)> {
         self.recipients
             .iter()
-            .filter_map(|(r, s)| match s {
-                Status::Temporary(c) => Some((r.clone(), c.clone())),
-                _ => None,
-            })
+            .filter_map(|(r, s)| cause(s).map(|c| (r.clone(), c.clone())))
             .collect()
     }
 
