@@ -3,6 +3,8 @@
 //! Recipients that fail while others succeed are never lost: permanent ones
 //! go to the failed area, temporary ones into the queue for retry.
 
+use std::sync::Arc;
+
 use tracing::{error, info, warn};
 
 use super::outcome::DirectReply;
@@ -19,7 +21,7 @@ impl Upstream {
         account: &Account,
         envelope: &Envelope,
         message: &[u8],
-        spool: &Spool,
+        spool: &Arc<Spool>,
     ) -> DirectReply {
         if account.password.is_none() {
             return DirectReply::no_password(&no_password(account));
@@ -64,7 +66,12 @@ impl Upstream {
             "direct: delivered"
         );
         if !permanent.is_empty() {
-            match spool.record_failed(envelope, message, &as_text(&permanent)) {
+            // A copy only when some recipients failed (rare), off the runtime threads.
+            let (env, msg, list) = (envelope.clone(), message.to_vec(), as_text(&permanent));
+            let recorded = spool
+                .blocking(move |s| s.record_failed(&env, &msg, &list))
+                .await;
+            match recorded {
                 Ok(id) => {
                     warn!(failed_id = %id, rcpts = permanent.len(), "direct: some recipients failed; recorded in the failed area")
                 }

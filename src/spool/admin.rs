@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::{EntryState, QueueEntry, QueueId, Spool, SpoolError};
+use super::{EntryState, HoldReason, QueueEntry, QueueId, Spool, SpoolError};
 use crate::cli::QueueCommand;
 use crate::config::Config;
 use crate::text::{printable_json, Printable};
@@ -32,6 +32,9 @@ struct EntryView<'a> {
     next_attempt: Option<String>,
     failed_at: Option<String>,
     last_error: Option<&'a str>,
+    /// Why it is held, typed (`state` is derived from it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold: Option<&'a HoldReason>,
     client: &'a str,
     helo: &'a str,
     local_user: Option<&'a str>,
@@ -60,6 +63,7 @@ fn view(e: &QueueEntry) -> EntryView<'_> {
         next_attempt: e.next_attempt.map(rfc3339),
         failed_at: e.failed_at.map(rfc3339),
         last_error: e.last_error.as_deref(),
+        hold: e.hold.as_ref(),
         client: &e.envelope.client,
         helo: &e.envelope.helo,
         local_user: e.envelope.local_user.as_deref(),
