@@ -6,13 +6,15 @@ mod common;
 mod delivery_common;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::ca::TestCa;
 use common::daemon::{start, start_in};
 use common::smtp_upstream::{Mode, SmtpUpstream};
 use delivery_common::{config, envelope, Opts, PASSWORD, USER};
-use mailbridge::spool::Spool;
+use mailbridge::delivery::limits::ManualClock;
+use mailbridge::spool::{HoldReason, Spool};
 
 /// Well below the worker's 5 s rescan: only the hand-off can be this quick.
 const PROMPT: Duration = Duration::from_secs(3);
@@ -88,5 +90,54 @@ async fn a_daily_limit_hold_is_known_by_its_type_not_its_wording() {
         spool.entry(&id).is_err().then_some(())
     })
     .await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_daily_limit_window() {
+    let ca = TestCa::new();
+    let up = SmtpUpstream::start(&ca.server_cert(), Mode::Implicit, USER, PASSWORD).await;
+    let toml = config(&Opts::new(up.port(), "implicit", &ca.ca_file)).replace(
+        "provider = \"custom\"",
+        "provider = \"custom\"\ndaily_limit = 1",
+    );
+    let d = start(&toml).await;
+    // The window's clock says two days ago: only the window itself (not
+    // its file read again) still counts the first message after the reload.
+    let two_days = Duration::from_secs(2 * 86_400);
+    let clock = ManualClock::new(std::time::SystemTime::now() - two_days);
+    d.daemon
+        .context
+        .upstream
+        .limits()
+        .set_clock(Arc::new(clock));
+    let first = delivery_common::feed(&d, &["a@example.org"], b"Subject: 1\r\n\r\nx\r\n").await;
+    up.wait_for(1, PROMPT).await;
+    let spool = d.daemon.context.spool.clone();
+    delivery_common::eventually("first one done", PROMPT, || async {
+        spool.entry(&first).is_err().then_some(())
+    })
+    .await;
+    let path = d.dir.path().join("relay.toml");
+    d.daemon
+        .reload(mailbridge::config::Config::load(&path).unwrap())
+        .unwrap();
+    assert_eq!(d.daemon.current().upstream.limits().used("test"), 1);
+    // The reloaded worker still counts the first message: the second waits.
+    let id = delivery_common::feed(&d, &["b@example.org"], b"Subject: 2\r\n\r\nx\r\n").await;
+    let held = delivery_common::eventually("held for the daily limit", PROMPT, || async {
+        spool
+            .entry(&id)
+            .ok()
+            .filter(|e| matches!(e.hold, Some(HoldReason::DailyLimit { .. })))
+    })
+    .await;
+    assert!(
+        held.last_error
+            .unwrap()
+            .starts_with("daily limit (1 in 24h)"),
+        "the reason is still shown"
+    );
+    assert_eq!(up.received().len(), 1);
     d.stop().await;
 }
