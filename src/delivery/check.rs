@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use lettre::transport::smtp::extension::ClientId;
 
-use super::outcome::ConnectFailure;
 use super::transport::account_tls;
 use super::upstream::connect;
 use crate::config::{tls_for_port, Account, TlsMode};
@@ -38,9 +37,7 @@ pub async fn check_login(account: &Account, timeout: Duration) -> Result<String,
                 humantime::format_duration(timeout)
             ))
         }
-        Ok(Err(ConnectFailure::Temporary(r) | ConnectFailure::Config(r))) => {
-            Err(format!("{r}{port_hint}"))
-        }
+        Ok(Err(f)) => Err(format!("{}{port_hint}", f.reason())),
         Ok(Ok(mut conn)) => {
             let _ = conn.quit().await;
             Ok(format!(

@@ -176,10 +176,10 @@ pub fn disposition(
                                     attempts,
                                     remaining,
                                     reason,
-                                    config: matches!(
-                                        report.connect_failure,
-                                        Some(ConnectFailure::Config(_))
-                                    ),
+                                    config: report
+                                        .connect_failure
+                                        .as_ref()
+                                        .is_some_and(ConnectFailure::is_config),
                                 }
                             },
                         )

@@ -184,8 +184,12 @@ fn connection_failure_defers_every_recipient_and_config_ones_say_so() {
     let e = entry(&["a@x", "b@x"], MIN, 0);
     for (failure, config) in [
         (ConnectFailure::Temporary("connect: refused".into()), false),
+        (ConnectFailure::Config("STARTTLS not offered".into()), true),
         (
-            ConnectFailure::Config("AUTH as u: 535 5.7.8 bad".into()),
+            ConnectFailure::AuthRefused {
+                reply: Reply::from_parts(535, "5.7.8 bad"),
+                reason: "AUTH as u: 535 5.7.8 bad".into(),
+            },
             true,
         ),
     ] {

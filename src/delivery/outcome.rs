@@ -16,16 +16,25 @@ use crate::hints::Problem;
 pub enum ConnectFailure {
     /// Network, TLS, timeout, 4xx greeting: try again later.
     Temporary(String),
-    /// Our configuration is wrong (AUTH refused, no TLS offered, no password):
+    /// Our configuration is wrong (no TLS offered, no password):
     /// not the message's fault, so the message waits, but the reason says what to fix.
     Config(String),
+    /// The upstream answered AUTH with `reply` (a configuration problem too;
+    /// typed, so a token-based login can tell a refused grant from the rest).
+    AuthRefused { reply: Reply, reason: String },
 }
 
 impl ConnectFailure {
     pub fn reason(&self) -> &str {
         match self {
             ConnectFailure::Temporary(s) | ConnectFailure::Config(s) => s,
+            ConnectFailure::AuthRefused { reason, .. } => reason,
         }
+    }
+
+    /// Not the upstream's state but our settings: worth a warning.
+    pub fn is_config(&self) -> bool {
+        !matches!(self, ConnectFailure::Temporary(_))
     }
 }
 

@@ -107,15 +107,14 @@ pub(crate) async fn connect(
         .await
     {
         conn.abort().await;
-        let reason = match Reply::from_error(&e) {
-            Some(r) => format!(
-                "AUTH as {} at {ep}: {r}; {}",
-                account.username,
-                crate::hints::AUTH_HINT
-            ),
-            None => describe(&e, &format!("AUTH as {} at {ep}", account.username)),
-        };
-        return Err(ConnectFailure::Config(reason));
+        let stage = format!("AUTH as {} at {ep}", account.username);
+        return Err(match Reply::from_error(&e) {
+            Some(reply) => ConnectFailure::AuthRefused {
+                reason: format!("{stage}: {reply}; {}", crate::hints::AUTH_HINT),
+                reply,
+            },
+            None => ConnectFailure::Config(describe(&e, &stage)),
+        });
     }
     Ok(conn)
 }
