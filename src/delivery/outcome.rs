@@ -6,16 +6,21 @@ use std::error::Error as _;
 
 use lettre::transport::smtp::Error as SmtpError;
 
-#[cfg(test)]
-use super::reply::Stage;
-use super::reply::{Cause, Reply, Status};
+use super::reply::{Cause, Reply, Stage, Status};
 use crate::hints::Problem;
 
 /// Why a connection to the upstream could not be used (no message-specific verdict).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectFailure {
-    /// Network, TLS, timeout, 4xx greeting: try again later.
+    /// Network, TLS, timeout: try again later.
     Temporary(String),
+    /// The server refused the connection's `stage` (greeting, EHLO,
+    /// STARTTLS) with `reply`: try again later.
+    Answered {
+        stage: Stage,
+        reply: Reply,
+        reason: String,
+    },
     /// Our configuration is wrong (no TLS offered, no password):
     /// not the message's fault, so the message waits, but the reason says what to fix.
     Config(String),
@@ -28,13 +33,17 @@ impl ConnectFailure {
     pub fn reason(&self) -> &str {
         match self {
             ConnectFailure::Temporary(s) | ConnectFailure::Config(s) => s,
-            ConnectFailure::AuthRefused { reason, .. } => reason,
+            ConnectFailure::AuthRefused { reason, .. }
+            | ConnectFailure::Answered { reason, .. } => reason,
         }
     }
 
     /// Not the upstream's state but our settings: worth a warning.
     pub fn is_config(&self) -> bool {
-        !matches!(self, ConnectFailure::Temporary(_))
+        matches!(
+            self,
+            ConnectFailure::Config(_) | ConnectFailure::AuthRefused { .. }
+        )
     }
 }
 

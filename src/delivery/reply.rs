@@ -89,8 +89,12 @@ pub(crate) fn is_enhanced(s: &str) -> bool {
 /// The step of the transaction a reply answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
-    /// The connection: TCP, TLS, greeting, EHLO.
+    /// The connection: TCP, TLS, and the greeting and EHLO over TLS.
     Connect,
+    /// The plaintext greeting, EHLO and STARTTLS before the handshake.
+    Greeting,
+    Ehlo,
+    Starttls,
     Auth,
     Mail,
     Rcpt,
@@ -101,6 +105,9 @@ impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Stage::Connect => "connect",
+            Stage::Greeting => "greeting",
+            Stage::Ehlo => "EHLO",
+            Stage::Starttls => "STARTTLS",
             Stage::Auth => "AUTH",
             Stage::Mail => "MAIL FROM",
             Stage::Rcpt => "RCPT TO",

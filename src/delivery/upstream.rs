@@ -131,10 +131,14 @@ pub(crate) fn no_password(account: &Account) -> String {
 }
 
 fn connect_error(e: &lettre::transport::smtp::Error, stage: &str) -> ConnectFailure {
-    ConnectFailure::Temporary(match Reply::from_error(e) {
-        Some(r) => format!("{stage}: {r}"),
-        None => describe(e, stage),
-    })
+    match Reply::from_error(e) {
+        Some(reply) => ConnectFailure::Answered {
+            stage: Stage::Connect,
+            reason: format!("{stage}: {reply}"),
+            reply,
+        },
+        None => ConnectFailure::Temporary(describe(e, stage)),
+    }
 }
 
 /// Removes one trailing CRLF: lettre's codec appends `CRLF.CRLF` itself.
