@@ -5,6 +5,7 @@
 //! - [`config`]: `relay.toml` types, presets, validation.
 //! - [`listener`]: the shared accept loop (cap, backoff, span per connection).
 //! - [`disconnect`]: why the daemon closes a connection, logged once per close.
+//! - [`hints`]: what to tell the admin about a failure (SMTP, IMAP, POP3 alike).
 //! - [`smtp`]: inbound SMTP sessions (smtp-proto parsing, our state machine).
 //! - [`spool`]: the durable on-disk queue (fsync before 250).
 //! - [`delivery`]: the worker that sends spooled mail upstream, and the upstream SMTP client.
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod disconnect;
+pub mod hints;
 pub mod imap;
 pub mod init;
 pub mod legacy_tls;
@@ -55,7 +57,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
@@ -72,8 +73,9 @@ use crate::listener::{accept_loop, ListenerSpec};
 pub struct Context {
     pub config: Arc<Config>,
     pub spool: Arc<spool::Spool>,
-    /// Signalled after each enqueue so the worker looks at the queue at once.
-    pub wake_delivery: Arc<Notify>,
+    /// The spool's hand-off to the delivery worker: every enqueue announces
+    /// itself on it; `notify_one` asks the worker to look again.
+    pub wake_delivery: Arc<spool::Handoff>,
     /// Counters and health state for `/metrics` and `/healthz`.
     pub metrics: Arc<metrics::Metrics>,
     /// Recent events and session counts for the status page (survives reloads).
@@ -127,6 +129,8 @@ pub struct Daemon {
     pub context: Arc<Context>,
     /// The context new connections and the worker use (swapped by reload).
     live: Arc<ArcSwap<Context>>,
+    /// What every context shares (built once here, handed again on reload).
+    shared: reload::Shared,
     shutdown: CancellationToken,
     sessions: TaskTracker,
     worker: TaskTracker,
@@ -139,13 +143,8 @@ impl Daemon {
         tls::install_crypto_provider();
         let config = Arc::new(config);
         reload::warn_config(&config);
-        let shared = reload::Shared {
-            spool: Arc::new(spool::Spool::open(&config.smtp.spool_dir)?),
-            wake_delivery: Arc::new(Notify::new()),
-            metrics: Arc::new(metrics::Metrics::new()),
-            status: Arc::new(status::Status::new()),
-        };
-        let ctx = Arc::new(reload::build_context(config.clone(), shared, None)?);
+        let shared = reload::Shared::open(&config)?;
+        let ctx = Arc::new(reload::build_context(config.clone(), shared.clone(), None)?);
         let live = Arc::new(ArcSwap::new(ctx.clone()));
         let shutdown = CancellationToken::new();
         let sessions = TaskTracker::new();
@@ -179,6 +178,7 @@ impl Daemon {
             metrics_addr,
             context: ctx,
             live,
+            shared,
             shutdown,
             sessions,
             worker,

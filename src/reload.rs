@@ -2,25 +2,44 @@
 //! (SIGHUP). A reload swaps in a new `Context` for new connections and the
 //! worker's next pass; sessions in progress keep the one they started with.
 //! Each listener gets its own context (SMTP, IMAP, POP3) with what it uses.
-//! What must outlive a reload is shared: the spool, the worker's wake-up, the
-//! metrics, the status page's events, the IMAP and POP3 per-account
-//! connection counters and the login-failure tracker. Listen addresses and the spool directory need a restart.
+//! What must outlive a reload is shared ([`Shared`], built once): the spool,
+//! the worker's hand-off, the daily-limit window, the metrics, the status
+//! page's events, the IMAP and POP3 per-account connection counters and the
+//! login-failure tracker. Listen addresses and the spool directory need a restart.
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::{auth, delivery, imap, pop3, smtp, spool, tls, Context, Daemon, StartError};
 
-/// The parts of a [`Context`] that survive reloads.
+/// The parts of a [`Context`] that survive reloads: built once at start-up,
+/// kept by the [`Daemon`] and handed to every context it builds.
+#[derive(Clone)]
 pub(crate) struct Shared {
     pub spool: Arc<spool::Spool>,
-    pub wake_delivery: Arc<Notify>,
+    /// The spool's hand-off to the worker (the same as `spool.handoff()`).
+    pub wake_delivery: Arc<spool::Handoff>,
     pub metrics: Arc<Metrics>,
     pub status: Arc<crate::status::Status>,
+    /// The daily-limit window (counts and reservations in progress).
+    pub limits: Arc<delivery::limits::Window>,
+}
+
+impl Shared {
+    /// Opens what lives as long as the daemon (the spool directory's files).
+    pub(crate) fn open(config: &Config) -> Result<Shared, StartError> {
+        let spool = Arc::new(spool::Spool::open(&config.smtp.spool_dir)?);
+        Ok(Shared {
+            wake_delivery: spool.handoff(),
+            limits: delivery::limits::Window::load(&config.smtp.spool_dir),
+            spool,
+            metrics: Arc::new(Metrics::new()),
+            status: Arc::new(crate::status::Status::new()),
+        })
+    }
 }
 
 /// Builds a context for `config`; with `previous`, keeps its counters and trackers.
@@ -52,7 +71,7 @@ pub(crate) fn build_context(
         None => auth::LocalAuth::new(&config.users),
     });
     let upstream = Arc::new(
-        delivery::Upstream::new(&config).map_err(|e| StartError::Upstream(e.to_string()))?,
+        delivery::Upstream::new(&config, shared.limits.clone()).map_err(|e| StartError::Upstream(e.to_string()))?,
     );
     let smtp = smtp::SmtpContext {
         config: config.clone(),
@@ -160,13 +179,7 @@ impl Daemon {
         let old = self.live.load_full();
         let metrics = old.metrics.clone();
         let config = Arc::new(config);
-        let shared = Shared {
-            spool: old.spool.clone(),
-            wake_delivery: old.wake_delivery.clone(),
-            metrics: metrics.clone(),
-            status: old.status.clone(),
-        };
-        let ctx = match build_context(config.clone(), shared, Some(&old)) {
+        let ctx = match build_context(config.clone(), self.shared.clone(), Some(&old)) {
             Ok(c) => c,
             Err(e) => {
                 let msg = format!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use lettre::transport::smtp::extension::ClientId;
 
 use crate::config::{Account, TlsMode};
-use crate::delivery::{account_tls, connect, no_password, ConnectFailure};
+use crate::delivery::{account_tls, connect, no_password};
 
 /// Connects with the account's TLS mode, authenticates and quits. `Ok` is a
 /// one-line summary; `Err` says what is wrong and how to fix it. Never
@@ -31,7 +31,7 @@ pub async fn login(account: &Account, timeout: Duration) -> Result<String, Strin
                 humantime::format_duration(timeout)
             ))
         }
-        Ok(Err(ConnectFailure::Temporary(r) | ConnectFailure::Config(r))) => Err(r),
+        Ok(Err(f)) => Err(f.reason().to_string()),
         Ok(Ok(mut conn)) => {
             let _ = conn.quit().await;
             Ok(format!(

@@ -3,9 +3,12 @@
 //! Recipients that fail while others succeed are never lost: permanent ones
 //! go to the failed area, temporary ones into the queue for retry.
 
+use std::sync::Arc;
+
 use tracing::{error, info, warn};
 
 use super::outcome::DirectReply;
+use super::reply::Cause;
 use super::upstream::{no_password, Upstream};
 use crate::config::Account;
 use crate::spool::{Envelope, Spool};
@@ -18,7 +21,7 @@ impl Upstream {
         account: &Account,
         envelope: &Envelope,
         message: &[u8],
-        spool: &Spool,
+        spool: &Arc<Spool>,
     ) -> DirectReply {
         if account.password.secret().is_none() {
             return DirectReply::no_password(&no_password(account));
@@ -37,32 +40,40 @@ impl Upstream {
         let report = self
             .deliver(account, envelope, &envelope.recipients, message)
             .await;
-        reservation.commit(report.delivered.len());
-        if report.delivered.is_empty() {
+        reservation.commit(report.delivered().len()).await;
+        let (delivered, permanent, temporary) =
+            (report.delivered(), report.permanent(), report.temporary());
+        if delivered.is_empty() {
             if let Some(f) = &report.connect_failure {
                 warn!(size, rcpts = envelope.recipients.len(), reply = %Printable(f.reason()), "direct: deferred to the client");
                 return DirectReply::unavailable(f.reason());
             }
-            if let Some((_, r)) = report.temporary.first() {
-                info!(size, rcpts = envelope.recipients.len(), reply = %Printable(r), "direct: deferred to the client");
-                return upstream_reply(r, 451);
+            if let Some((_, cause)) = temporary.first() {
+                info!(size, rcpts = envelope.recipients.len(), reply = %Printable(&cause.to_string()), "direct: deferred to the client");
+                return DirectReply::for_client(cause, 451);
             }
-            if let Some((_, r)) = report.permanent.first() {
-                warn!(size, rcpts = envelope.recipients.len(), reply = %Printable(r), "direct: rejected");
-                return upstream_reply(r, 554);
+            if let Some((_, cause)) = permanent.first() {
+                warn!(size, rcpts = envelope.recipients.len(), reply = %Printable(&cause.to_string()), "direct: rejected");
+                return DirectReply::for_client(cause, 554);
             }
             return DirectReply::unavailable("no recipients");
         }
+        let last = report.last_reply.as_ref().map(ToString::to_string);
         info!(
             size,
-            rcpts = report.delivered.len(),
-            reply = %Printable(report.last_reply.as_deref().unwrap_or("")),
+            rcpts = delivered.len(),
+            reply = %Printable(last.as_deref().unwrap_or("")),
             "direct: delivered"
         );
-        if !report.permanent.is_empty() {
-            match spool.record_failed(envelope, message, &report.permanent) {
+        if !permanent.is_empty() {
+            // A copy only when some recipients failed (rare), off the runtime threads.
+            let (env, msg, list) = (envelope.clone(), message.to_vec(), as_text(&permanent));
+            let recorded = spool
+                .blocking(move |s| s.record_failed(&env, &msg, &list))
+                .await;
+            match recorded {
                 Ok(id) => {
-                    warn!(failed_id = %id, rcpts = report.permanent.len(), "direct: some recipients failed; recorded in the failed area")
+                    warn!(failed_id = %id, rcpts = permanent.len(), "direct: some recipients failed; recorded in the failed area")
                 }
                 Err(e) => {
                     error!(
@@ -73,9 +84,10 @@ impl Upstream {
                 }
             }
         }
-        if !report.temporary.is_empty() {
+        if !temporary.is_empty() {
             let mut env = envelope.clone();
-            env.recipients = report.temporary.iter().map(|(r, _)| r.clone()).collect();
+            env.recipients = temporary.iter().map(|(r, _)| r.clone()).collect();
+            // The spool wakes the worker itself once the copy is durable.
             match spool.enqueue(&env, message).await {
                 Ok(id) => {
                     info!(queue_id = %id, rcpts = env.recipients.len(), "direct: queued the temporarily failed recipients for retry")
@@ -89,15 +101,13 @@ impl Upstream {
                 }
             }
         }
-        DirectReply::delivered(report.last_reply.as_deref())
+        DirectReply::delivered(report.last_reply.as_ref())
     }
 }
 
-/// The upstream reply recorded as "STAGE: 550 5.1.1 text" turned into a client reply.
-fn upstream_reply(recorded: &str, fallback: u16) -> DirectReply {
-    let reply = ["MAIL FROM: ", "RCPT TO: ", "DATA: "]
-        .iter()
-        .find_map(|p| recorded.strip_prefix(p))
-        .unwrap_or(recorded);
-    DirectReply::from_upstream(reply, fallback)
+/// Recipients with their cause as the spool records them.
+pub(super) fn as_text(list: &[(String, Cause)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(r, c)| (r.clone(), c.to_string()))
+        .collect()
 }

@@ -4,6 +4,10 @@
 //! deliveries never overshoot, and the clock it is measured with (injectable,
 //! so tests can move a day forward).
 //!
+//! The window ([`Window`]) is loaded once at start-up and handed to every
+//! [`DailyLimits`] a config (re)load builds, so a reload keeps the count and
+//! the reservations of deliveries in progress; the caps come from the config.
+//!
 //! What counts: **recipients**, not messages. Gmail counts every recipient of
 //! a message toward its daily quota ("500 recipients per day" for consumer
 //! accounts; one message to 3 people uses 3), so counting recipients that the
@@ -16,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -98,11 +102,6 @@ impl Full {
     }
 }
 
-/// Is `reason` (a queue entry's last error) a daily-limit hold?
-pub fn is_limit_reason(reason: &str) -> bool {
-    reason.starts_with(REASON_PREFIX)
-}
-
 /// Recipients reserved for a delivery in progress; released on drop unless
 /// [`Reservation::commit`] records what was actually delivered.
 #[derive(Debug)]
@@ -113,11 +112,21 @@ pub struct Reservation<'a> {
 }
 
 impl Reservation<'_> {
-    /// Records `delivered` recipients as sent now and releases the reservation.
-    pub fn commit(self, delivered: usize) {
+    /// Records `delivered` recipients as sent now, releases the reservation
+    /// and writes the window to its file (off the runtime threads).
+    pub async fn commit(self, delivered: usize) {
         let delivered = u32::try_from(delivered).unwrap_or(u32::MAX);
-        self.limits.record(&self.account, delivered);
-        // Drop releases the reservation.
+        let snapshot = self.limits.record(&self.account, delivered);
+        let window = self.limits.shared.clone();
+        // Releases the reservation before the write.
+        drop(self);
+        if let Some((seq, snapshot)) = snapshot {
+            let _ = crate::spool::off_runtime(move || {
+                window.save(seq, &snapshot);
+                Ok(())
+            })
+            .await;
+        }
     }
 }
 
@@ -140,6 +149,8 @@ struct State {
     sent: HashMap<String, VecDeque<(u64, u32)>>,
     /// Per account: recipients of deliveries in progress.
     reserved: HashMap<String, u32>,
+    /// Changes so far (orders the file writes).
+    changes: u64,
 }
 
 /// The file's shape.
@@ -150,24 +161,59 @@ struct Persisted {
 }
 
 /// What a config reload must not lose: the window (with reservations of
-/// deliveries in progress) and the clock. Shared by every [`DailyLimits`]
-/// opened on the same spool directory while one is alive.
-struct Shared {
+/// deliveries in progress), its file and the clock.
+pub struct Window {
+    path: PathBuf,
     state: Mutex<State>,
     clock: RwLock<Arc<dyn Clock>>,
+    /// The change last written to the file (writes never go back in time).
+    saved: Mutex<u64>,
 }
 
-/// Live windows by file path (weak: a stopped daemon's window is reloaded from disk).
-fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<Shared>>> {
-    static R: OnceLock<Mutex<HashMap<PathBuf, Weak<Shared>>>> = OnceLock::new();
-    R.get_or_init(Default::default)
+impl Window {
+    /// The window persisted under `spool_dir` (a missing file is an empty
+    /// window; a damaged one is moved aside with a warning and the window
+    /// starts empty).
+    pub fn load(spool_dir: &Path) -> Arc<Window> {
+        let path = spool_dir.join(FILE_NAME);
+        // Written 0600 from now on; one from an older version is tightened.
+        crate::spool::make_private(&path, crate::spool::FILE_MODE);
+        let mut state = State::default();
+        for (account, list) in load(&path) {
+            let mut list: Vec<_> = list.into_iter().filter(|(_, n)| *n > 0).collect();
+            list.sort_unstable();
+            state.sent.insert(account, list.into());
+        }
+        Arc::new(Window {
+            path,
+            state: Mutex::new(state),
+            clock: RwLock::new(Arc::new(SystemClock)),
+            saved: Mutex::new(0),
+        })
+    }
+
+    /// Writes change `seq`'s snapshot, unless a later one is already written.
+    fn save(&self, seq: u64, snapshot: &Persisted) {
+        let Ok(mut saved) = self.saved.lock() else {
+            return;
+        };
+        if *saved >= seq {
+            return;
+        }
+        match save(&self.path, snapshot) {
+            Ok(()) => *saved = seq,
+            Err(e) => warn!(
+                "cannot write {}: {e} (the daily count is kept in memory only)",
+                self.path.display()
+            ),
+        }
+    }
 }
 
-/// Every account's cap and window.
+/// Every account's cap, counted on the shared [`Window`].
 pub struct DailyLimits {
-    path: Option<PathBuf>,
     limits: HashMap<String, u32>,
-    shared: Arc<Shared>,
+    shared: Arc<Window>,
 }
 
 impl std::fmt::Debug for DailyLimits {
@@ -179,45 +225,22 @@ impl std::fmt::Debug for DailyLimits {
 }
 
 impl DailyLimits {
-    /// The caps of `accounts`, with the window read from `spool_dir` (a
-    /// missing file is an empty window; a damaged one is moved aside with a
-    /// warning and the window starts empty).
-    pub fn open(spool_dir: &Path, accounts: &[Account]) -> DailyLimits {
+    /// The caps of `accounts`, counted on `window`.
+    pub fn new(window: Arc<Window>, accounts: &[Account]) -> DailyLimits {
         let limits: HashMap<String, u32> = accounts
             .iter()
             .filter_map(|a| a.daily_limit.map(|l| (a.name.clone(), l)))
             .collect();
-        let path = spool_dir.join(FILE_NAME);
-        // Written 0600 from now on; one from an older version is tightened.
-        crate::spool::make_private(&path, crate::spool::FILE_MODE);
-        let key = fs::canonicalize(spool_dir)
-            .map(|d| d.join(FILE_NAME))
-            .unwrap_or_else(|_| path.clone());
-        let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
-        reg.retain(|_, w| w.strong_count() > 0);
-        let shared = match reg.get(&key).and_then(Weak::upgrade) {
-            // A reload: keep the window and reservations in progress.
-            Some(s) => s,
-            None => {
-                let mut state = State::default();
-                for (account, list) in load(&path) {
-                    let mut list: Vec<_> = list.into_iter().filter(|(_, n)| *n > 0).collect();
-                    list.sort_unstable();
-                    state.sent.insert(account, list.into());
-                }
-                let s = Arc::new(Shared {
-                    state: Mutex::new(state),
-                    clock: RwLock::new(Arc::new(SystemClock)),
-                });
-                reg.insert(key, Arc::downgrade(&s));
-                s
-            }
-        };
         DailyLimits {
-            path: Some(path),
             limits,
-            shared,
+            shared: window,
         }
+    }
+
+    /// The caps of `accounts` on the window persisted under `spool_dir`
+    /// (what a new process starts from).
+    pub fn open(spool_dir: &Path, accounts: &[Account]) -> DailyLimits {
+        DailyLimits::new(Window::load(spool_dir), accounts)
     }
 
     /// Replaces the clock (tests).
@@ -295,40 +318,32 @@ impl DailyLimits {
         room(&mut s, account, limit, n, now)
     }
 
-    fn record(&self, account: &str, delivered: u32) {
+    /// Counts `delivered` recipients as sent now; returns what to write to
+    /// the file (the change's number and the window), if anything changed.
+    fn record(&self, account: &str, delivered: u32) -> Option<(u64, Persisted)> {
         if delivered == 0 || !self.limits.contains_key(account) {
-            return;
+            return None;
         }
         let now = to_ms(self.now());
-        let snapshot = {
-            let Ok(mut s) = self.shared.state.lock() else {
-                return;
-            };
-            s.sent
-                .entry(account.to_string())
-                .or_default()
-                .push_back((now, delivered));
-            let all: Vec<String> = s.sent.keys().cloned().collect();
-            for a in all {
-                prune(&mut s, &a, now);
-            }
-            Persisted {
-                v: 1,
-                accounts: s
-                    .sent
-                    .iter()
-                    .map(|(a, l)| (a.clone(), l.iter().copied().collect()))
-                    .collect(),
-            }
-        };
-        if let Some(path) = &self.path {
-            if let Err(e) = save(path, &snapshot) {
-                warn!(
-                    "cannot write {}: {e} (the daily count is kept in memory only)",
-                    path.display()
-                );
-            }
+        let mut s = self.shared.state.lock().ok()?;
+        s.sent
+            .entry(account.to_string())
+            .or_default()
+            .push_back((now, delivered));
+        let all: Vec<String> = s.sent.keys().cloned().collect();
+        for a in all {
+            prune(&mut s, &a, now);
         }
+        s.changes += 1;
+        let snapshot = Persisted {
+            v: 1,
+            accounts: s
+                .sent
+                .iter()
+                .map(|(a, l)| (a.clone(), l.iter().copied().collect()))
+                .collect(),
+        };
+        Some((s.changes, snapshot))
     }
 }
 
@@ -440,19 +455,19 @@ mod tests {
             .remove(0)
     }
 
-    #[test]
-    fn counts_recipients_on_a_rolling_window_and_persists() {
+    #[tokio::test]
+    async fn counts_recipients_on_a_rolling_window_and_persists() {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(from_ms(to_ms(SystemTime::now()))));
         let l = DailyLimits::open(dir.path(), &[account("a", Some(3))]);
         l.set_clock(clock.clone());
-        l.try_reserve("a", 2).unwrap().commit(2);
+        l.try_reserve("a", 2).unwrap().commit(2).await;
         clock.advance(Duration::from_secs(3600));
         let r = l.try_reserve("a", 1).unwrap();
         // In flight: the cap is full until it finishes.
         assert!(l.try_reserve("a", 1).is_err());
         drop(r);
-        l.try_reserve("a", 1).unwrap().commit(1);
+        l.try_reserve("a", 1).unwrap().commit(1).await;
         let full = l.try_reserve("a", 1).unwrap_err();
         assert_eq!(full.wait, WINDOW - Duration::from_secs(3600));
         assert!(full
@@ -469,19 +484,42 @@ mod tests {
         assert!(l2.wait_for("a", 3).is_some());
     }
 
-    #[test]
-    fn damaged_file_is_moved_aside_and_no_cap_means_no_count() {
+    #[tokio::test]
+    async fn a_reload_counts_on_the_same_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let window = Window::load(dir.path());
+        let before = DailyLimits::new(window.clone(), &[account("a", Some(2))]);
+        let held = before.try_reserve("a", 1).unwrap();
+        // The reloaded config raises nothing but sees the delivery in progress.
+        let after = DailyLimits::new(window, &[account("a", Some(2))]);
+        after.try_reserve("a", 1).unwrap().commit(1).await;
+        assert!(
+            after.try_reserve("a", 1).is_err(),
+            "the reservation is kept"
+        );
+        held.commit(1).await;
+        assert_eq!((before.used("a"), after.used("a")), (2, 2));
+        // Another spool directory is another window: nothing is shared by path.
+        let other = tempfile::tempdir().unwrap();
+        assert_eq!(
+            DailyLimits::open(other.path(), &[account("a", Some(2))]).used("a"),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn damaged_file_is_moved_aside_and_no_cap_means_no_count() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(FILE_NAME), b"{not json").unwrap();
         let l = DailyLimits::open(dir.path(), &[account("a", Some(1)), account("b", None)]);
         assert_eq!(l.used("a"), 0);
         assert!(dir.path().join("daily-limits.json.damaged").exists());
         for _ in 0..5 {
-            l.try_reserve("b", 10).unwrap().commit(10);
+            l.try_reserve("b", 10).unwrap().commit(10).await;
         }
         assert_eq!(l.used("b"), 0);
         // More recipients than the cap: fits only when the window is empty.
-        l.try_reserve("a", 4).unwrap().commit(4);
+        l.try_reserve("a", 4).unwrap().commit(4).await;
         assert!(l.try_reserve("a", 4).is_err());
     }
 }

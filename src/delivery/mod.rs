@@ -2,17 +2,27 @@
 //! backoff, temporary vs permanent failure, one log line per message event),
 //! plus direct mode and the login check built on the same upstream client.
 //!
+//! The flow: the spool makes a message durable and hands it to the worker
+//! ([`crate::spool::Handoff`]); the worker attempts it ([`upstream`]), gets a
+//! typed [`DeliveryReport`] ([`reply`]), decides with the pure
+//! [`disposition()`] and applies that decision ([`apply`]).
+//!
 //! - [`upstream`]: connections, TLS, AUTH, pooling, one transaction.
 //! - [`starttls`]: the strict plaintext greeting/EHLO/STARTTLS before the handshake.
-//! - [`outcome`]: error classification, reasons and hints, direct-mode replies.
+//! - [`reply`]: typed upstream replies and per-recipient status.
+//! - [`outcome`]: error classification, the report, direct-mode replies.
+//! - [`disposition`]: what to do after an attempt (pure); [`apply`]: doing it.
 //! - [`schedule`]: which message is due next (oldest first, per-account back-off).
 //! - [`direct`]: `mode = "direct"`; `mailbridge check` ([`crate::check`]) uses [`connect`].
 
+mod apply;
 mod direct;
+pub mod disposition;
 mod fold;
 pub mod limits;
 pub mod notify;
 pub mod outcome;
+mod reply;
 mod schedule;
 mod starttls;
 mod transport;
@@ -24,28 +34,25 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{error, info_span, Instrument};
 
+pub use disposition::{backoff, disposition, Attempt, Disposition, Next, Policy};
 pub use outcome::{ConnectFailure, DeliveryReport, DirectReply};
+pub use reply::{Cause, Reply, Stage, Status};
 pub(crate) use transport::account_tls;
 pub use upstream::Upstream;
 pub(crate) use upstream::{connect, no_password};
 
-use crate::spool::{to_ms, Deferral, QueueEntry, QueueId, SpoolError};
+use crate::spool::{to_ms, Durable, EntryState, HoldReason, QueueEntry, QueueId, SpoolError};
 use crate::text::Printable;
 use crate::Context;
+use apply::apply;
 use schedule::Schedule;
 
-/// How often the worker re-reads the queue directory (picks up `mailbridge queue retry`).
+/// How often the worker re-reads the queue directory: only a safety net for
+/// changes `mailbridge queue` makes from another process (retry, release,
+/// delete); this process's own messages arrive through the hand-off.
 const RESCAN: Duration = Duration::from_secs(5);
-
-/// Delay before attempt `attempts + 1`: `initial` doubling, capped at `max`.
-pub fn backoff(initial: Duration, max: Duration, attempts: u32) -> Duration {
-    let factor = 1u32
-        .checked_shl(attempts.saturating_sub(1).min(30))
-        .unwrap_or(u32::MAX);
-    initial.checked_mul(factor).unwrap_or(max).min(max)
-}
 
 /// What a delivery task reports back to the worker loop.
 struct Done {
@@ -81,15 +88,30 @@ impl Drop for Finish {
     }
 }
 
-/// The delivery worker: woken by `ctx.wake_delivery` after each enqueue and by
-/// timers for retries; on `shutdown` it stops taking messages and finishes the
-/// ones in hand (each bounded by the delivery timeout).
+/// The next message handed over by the spool; pending forever without a receiver.
+async fn handed(rx: &mut Option<mpsc::UnboundedReceiver<Durable>>) -> Option<Durable> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The delivery worker: told by the spool's hand-off about each message made
+/// durable, woken by timers for retries; on `shutdown` it stops taking
+/// messages and finishes the ones in hand (each bounded by the delivery timeout).
 pub async fn run(live: Arc<arc_swap::ArcSwap<Context>>, shutdown: CancellationToken) {
     let mut ctx = live.load_full();
-    ctx.spool.recover();
+    let mut handoff = ctx.wake_delivery.take_receiver();
+    let _ = ctx
+        .spool
+        .blocking(|s| {
+            s.recover();
+            Ok(())
+        })
+        .await;
     let cfg = ctx.config.delivery.clone();
     let mut sched = Schedule::new(cfg.retry_initial, cfg.retry_max);
-    for f in rescan(&ctx, &mut sched) {
+    for f in rescan(&ctx, &mut sched).await {
         notify::failure_notice(&ctx, &f).await;
     }
     let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
@@ -99,13 +121,10 @@ pub async fn run(live: Arc<arc_swap::ArcSwap<Context>>, shutdown: CancellationTo
     loop {
         // A config reload (SIGHUP) takes effect from the next pass.
         ctx = live.load_full();
-        for (id, account) in ctx.spool.take_fresh() {
-            sched.add(id, account, 0);
-        }
         let now = crate::spool::now_ms();
         let limits = ctx.upstream.limits();
         sched.refresh_limits(now, |a, n| limits.wait_for(a, n));
-        mark_limited(&ctx, &mut sched);
+        mark_limited(&ctx, &mut sched).await;
         while let Ok(permit) = permits.clone().try_acquire_owned() {
             let Some((id, account)) = sched.next_due(now) else {
                 drop(permit);
@@ -146,15 +165,19 @@ pub async fn run(live: Arc<arc_swap::ArcSwap<Context>>, shutdown: CancellationTo
             .map_or(next_rescan, |t| t.min(next_rescan));
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = ctx.wake_delivery.notified() => {}
+            _ = ctx.wake_delivery.looked() => {}
+            Some((id, account)) = handed(&mut handoff) => sched.add(id, account, 0),
             Some(done) = done_rx.recv() => finish(&mut sched, done),
             _ = tokio::time::sleep_until(wake_at) => {}
+        }
+        while let Some(Ok((id, account))) = handoff.as_mut().map(|h| h.try_recv()) {
+            sched.add(id, account, 0);
         }
         while let Ok(done) = done_rx.try_recv() {
             finish(&mut sched, done);
         }
         if tokio::time::Instant::now() >= next_rescan {
-            for f in rescan(&ctx, &mut sched) {
+            for f in rescan(&ctx, &mut sched).await {
                 notify::failure_notice(&ctx, &f).await;
             }
             next_rescan = tokio::time::Instant::now() + RESCAN;
@@ -167,19 +190,23 @@ pub async fn run(live: Arc<arc_swap::ArcSwap<Context>>, shutdown: CancellationTo
 
 /// Marks the waiting messages of accounts at their daily limit held, with
 /// the reason and the next slot (one state write per message and hold).
-fn mark_limited(ctx: &Context, sched: &mut Schedule) {
+async fn mark_limited(ctx: &Context, sched: &mut Schedule) {
+    let policy = Policy::of(&ctx.config.delivery);
     for (id, account) in sched.unmarked_limited() {
-        let Ok(e) = ctx.spool.entry(&id) else {
+        let Ok(e) = ctx.spool.blocking(move |s| s.entry(&id)).await else {
             continue;
         };
-        if matches!(
-            e.state,
-            crate::spool::EntryState::Failed | crate::spool::EntryState::OnHold
-        ) {
+        if matches!(e.state, EntryState::Failed | EntryState::OnHold) {
             continue;
         }
         if let Some(full) = ctx.upstream.limits().full(&account, e.remaining.len()) {
-            hold(ctx, &e, &full.reason(), full.wait);
+            let now = SystemTime::now();
+            let attempt = Attempt::DailyLimit {
+                until: now + full.wait,
+                reason: &full.reason(),
+            };
+            let d = disposition(&e, attempt, now, policy);
+            apply(ctx, &e, None, d).await;
         }
     }
 }
@@ -201,59 +228,64 @@ fn finish(sched: &mut Schedule, done: Done) {
 /// messages that expired while their account could not be reached (they are
 /// not tried one by one during an outage, so they would never expire otherwise).
 /// Returns the ids moved to the failed area (for failure notices).
-fn rescan(ctx: &Context, sched: &mut Schedule) -> Vec<QueueId> {
+async fn rescan(ctx: &Context, sched: &mut Schedule) -> Vec<QueueId> {
     let mut failed = Vec::new();
-    let entries = match ctx.spool.list_queued() {
+    let entries = match ctx.spool.blocking(|s| s.list_queued()).await {
         Ok(e) => e,
         Err(e) => {
             error!("cannot read the spool: {}", Printable(&e.to_string()));
             return failed;
         }
     };
-    let now = crate::spool::now_ms();
-    let expire = ctx.config.delivery.expire_after;
+    let now = SystemTime::now();
+    let policy = Policy::of(&ctx.config.delivery);
     let mut keep = Vec::with_capacity(entries.len());
     for e in entries {
-        if e.state == crate::spool::EntryState::OnHold {
-            continue; // `mailbridge queue hold`: waits for `release`
-        }
-        let expired = e.queued_since.elapsed().unwrap_or_default() >= expire;
-        match sched.blocked_reason(&e.envelope.account, now) {
-            Some(why) if expired => {
-                let why = format!(
-                    "expired after {} in the queue; last error: {why}",
-                    humantime::format_duration(expire)
-                );
-                warn!(queue_id = %e.id, size = e.size, rcpts = e.remaining.len(), reply = %Printable(&why), "failed: moved to the failed area");
-                ctx.metrics.message_failed(&e.envelope.account);
-                ctx.status.failed(&e, &e.remaining, &why);
-                if let Err(err) = ctx
-                    .spool
-                    .fail(&e.id, e.attempts, &why, Some(e.remaining.clone()))
-                {
-                    error!(queue_id = %e.id, "cannot move to the failed area: {err}");
-                } else {
-                    failed.push(e.id.clone());
-                }
+        let due = match &e.hold {
+            Some(HoldReason::Admin) => continue, // `mailbridge queue hold`: waits for `release`
+            // A daily-limit hold is released by the limiter, not by its time.
+            Some(HoldReason::DailyLimit { .. }) => 0,
+            _ => e.next_attempt.map_or(0, to_ms),
+        };
+        let down = sched
+            .blocked_reason(&e.envelope.account, to_ms(now))
+            .map(str::to_string);
+        if let Some(why) = down {
+            let d = disposition(&e, Attempt::AccountDown(&why), now, policy);
+            if d.then != Next::Unchanged {
+                failed.extend(apply(ctx, &e, None, d).await);
                 sched.remove(&e.id);
-            }
-            _ => {
-                // A daily-limit hold is released by the limiter, not by its time.
-                let limit_hold = e.state == crate::spool::EntryState::Held
-                    && e.last_error.as_deref().is_some_and(limits::is_limit_reason);
-                let due = match e.next_attempt {
-                    Some(t) if !limit_hold => to_ms(t),
-                    _ => 0,
-                };
-                keep.push((e.id, e.envelope.account, due))
+                continue;
             }
         }
+        keep.push((e.id, e.envelope.account, due));
     }
     sched.reload(keep.into_iter());
     failed
 }
 
-/// Delivers one queued message and records the outcome in the spool.
+/// The attempt's outcome for the scheduler: when the entry is due again
+/// (unix ms; `None` once it left the queue) and whether its account is now
+/// at its daily limit (until, recipients needed).
+fn schedule_after(entry: &QueueEntry, d: &Disposition) -> (Option<u64>, Option<(u64, usize)>) {
+    match &d.then {
+        Next::Complete | Next::Fail { .. } => (None, None),
+        Next::Unchanged => (entry.next_attempt.map(to_ms), None),
+        Next::DeferUntil { at, .. } => (Some(to_ms(*at)), None),
+        // Looked at as soon as the limiter has room, which the schedule tracks.
+        Next::Hold {
+            hold: HoldReason::DailyLimit { until_ms },
+            ..
+        } => (
+            Some(crate::spool::now_ms()),
+            Some((*until_ms, entry.remaining.len())),
+        ),
+        Next::Hold { until, .. } => (Some(to_ms(*until)), None),
+    }
+}
+
+/// Delivers one queued message: loads it, attempts it (unless the account
+/// is not usable or at its limit), decides and applies the decision.
 async fn deliver_one(ctx: &Context, id: QueueId, account_name: String) -> Done {
     let mut done = Done {
         id: id.clone(),
@@ -263,42 +295,47 @@ async fn deliver_one(ctx: &Context, id: QueueId, account_name: String) -> Done {
         account_ok: false,
         limited: None,
     };
-    let (entry, message) = match ctx.spool.load_queued(&id) {
+    let loaded = ctx.spool.blocking(move |s| s.load_queued(&id)).await;
+    let (entry, message) = match loaded {
         Ok(x) => x,
         Err(SpoolError::NotFound(_)) | Err(SpoolError::Corrupt { .. }) => return done,
         Err(e) => {
-            error!(queue_id = %id, "cannot read spooled message: {}", Printable(&e.to_string()));
+            error!(queue_id = %done.id, "cannot read spooled message: {}", Printable(&e.to_string()));
             done.due_ms = Some(to_ms(SystemTime::now() + ctx.config.delivery.retry_initial));
             return done;
         }
     };
     done.account = entry.envelope.account.clone();
-    if entry.state == crate::spool::EntryState::OnHold {
+    if entry.state == EntryState::OnHold {
         return done; // `mailbridge queue hold`: not delivered until released
     }
-    let cfg = &ctx.config.delivery;
-    let Some(account) = ctx.config.account(&entry.envelope.account) else {
-        let reason = format!(
+    let policy = Policy::of(&ctx.config.delivery);
+    let decide = |attempt: Attempt<'_>| disposition(&entry, attempt, SystemTime::now(), policy);
+    let usable = match ctx.config.account(&entry.envelope.account) {
+        None => Err(format!(
             "no [[accounts]] entry is named {:?}",
             entry.envelope.account
-        );
-        done.due_ms = hold(ctx, &entry, &reason, cfg.retry_max);
-        return done;
+        )),
+        Some(a) if a.password.secret().is_none() => Err(upstream::no_password(a)),
+        Some(a) => Ok(a),
     };
-    if account.password.secret().is_none() {
-        let reason = upstream::no_password(account);
-        done.due_ms = hold(ctx, &entry, &reason, cfg.retry_max);
-        return done;
-    }
+    let account = match usable {
+        Ok(a) => a,
+        Err(reason) => {
+            let d = decide(Attempt::NotConfigured(&reason));
+            return finish_with(ctx, done, &entry, None, d).await;
+        }
+    };
     let needed = entry.remaining.len();
     let reservation = match ctx.upstream.limits().try_reserve(&account.name, needed) {
         Ok(r) => r,
         Err(full) => {
             // Never sent into the provider's 24 h block: wait in the spool.
-            hold(ctx, &entry, &full.reason(), full.wait);
-            done.due_ms = Some(crate::spool::now_ms());
-            done.limited = Some((to_ms(SystemTime::now() + full.wait), needed));
-            return done;
+            let attempt = Attempt::DailyLimit {
+                until: SystemTime::now() + full.wait,
+                reason: &full.reason(),
+            };
+            return finish_with(ctx, done, &entry, None, decide(attempt)).await;
         }
     };
     let started = std::time::Instant::now();
@@ -306,158 +343,34 @@ async fn deliver_one(ctx: &Context, id: QueueId, account_name: String) -> Done {
         .upstream
         .deliver(account, &entry.envelope, &entry.remaining, &message)
         .await;
-    reservation.commit(report.delivered.len());
+    reservation.commit(report.delivered().len()).await;
     done.account_failed = report
         .connect_failure
         .as_ref()
         .map(|f| f.reason().to_string());
     done.account_ok = done.account_failed.is_none();
-    let last_reply = report.last_reply.as_deref();
-    let failure = done.account_failed.as_deref();
-    ctx.metrics
-        .delivery_attempt(&account.name, started.elapsed(), failure, last_reply);
-    let mut failed = Vec::new();
-    done.due_ms = record(ctx, &entry, &message, report, &mut failed);
-    for f in failed {
+    let last_reply = report.last_reply.as_ref().map(ToString::to_string);
+    ctx.metrics.delivery_attempt(
+        &account.name,
+        started.elapsed(),
+        done.account_failed.as_deref(),
+        last_reply.as_deref(),
+    );
+    let d = decide(Attempt::Sent(&report));
+    finish_with(ctx, done, &entry, Some(Arc::new(message)), d).await
+}
+
+/// Applies `d`, sends the notices it calls for, and fills in `done` for the scheduler.
+async fn finish_with(
+    ctx: &Context,
+    mut done: Done,
+    entry: &QueueEntry,
+    message: Option<Arc<Vec<u8>>>,
+    d: Disposition,
+) -> Done {
+    (done.due_ms, done.limited) = schedule_after(entry, &d);
+    for f in apply(ctx, entry, message, d).await {
         notify::failure_notice(ctx, &f).await;
     }
     done
-}
-
-/// Marks an entry held (a configuration problem) without counting an attempt.
-fn hold(ctx: &Context, entry: &QueueEntry, reason: &str, wait: Duration) -> Option<u64> {
-    let next = SystemTime::now() + wait;
-    let d = Deferral {
-        attempts: entry.attempts,
-        next_attempt: next,
-        reason: reason.to_string(),
-        held: true,
-        remaining: Some(entry.remaining.clone()),
-    };
-    if entry.state != crate::spool::EntryState::Held {
-        warn!(queue_id = %entry.id, size = entry.size, rcpts = entry.remaining.len(), "held: {}", Printable(reason));
-    }
-    if let Err(e) = ctx.spool.defer(&entry.id, &d) {
-        error!(queue_id = %entry.id, "cannot record hold: {e}");
-    }
-    Some(to_ms(next))
-}
-
-/// Applies a delivery report to the spool and logs it; returns the next due time.
-fn record(
-    ctx: &Context,
-    entry: &QueueEntry,
-    message: &[u8],
-    report: DeliveryReport,
-    failed: &mut Vec<QueueId>,
-) -> Option<u64> {
-    let cfg = &ctx.config.delivery;
-    let id = &entry.id;
-    let attempts = entry.attempts.saturating_add(1);
-    let (size, rcpts) = (entry.size, entry.remaining.len());
-    if !report.delivered.is_empty() {
-        info!(
-            queue_id = %id, size, rcpts = report.delivered.len(),
-            reply = %Printable(report.last_reply.as_deref().unwrap_or("")),
-            "delivered"
-        );
-        ctx.metrics.message_delivered(&entry.envelope.account);
-        ctx.status.delivered(entry, &report);
-    }
-    if !report.permanent.is_empty() {
-        let reason = join_reasons(&report.permanent);
-        if report.delivered.is_empty() && report.temporary.is_empty() {
-            warn!(queue_id = %id, size, rcpts, reply = %Printable(&reason), "failed: moved to the failed area");
-            ctx.metrics.message_failed(&entry.envelope.account);
-            ctx.status.failed(entry, &entry.remaining, &reason);
-            if let Err(e) = ctx.spool.fail(id, attempts, &reason, None) {
-                error!(queue_id = %id, "cannot move to the failed area: {e}");
-            } else {
-                failed.push(id.clone());
-            }
-            return None;
-        }
-        match ctx
-            .spool
-            .record_failed(&entry.envelope, message, &report.permanent)
-        {
-            Ok(fid) => {
-                ctx.status.refused(&fid, entry, &report.permanent, &reason);
-                warn!(
-                    queue_id = %id, failed_id = %fid, size, rcpts = report.permanent.len(), reply = %Printable(&reason),
-                    "failed for some recipients: recorded in the failed area"
-                );
-                failed.push(fid);
-            }
-            Err(e) => {
-                error!(queue_id = %id, reply = %Printable(&reason), "recipients failed but cannot be recorded: {}", Printable(&e.to_string()))
-            }
-        }
-    }
-    let Some(reason) = report.temporary_reason().map(str::to_string) else {
-        if let Err(e) = ctx.spool.complete(id) {
-            error!(queue_id = %id, "delivered but cannot remove from the spool: {e}");
-        }
-        return None;
-    };
-    let remaining: Vec<String> = report.temporary.iter().map(|(r, _)| r.clone()).collect();
-    let age = entry.queued_since.elapsed().unwrap_or_default();
-    if age >= cfg.expire_after {
-        let why = format!(
-            "expired after {} in the queue; last error: {reason}",
-            humantime::format_duration(Duration::from_secs(age.as_secs()))
-        );
-        warn!(queue_id = %id, size, rcpts = remaining.len(), reply = %Printable(&why), "failed: moved to the failed area");
-        ctx.metrics.message_failed(&entry.envelope.account);
-        ctx.status.failed(entry, &remaining, &why);
-        if let Err(e) = ctx.spool.fail(id, attempts, &why, Some(remaining)) {
-            error!(queue_id = %id, "cannot move to the failed area: {e}");
-        } else {
-            failed.push(id.clone());
-        }
-        return None;
-    }
-    let delay = backoff(cfg.retry_initial, cfg.retry_max, attempts);
-    let next = SystemTime::now() + delay;
-    let config_problem = matches!(report.connect_failure, Some(ConnectFailure::Config(_)));
-    if config_problem {
-        warn!(queue_id = %id, size, rcpts = remaining.len(), attempts, retry_in = %humantime::format_duration(delay), reply = %Printable(&reason), "deferred");
-    } else {
-        info!(queue_id = %id, size, rcpts = remaining.len(), attempts, retry_in = %humantime::format_duration(delay), reply = %Printable(&reason), "deferred");
-    }
-    ctx.metrics.message_deferred(&entry.envelope.account);
-    ctx.status.deferred(entry, &remaining, &reason);
-    let d = Deferral {
-        attempts,
-        next_attempt: next,
-        reason,
-        held: false,
-        remaining: Some(remaining),
-    };
-    if let Err(e) = ctx.spool.defer(id, &d) {
-        error!(queue_id = %id, "cannot record deferral: {e}");
-    }
-    Some(to_ms(next))
-}
-
-fn join_reasons(list: &[(String, String)]) -> String {
-    list.iter()
-        .map(|(r, reply)| format!("<{r}>: {reply}"))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let s = Duration::from_secs;
-        assert_eq!(backoff(s(60), s(3600), 1), s(60));
-        assert_eq!(backoff(s(60), s(3600), 2), s(120));
-        assert_eq!(backoff(s(60), s(3600), 4), s(480));
-        assert_eq!(backoff(s(60), s(3600), 10), s(3600));
-        assert_eq!(backoff(s(60), s(3600), 500), s(3600));
-    }
 }

@@ -25,7 +25,8 @@ const MAX_SUBJECT: usize = 200;
 /// has `notify` and the failed message is not itself a notice or a bounce.
 /// Problems are logged; the failure itself is already recorded.
 pub async fn failure_notice(ctx: &Context, failed_id: &QueueId) {
-    let entry = match ctx.spool.entry(failed_id) {
+    let id = failed_id.clone();
+    let entry = match ctx.spool.blocking(move |s| s.entry(&id)).await {
         Ok(e) => e,
         Err(e) => {
             warn!(failed_id = %failed_id, "no failure notice: {e}");
@@ -46,7 +47,12 @@ pub async fn failure_notice(ctx: &Context, failed_id: &QueueId) {
         warn!(failed_id = %failed_id, "no failure notice: notify or the account address is not a plain mail address");
         return;
     }
-    let message = ctx.spool.read_message(failed_id).unwrap_or_default();
+    let id = failed_id.clone();
+    let message = ctx
+        .spool
+        .blocking(move |s| s.read_message(&id))
+        .await
+        .unwrap_or_default();
     let headers = header_section(&message);
     if is_notice(headers) {
         return;
@@ -74,8 +80,8 @@ pub async fn failure_notice(ctx: &Context, failed_id: &QueueId) {
     };
     match ctx.spool.enqueue(&envelope, &text).await {
         Ok(id) => {
+            // The spool hands it to the worker like any message.
             info!(queue_id = %id, failed_id = %failed_id, to = %to, "failure notice queued");
-            ctx.wake_delivery.notify_one();
         }
         Err(e) => error!(failed_id = %failed_id, "cannot queue the failure notice: {e}"),
     }

@@ -1,71 +1,120 @@
 //! What an upstream attempt came to: the error classification (temporary,
-//! permanent, configuration) in one place, readable reasons with hints, and
-//! the replies direct mode gives its clients.
+//! permanent, configuration) in one place, the per-recipient report, readable
+//! reasons with hints, and the replies direct mode gives its clients.
 
 use std::error::Error as _;
 
 use lettre::transport::smtp::Error as SmtpError;
 
+use super::reply::{Cause, Reply, Stage, Status};
+use crate::hints::Problem;
+
 /// Why a connection to the upstream could not be used (no message-specific verdict).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectFailure {
-    /// Network, TLS, timeout, 4xx greeting: try again later.
+    /// Network, TLS, timeout: try again later.
     Temporary(String),
-    /// Our configuration is wrong (AUTH refused, no TLS offered, no password):
+    /// The server refused the connection's `stage` (greeting, EHLO,
+    /// STARTTLS) with `reply`: try again later.
+    Answered {
+        stage: Stage,
+        reply: Reply,
+        reason: String,
+    },
+    /// Our configuration is wrong (no TLS offered, no password):
     /// not the message's fault, so the message waits, but the reason says what to fix.
     Config(String),
+    /// The upstream answered AUTH with `reply` (a configuration problem too;
+    /// typed, so a token-based login can tell a refused grant from the rest).
+    AuthRefused { reply: Reply, reason: String },
 }
 
 impl ConnectFailure {
     pub fn reason(&self) -> &str {
         match self {
             ConnectFailure::Temporary(s) | ConnectFailure::Config(s) => s,
+            ConnectFailure::AuthRefused { reason, .. }
+            | ConnectFailure::Answered { reason, .. } => reason,
         }
+    }
+
+    /// Not the upstream's state but our settings: worth a warning.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            ConnectFailure::Config(_) | ConnectFailure::AuthRefused { .. }
+        )
     }
 }
 
 /// The result of delivering one message to a set of recipients.
 #[derive(Debug, Default, Clone)]
 pub struct DeliveryReport {
-    /// Recipients the upstream accepted the message for.
-    pub delivered: Vec<String>,
-    /// Recipients rejected permanently, with the upstream's reply.
-    pub permanent: Vec<(String, String)>,
-    /// Recipients to retry, with the reason.
-    pub temporary: Vec<(String, String)>,
+    /// Every recipient of the attempt, once, with where it stands.
+    pub recipients: Vec<(String, Status)>,
     /// The upstream's last positive reply to DATA (for the log line).
-    pub last_reply: Option<String>,
+    pub last_reply: Option<Reply>,
     /// Set when the connection itself failed (before any transaction).
     pub connect_failure: Option<ConnectFailure>,
 }
 
 impl DeliveryReport {
-    /// A one-line summary of why recipients are waiting (first temporary reason).
-    pub fn temporary_reason(&self) -> Option<&str> {
-        self.temporary.first().map(|(_, r)| r.as_str())
+    /// Records `rcpt`'s status (the first one recorded for it stands).
+    pub fn set(&mut self, rcpt: &str, status: Status) {
+        if !self.recipients.iter().any(|(r, _)| r == rcpt) {
+            self.recipients.push((rcpt.to_string(), status));
+        }
     }
-}
 
-/// The SMTP reply for a negative upstream response, e.g. `550 5.1.1 no such user`.
-/// `None` if `e` is not a reply (network, TLS, parse errors).
-pub fn reply_text(e: &SmtpError) -> Option<String> {
-    let code = e.status()?;
-    let msg = e.source().map(|s| s.to_string()).unwrap_or_default();
-    Some(format!("{code} {msg}").trim_end().to_string())
+    /// Recipients the upstream accepted the message for.
+    pub fn delivered(&self) -> Vec<String> {
+        self.recipients
+            .iter()
+            .filter(|(_, s)| *s == Status::Delivered)
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+
+    /// Recipients rejected for good, with why.
+    pub fn permanent(&self) -> Vec<(String, Cause)> {
+        self.with(|s| match s {
+            Status::Permanent(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    /// Recipients to retry, with why.
+    pub fn temporary(&self) -> Vec<(String, Cause)> {
+        self.with(|s| match s {
+            Status::Temporary(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    fn with(&self, cause: impl Fn(&Status) -> Option<&Cause>) -> Vec<(String, Cause)> {
+        self.recipients
+            .iter()
+            .filter_map(|(r, s)| cause(s).map(|c| (r.clone(), c.clone())))
+            .collect()
+    }
+
+    /// A one-line summary of why recipients are waiting (first temporary reason).
+    pub fn temporary_reason(&self) -> Option<String> {
+        self.temporary().first().map(|(_, c)| c.to_string())
+    }
 }
 
 /// How a failed command is to be treated.
 pub enum Verdict {
-    Permanent(String),
-    Temporary(String),
+    /// The server answered: 4xx or 5xx (see [`Reply::is_permanent`]).
+    Answered(Reply),
     /// The connection is unusable (network/TLS/parse error): retry elsewhere.
     Broken(String),
 }
 
 pub fn classify(e: &SmtpError, stage: &str) -> Verdict {
-    match reply_text(e) {
-        Some(r) if e.is_permanent() => Verdict::Permanent(r),
-        Some(r) => Verdict::Temporary(r),
+    match Reply::from_error(e) {
+        Some(r) => Verdict::Answered(r),
         None => Verdict::Broken(describe(e, stage)),
     }
 }
@@ -90,7 +139,8 @@ pub fn describe(e: &SmtpError, stage: &str) -> String {
     while let Some(i) = text.find("Connection error: Connection error: ") {
         text.replace_range(i..i + "Connection error: ".len(), "");
     }
-    describe_text(&text, stage)
+    let problem = Problem::of_error(e).or_else(|| Problem::of_text(&text));
+    with_hint(&text, stage, problem.map(Problem::hint))
 }
 
 /// `stage: text (hint)` for an error already turned into text.
@@ -98,117 +148,58 @@ pub fn describe_text(text: &str, stage: &str) -> String {
     if text.to_ascii_lowercase().contains("timed out") {
         return format!("{stage}: timed out ({text})");
     }
-    match hint_for(text) {
+    with_hint(text, stage, crate::hints::for_transport_text(text))
+}
+
+fn with_hint(text: &str, stage: &str, hint: Option<&str>) -> String {
+    match hint {
         Some(hint) => format!("{stage}: {text} ({hint})"),
         None => format!("{stage}: {text}"),
     }
 }
 
-/// The hint for the common set-up mistakes an error text shows (the one
-/// `check` and the delivery log give), if any.
-pub fn hint_for(text: &str) -> Option<&'static str> {
-    let lower = text.to_ascii_lowercase();
-    let hint = if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
-        "the upstream's certificate is signed by a CA we do not trust: for a private CA or a \
-         TLS-inspecting proxy add its certificate with ca_file"
-    } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
-        "the upstream's certificate is not valid for this host name: check smtp.host"
-    } else if lower.contains("expired") {
-        "the upstream's certificate has expired, or this machine's clock is wrong"
-    } else if lower.contains("certificate") {
-        "the upstream's certificate was not accepted: check smtp.host, or add its CA with ca_file"
-    } else if lower.contains("corrupt message") || lower.contains("invalidcontenttype") {
-        "the server did not speak TLS: is tls = \"implicit\" right for this port? 587 and 25 use \"starttls\", 465 uses \"implicit\""
-    } else if lower.contains("connection refused") {
-        "nothing listens there: check smtp.host and smtp.port"
-    } else if lower.contains("incomplete response") || lower.contains("unexpected eof") {
-        "the server closed the connection: wrong TLS mode for the port, or the server dropped us"
-    } else if lower.contains("failed to lookup") || lower.contains("name or service not known") {
-        "cannot resolve the host name: check smtp.host and DNS"
-    } else {
-        ""
-    };
-    Some(hint).filter(|h| !h.is_empty())
-}
+/// A reply for an SMTP client of direct mode: the upstream's own, or ours.
+pub type DirectReply = Reply;
 
-/// The hint added to an AUTH rejection.
-pub const AUTH_HINT: &str = "the upstream refused the login: check username and the app password \
-     (Gmail app passwords need 2-step verification on the Google account; spaces in the password are removed)";
-
-/// A reply for an SMTP client of direct mode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirectReply {
-    pub code: u16,
-    pub enhanced: Option<String>,
-    pub text: String,
-}
-
-impl DirectReply {
-    pub fn new(code: u16, enhanced: &str, text: impl Into<String>) -> DirectReply {
-        DirectReply {
-            code,
-            enhanced: Some(enhanced.to_string()),
-            text: text.into(),
-        }
-    }
-
-    /// Parses an upstream reply such as `550 5.1.1 no such user` (multi-line joined).
-    pub fn from_upstream(reply: &str, fallback: u16) -> DirectReply {
-        let (code, rest) = match reply.split_once(' ') {
-            Some((c, rest)) => (
-                c.parse::<u16>().ok().filter(|c| (200..600).contains(c)),
-                rest,
-            ),
-            None => (reply.parse::<u16>().ok(), ""),
-        };
-        let Some(code) = code else {
-            return DirectReply::new(
+impl Reply {
+    /// A reply for the client from why its recipient was not delivered:
+    /// the upstream's reply as it is, else `fallback` with a generic enhanced code.
+    pub fn for_client(cause: &Cause, fallback: u16) -> Reply {
+        match cause.reply() {
+            Some(r) => r.clone(),
+            None => Reply::new(
                 fallback,
                 if fallback >= 500 { "5.0.0" } else { "4.0.0" },
-                reply,
-            );
-        };
-        let (enhanced, text) = match rest.split_once(' ') {
-            Some((e, t)) if is_enhanced(e) => (Some(e.to_string()), t.to_string()),
-            _ if is_enhanced(rest) => (Some(rest.to_string()), String::new()),
-            _ => (None, rest.to_string()),
-        };
-        DirectReply {
-            code,
-            enhanced,
-            text,
+                cause.to_string(),
+            ),
         }
     }
 
     /// Upstream could not be reached or used.
-    pub fn unavailable(reason: &str) -> DirectReply {
-        DirectReply::new(451, "4.4.1", format!("upstream unavailable: {reason}"))
+    pub fn unavailable(reason: &str) -> Reply {
+        Reply::new(451, "4.4.1", format!("upstream unavailable: {reason}"))
     }
 
     /// The account's daily send cap is reached (`daily_limit`).
-    pub fn daily_limit(reason: &str) -> DirectReply {
-        DirectReply::new(451, "4.7.0", format!("{reason}; try again later"))
+    pub fn daily_limit(reason: &str) -> Reply {
+        Reply::new(451, "4.7.0", format!("{reason}; try again later"))
     }
 
-    pub fn no_password(reason: &str) -> DirectReply {
-        DirectReply::new(451, "4.3.5", format!("relay account not usable: {reason}"))
+    pub fn no_password(reason: &str) -> Reply {
+        Reply::new(451, "4.3.5", format!("relay account not usable: {reason}"))
     }
 
-    pub fn delivered(reply: Option<&str>) -> DirectReply {
+    /// The client's 250 after an upstream's positive reply to DATA.
+    pub fn delivered(reply: Option<&Reply>) -> Reply {
         match reply {
-            Some(r) => {
-                let mut d = DirectReply::from_upstream(r, 250);
-                if d.code != 250 {
-                    d = DirectReply::new(250, "2.0.0", r);
-                }
-                d
-            }
-            None => DirectReply::new(250, "2.0.0", "delivered"),
+            Some(r) if r.code == 250 => r.clone(),
+            Some(r) => Reply::new(250, "2.0.0", r.to_string()),
+            None => Reply::new(250, "2.0.0", "delivered"),
         }
     }
 
-    pub fn spool_error() -> DirectReply {
-        DirectReply::new(
+    pub fn spool_error() -> Reply {
+        Reply::new(
             451,
             "4.3.1",
             "cannot record partially failed recipients, try again",
@@ -216,34 +207,24 @@ impl DirectReply {
     }
 }
 
-fn is_enhanced(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('.').collect();
-    parts.len() == 3
-        && matches!(parts[0], "2" | "4" | "5")
-        && parts[1..]
-            .iter()
-            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn parses_upstream_replies() {
-        let r = DirectReply::from_upstream("550 5.1.1 no such user", 451);
+    fn client_replies_come_from_the_typed_cause() {
+        let upstream = Cause::Upstream {
+            stage: Stage::Rcpt,
+            reply: Reply::from_parts(550, "5.1.1 no such user"),
+        };
+        let r = Reply::for_client(&upstream, 554);
         assert_eq!(
             (r.code, r.enhanced.as_deref(), r.text.as_str()),
             (550, Some("5.1.1"), "no such user")
         );
-        let r = DirectReply::from_upstream("451 try later", 451);
-        assert_eq!(
-            (r.code, r.enhanced, r.text.as_str()),
-            (451, None, "try later")
-        );
-        let r = DirectReply::from_upstream("garbage", 451);
-        assert_eq!(r.code, 451);
-        let r = DirectReply::delivered(Some("250 2.0.0 OK id=1"));
+        let r = Reply::for_client(&Cause::Connection("RSET: broken".into()), 451);
+        assert_eq!((r.code, r.enhanced.as_deref()), (451, Some("4.0.0")));
+        let r = Reply::delivered(Some(&Reply::from_parts(250, "2.0.0 OK id=1")));
         assert_eq!((r.code, r.text.as_str()), (250, "OK id=1"));
     }
 }

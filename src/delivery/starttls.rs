@@ -15,7 +15,7 @@ use lettre::transport::smtp::response::Response;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::outcome::{describe_text, ConnectFailure};
-use super::upstream::positive_text;
+use super::reply::{Reply, Stage};
 use crate::config::Endpoint;
 use crate::imap::framing::{FrameError, LineBuffer};
 
@@ -45,7 +45,7 @@ pub enum Next {
 pub enum StarttlsError {
     /// A negative reply, e.g. `421 4.7.0 try again later`.
     #[error("{0}")]
-    Refused(String),
+    Refused(Reply),
     #[error("the server does not offer STARTTLS; refusing to send credentials in plaintext")]
     NotOffered,
     #[error(
@@ -104,7 +104,7 @@ pub fn parse_reply(text: &str) -> Result<Response, StarttlsError> {
 /// read next, as any SMTP client would).
 pub fn after_reply(phase: Phase, reply: &Response, buffered: bool) -> Result<Next, StarttlsError> {
     if !reply.is_positive() {
-        return Err(StarttlsError::Refused(positive_text(reply)));
+        return Err(StarttlsError::Refused(Reply::from_response(reply)));
     }
     match phase {
         Phase::Greeting => Ok(Next::SendEhlo),
@@ -131,7 +131,15 @@ pub fn failure(ep: &Endpoint, phase: Phase, e: &StarttlsError) -> ConnectFailure
     };
     match e {
         StarttlsError::NotOffered => ConnectFailure::Config(format!("{ep}: {e}")),
-        StarttlsError::Refused(r) => ConnectFailure::Temporary(format!("{stage}: {r}")),
+        StarttlsError::Refused(r) => ConnectFailure::Answered {
+            stage: match phase {
+                Phase::Greeting => Stage::Greeting,
+                Phase::Ehlo => Stage::Ehlo,
+                Phase::Starttls => Stage::Starttls,
+            },
+            reason: format!("{stage}: {r}"),
+            reply: r.clone(),
+        },
         _ => ConnectFailure::Temporary(describe_text(&e.to_string(), &stage)),
     }
 }
@@ -252,7 +260,9 @@ mod tests {
     fn negative_replies_keep_their_code() {
         let r = reply("421-4.7.0 try\r\n421 4.7.0 again later\r\n");
         match after_reply(Phase::Greeting, &r, false) {
-            Err(StarttlsError::Refused(t)) => assert_eq!(t, "421 4.7.0 try 4.7.0 again later"),
+            Err(StarttlsError::Refused(t)) => {
+                assert_eq!(t.to_string(), "421 4.7.0 try 4.7.0 again later")
+            }
             other => panic!("{other:?}"),
         }
         let r = reply("454 4.7.0 TLS not available\r\n");
@@ -303,5 +313,28 @@ mod tests {
             matches!(r, Err((Phase::Starttls, StarttlsError::DataAfterStarttls))),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn a_refused_greeting_is_a_typed_temporary_failure() {
+        let ep = Endpoint {
+            host: "smtp.example.com".into(),
+            port: 587,
+            tls: crate::config::TlsMode::Starttls,
+        };
+        let refused = StarttlsError::Refused(Reply::from_parts(421, "4.3.2 down"));
+        match failure(&ep, Phase::Greeting, &refused) {
+            f @ ConnectFailure::Answered {
+                stage: Stage::Greeting,
+                ..
+            } => {
+                assert!(!f.is_config());
+                assert_eq!(
+                    f.reason(),
+                    "greeting/EHLO from smtp.example.com:587 (starttls TLS): 421 4.3.2 down"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

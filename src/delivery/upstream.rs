@@ -5,18 +5,17 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::commands::{Data, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension};
-use lettre::transport::smtp::response::Response;
 
-use super::outcome::{
-    classify, describe, reply_text, ConnectFailure, DeliveryReport, Verdict, AUTH_HINT,
-};
+use super::limits::{DailyLimits, Window};
+use super::outcome::{classify, describe, ConnectFailure, DeliveryReport, Verdict};
+use super::reply::{Cause, Reply, Stage, Status};
 use super::starttls;
 use super::transport::{self, account_tls, AccountTls};
 use crate::config::{Account, Config, TlsMode};
@@ -36,7 +35,7 @@ pub struct Upstream {
     pool_size: usize,
     idle: Mutex<HashMap<String, Vec<(AsyncSmtpConnection, Instant)>>>,
     /// Per-account daily send caps (`daily_limit`).
-    limits: super::limits::DailyLimits,
+    limits: DailyLimits,
 }
 
 /// A raw SMTP command line (MAIL/RCPT with our own parameters).
@@ -108,11 +107,14 @@ pub(crate) async fn connect(
         .await
     {
         conn.abort().await;
-        let reason = match reply_text(&e) {
-            Some(r) => format!("AUTH as {} at {ep}: {r}; {AUTH_HINT}", account.username),
-            None => describe(&e, &format!("AUTH as {} at {ep}", account.username)),
-        };
-        return Err(ConnectFailure::Config(reason));
+        let stage = format!("AUTH as {} at {ep}", account.username);
+        return Err(match Reply::from_error(&e) {
+            Some(reply) => ConnectFailure::AuthRefused {
+                reason: format!("{stage}: {reply}; {}", crate::hints::AUTH_HINT),
+                reply,
+            },
+            None => ConnectFailure::Config(describe(&e, &stage)),
+        });
     }
     Ok(conn)
 }
@@ -126,18 +128,14 @@ pub(crate) fn no_password(account: &Account) -> String {
 }
 
 fn connect_error(e: &lettre::transport::smtp::Error, stage: &str) -> ConnectFailure {
-    ConnectFailure::Temporary(match reply_text(e) {
-        Some(r) => format!("{stage}: {r}"),
-        None => describe(e, stage),
-    })
-}
-
-/// A reply as one line: its code and its lines joined by spaces.
-pub(crate) fn positive_text(r: &Response) -> String {
-    let lines: Vec<&str> = r.message().collect();
-    format!("{} {}", r.code(), lines.join(" "))
-        .trim_end()
-        .to_string()
+    match Reply::from_error(e) {
+        Some(reply) => ConnectFailure::Answered {
+            stage: Stage::Connect,
+            reason: format!("{stage}: {reply}"),
+            reply,
+        },
+        None => ConnectFailure::Temporary(describe(e, stage)),
+    }
 }
 
 /// Removes one trailing CRLF: lettre's codec appends `CRLF.CRLF` itself.
@@ -146,8 +144,9 @@ fn strip_final_crlf(message: &[u8]) -> &[u8] {
 }
 
 impl Upstream {
-    /// Builds the TLS parameters of every account once.
-    pub fn new(config: &Config) -> Result<Upstream, String> {
+    /// Builds the TLS parameters of every account once; the daily caps are
+    /// counted on `window` (the one built at start-up, kept across reloads).
+    pub fn new(config: &Config, window: Arc<Window>) -> Result<Upstream, String> {
         let mut tls = HashMap::new();
         for a in &config.accounts {
             tls.insert(a.name.clone(), account_tls(a)?);
@@ -159,12 +158,12 @@ impl Upstream {
             timeout: config.delivery.timeout,
             pool_size: config.delivery.concurrency.max(1),
             idle: Mutex::new(HashMap::new()),
-            limits: super::limits::DailyLimits::open(&config.smtp.spool_dir, &config.accounts),
+            limits: DailyLimits::new(window, &config.accounts),
         })
     }
 
     /// The daily send caps and their rolling window.
-    pub fn limits(&self) -> &super::limits::DailyLimits {
+    pub fn limits(&self) -> &DailyLimits {
         &self.limits
     }
 
@@ -219,7 +218,10 @@ impl Upstream {
             Ok(c) => c,
             Err(f) => {
                 for r in recipients {
-                    report.temporary.push((r.clone(), f.reason().to_string()));
+                    report.set(
+                        r,
+                        Status::Temporary(Cause::Connection(f.reason().to_string())),
+                    );
                 }
                 report.connect_failure = Some(f);
                 return;
@@ -304,12 +306,7 @@ impl Upstream {
 /// Marks every recipient not yet in the report as temporarily failed with `reason`.
 fn settle_rest(report: &mut DeliveryReport, recipients: &[String], reason: &str) {
     for r in recipients {
-        let known = report.delivered.contains(r)
-            || report.permanent.iter().any(|(x, _)| x == r)
-            || report.temporary.iter().any(|(x, _)| x == r);
-        if !known {
-            report.temporary.push((r.clone(), reason.to_string()));
-        }
+        report.set(r, Status::Temporary(Cause::Connection(reason.to_string())));
     }
 }
 
@@ -323,14 +320,9 @@ async fn transaction(
     body: &[u8],
     report: &mut DeliveryReport,
 ) -> Result<(), String> {
-    let all = |report: &mut DeliveryReport, perm: bool, reply: &str, list: &[String]| {
+    let all = |report: &mut DeliveryReport, stage: Stage, reply: Reply, list: &[String]| {
         for r in list {
-            let entry = (r.clone(), reply.to_string());
-            if perm {
-                report.permanent.push(entry);
-            } else {
-                report.temporary.push(entry);
-            }
+            report.set(r, answered(stage, reply.clone()));
         }
     };
     if let Err(e) = conn
@@ -338,12 +330,8 @@ async fn transaction(
         .await
     {
         return match classify(&e, "MAIL FROM") {
-            Verdict::Permanent(r) => {
-                all(report, true, &format!("MAIL FROM: {r}"), rcpts);
-                rset(conn).await
-            }
-            Verdict::Temporary(r) => {
-                all(report, false, &format!("MAIL FROM: {r}"), rcpts);
+            Verdict::Answered(reply) => {
+                all(report, Stage::Mail, reply, rcpts);
                 rset(conn).await
             }
             Verdict::Broken(r) => Err(r),
@@ -354,20 +342,14 @@ async fn transaction(
         // Sent exactly as received (a quoted local part stays quoted), so it
         // must still be one path on one line.
         if !crate::smtp::path::fits_in_brackets(r) {
-            report
-                .permanent
-                .push((r.clone(), "553 5.1.3 invalid recipient address".into()));
+            let reply = Reply::new(553, "5.1.3", "invalid recipient address");
+            report.set(r, Status::Permanent(Cause::Local(reply)));
             continue;
         }
         match conn.command(Line(format!("RCPT TO:<{r}>"))).await {
             Ok(_) => accepted.push(r.clone()),
             Err(e) => match classify(&e, "RCPT TO") {
-                Verdict::Permanent(reply) => report
-                    .permanent
-                    .push((r.clone(), format!("RCPT TO: {reply}"))),
-                Verdict::Temporary(reply) => report
-                    .temporary
-                    .push((r.clone(), format!("RCPT TO: {reply}"))),
+                Verdict::Answered(reply) => report.set(r, answered(Stage::Rcpt, reply)),
                 Verdict::Broken(reason) => return Err(reason),
             },
         }
@@ -381,21 +363,30 @@ async fn transaction(
     };
     match result {
         Ok(resp) => {
-            report.last_reply = Some(positive_text(&resp));
-            report.delivered.extend(accepted);
+            report.last_reply = Some(Reply::from_response(&resp));
+            for r in &accepted {
+                report.set(r, Status::Delivered);
+            }
             Ok(())
         }
         Err(e) => match classify(&e, "DATA") {
-            Verdict::Permanent(r) => {
-                all(report, true, &format!("DATA: {r}"), &accepted);
-                rset(conn).await
-            }
-            Verdict::Temporary(r) => {
-                all(report, false, &format!("DATA: {r}"), &accepted);
+            Verdict::Answered(reply) => {
+                all(report, Stage::Data, reply, &accepted);
                 rset(conn).await
             }
             Verdict::Broken(r) => Err(r),
         },
+    }
+}
+
+/// A recipient's status from the server's negative answer to `stage`.
+fn answered(stage: Stage, reply: Reply) -> Status {
+    let permanent = reply.is_permanent();
+    let cause = Cause::Upstream { stage, reply };
+    if permanent {
+        Status::Permanent(cause)
+    } else {
+        Status::Temporary(cause)
     }
 }
 

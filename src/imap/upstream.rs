@@ -15,6 +15,7 @@ use tokio_rustls::TlsConnector;
 
 use super::framing::{FrameError, LineBuffer};
 use crate::config::{Endpoint, TlsMode};
+use crate::hints::Problem;
 use crate::secret::Secret;
 
 /// Longest upstream line we read before login (greeting, CAPABILITY, status).
@@ -53,15 +54,23 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The set-up mistake this shows, if it is one we know (the lookup
+    /// SMTP delivery and the status page use too, see [`crate::hints`]).
+    pub fn problem(&self) -> Option<Problem> {
+        match self {
+            UpstreamError::Rejected { .. } => Some(Problem::AuthRefused),
+            UpstreamError::Resolve(_) => Some(Problem::Dns),
+            UpstreamError::Connect { source, .. }
+            | UpstreamError::Tls { source, .. }
+            | UpstreamError::Io(source) => Problem::of_error(source),
+            _ => None,
+        }
+    }
+
     /// A certificate problem (untrusted, wrong name, expired)?
     pub fn is_certificate(&self) -> bool {
-        match self {
-            UpstreamError::Tls { source, .. } => source
-                .get_ref()
-                .and_then(|e| e.downcast_ref::<rustls::Error>())
-                .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_))),
-            _ => false,
-        }
+        matches!(self, UpstreamError::Tls { .. })
+            && self.problem().is_some_and(Problem::is_certificate)
     }
 }
 

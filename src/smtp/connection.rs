@@ -324,7 +324,6 @@ async fn hand_over(ctx: &SmtpContext, id: QueueId, envelope: &Envelope, message:
                 account = %envelope.account,
                 "message accepted"
             );
-            ctx.wake_delivery.notify_one();
             ctx.metrics.message_accepted(&envelope.account);
             ctx.status.accepted(&id, envelope);
             replies::queued(&id.to_string())

@@ -28,7 +28,7 @@ pub struct SmtpContext {
     pub auth: Arc<crate::auth::LocalAuth>,
     pub spool: Arc<crate::spool::Spool>,
     /// Signalled after each enqueue so the worker looks at the queue at once.
-    pub wake_delivery: Arc<tokio::sync::Notify>,
+    pub wake_delivery: Arc<crate::spool::Handoff>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub status: Arc<crate::status::Status>,
     /// Upstream SMTP clients (direct mode).

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::{EntryState, QueueEntry, QueueId, Spool, SpoolError};
+use super::{EntryState, HoldReason, QueueEntry, QueueId, Spool, SpoolError};
 use crate::config::Config;
 
 /// One entry as `queue list` and `queue show` present it (`--json` prints it as is).
@@ -26,6 +26,9 @@ pub struct EntryView {
     pub next_attempt: Option<String>,
     pub failed_at: Option<String>,
     pub last_error: Option<String>,
+    /// Why it is held, typed (`state` is derived from it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldReason>,
     pub client: String,
     pub helo: String,
     pub local_user: Option<String>,
@@ -73,6 +76,7 @@ pub fn view(e: &QueueEntry) -> EntryView {
         next_attempt: e.next_attempt.map(rfc3339),
         failed_at: e.failed_at.map(rfc3339),
         last_error: e.last_error.clone(),
+        hold: e.hold.clone(),
         client: e.envelope.client.clone(),
         helo: e.envelope.helo.clone(),
         local_user: e.envelope.local_user.clone(),

@@ -9,17 +9,21 @@
 //! can work on the same directory at once.
 
 pub mod admin;
+mod handoff;
+mod hold;
 pub(crate) mod store;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+pub use handoff::{Durable, Handoff};
+pub use hold::HoldReason;
 pub(crate) use store::{create_private, make_private, FILE_MODE};
 use store::{io_err, msg_path, state_path, Header, State};
 
@@ -81,7 +85,8 @@ pub enum EntryState {
     Queued,
     /// Tried, failed temporarily, waiting for `next_attempt`.
     Deferred,
-    /// Not tried because of a configuration problem (`last_error` says which).
+    /// Not tried: held by the worker (a configuration problem or the daily
+    /// limit; `hold` says which and `last_error` says why).
     Held,
     /// Put on hold by `mailbridge queue hold`: not delivered until released.
     #[serde(rename = "on-hold")]
@@ -122,6 +127,8 @@ pub struct QueueEntry {
     /// Recipients still to deliver (all of the envelope's until some are done).
     pub remaining: Vec<String>,
     pub failed_at: Option<SystemTime>,
+    /// Why it is held, if it is (the `state` shown is derived from it).
+    pub hold: Option<HoldReason>,
 }
 
 /// How a deferral or hold is recorded.
@@ -130,8 +137,8 @@ pub struct Deferral {
     pub attempts: u32,
     pub next_attempt: SystemTime,
     pub reason: String,
-    /// `true` for a configuration problem (shown as "held").
-    pub held: bool,
+    /// Set when the entry is held rather than deferred.
+    pub hold: Option<HoldReason>,
     /// Recipients still to deliver, if fewer than the envelope's.
     pub remaining: Option<Vec<String>>,
 }
@@ -142,10 +149,19 @@ pub struct Spool {
     failed: PathBuf,
     corrupt: PathBuf,
     tmp: PathBuf,
-    /// Ids (and accounts) enqueued by this process that the worker has not picked up yet.
-    fresh: Mutex<Vec<(QueueId, String)>>,
+    /// Tells the worker about every entry made durable by this process.
+    handoff: Arc<Handoff>,
     /// Shared fsyncs of `queue/` for concurrent enqueues.
     queue_sync: Arc<store::DirSync>,
+}
+
+/// Runs `work` on the blocking pool and waits for it (see [`Spool::blocking`]).
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, SpoolError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| SpoolError::Task(e.to_string()))?
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -202,7 +218,7 @@ impl Spool {
             failed: dir.join("failed"),
             corrupt: dir.join("corrupt"),
             tmp: dir.join("tmp"),
-            fresh: Mutex::new(Vec::new()),
+            handoff: Arc::new(Handoff::default()),
             queue_sync: Arc::new(store::DirSync::new(&dir.join("queue"))),
         };
         for d in [dir, &spool.queue, &spool.failed, &spool.corrupt, &spool.tmp] {
@@ -213,6 +229,21 @@ impl Spool {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The hand-off every enqueue announces itself on (the worker holds its receiver).
+    pub fn handoff(&self) -> Arc<Handoff> {
+        self.handoff.clone()
+    }
+
+    /// Runs blocking spool work (file reads, writes, fsyncs) off the runtime
+    /// threads: the one way the daemon does it.
+    pub async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Spool) -> Result<T, SpoolError> + Send + 'static,
+    ) -> Result<T, SpoolError> {
+        let spool = self.clone();
+        off_runtime(move || work(&spool)).await
     }
 
     /// Stores `message` (final bytes, CRLF line ends, not dot-stuffed) and its
@@ -245,25 +276,14 @@ impl Spool {
             self.queue_sync.clone(),
         );
         let message = message.to_vec();
-        tokio::task::spawn_blocking(move || {
+        off_runtime(move || {
             store::write_entry(&tmp, &queue, &header, &message, None)?;
             queue_sync.after_rename()
         })
-        .await
-        .map_err(|e| SpoolError::Task(e.to_string()))??;
-        if let Ok(mut fresh) = self.fresh.lock() {
-            fresh.push((id.clone(), envelope.account.clone()));
-        }
+        .await?;
+        // Durable now: the worker hears of it from here, in every mode.
+        self.handoff.durable(id.clone(), envelope.account.clone());
         Ok(id)
-    }
-
-    /// Ids and accounts enqueued since the last call (for the worker; avoids a
-    /// directory scan per message).
-    pub fn take_fresh(&self) -> Vec<(QueueId, String)> {
-        self.fresh
-            .lock()
-            .map(|mut f| std::mem::take(&mut *f))
-            .unwrap_or_default()
     }
 
     /// Every queued and failed message, oldest first. Damaged entries are moved aside.
@@ -369,12 +389,15 @@ impl Spool {
             attempts: d.attempts,
             next_attempt_ms: to_ms(d.next_attempt),
             last_error: Some(d.reason.clone()),
-            held: d.held.then(|| d.reason.clone()),
+            // `queue hold` may have run while this delivery was in flight.
+            hold: match previous.hold {
+                Some(HoldReason::Admin) => Some(HoldReason::Admin),
+                _ => d.hold.clone(),
+            },
             remaining: d.remaining.clone(),
             failed_at_ms: None,
-            // `queue hold` may have run while this delivery was in flight.
-            on_hold: previous.on_hold,
             requeued_at_ms: previous.requeued_at_ms,
+            ..State::default()
         };
         store::write_state(&self.tmp, &self.queue, &id.0, &state, true)
     }
@@ -447,7 +470,10 @@ impl Spool {
         let (dir, failed) = self.locate(id)?;
         let mut state = store::read_state(dir, &id.0);
         state.next_attempt_ms = 0;
-        state.held = None;
+        // A worker's hold is looked at again now; the admin's stays.
+        if !state.hold.as_ref().is_some_and(HoldReason::is_admin) {
+            state.hold = None;
+        }
         if failed {
             state.attempts = 0;
             state.failed_at_ms = None;
@@ -480,8 +506,12 @@ impl Spool {
             return Err(SpoolError::NotQueued(id.0.clone()));
         }
         let mut state = store::read_state(dir, &id.0);
-        state.on_hold = on_hold;
-        if !on_hold {
+        if on_hold {
+            state.hold = Some(HoldReason::Admin);
+        } else {
+            if state.hold.as_ref().is_some_and(HoldReason::is_admin) {
+                state.hold = None;
+            }
             state.next_attempt_ms = 0;
         }
         store::write_state(&self.tmp, &self.queue, &id.0, &state, true)
@@ -548,16 +578,12 @@ impl Spool {
 }
 
 fn make_entry(h: Header, s: State, failed: bool) -> QueueEntry {
-    let state = if failed {
-        EntryState::Failed
-    } else if s.on_hold {
-        EntryState::OnHold
-    } else if s.held.is_some() {
-        EntryState::Held
-    } else if s.attempts > 0 {
-        EntryState::Deferred
-    } else {
-        EntryState::Queued
+    let state = match (&s.hold, failed) {
+        (_, true) => EntryState::Failed,
+        (Some(h), _) if h.is_admin() => EntryState::OnHold,
+        (Some(_), _) => EntryState::Held,
+        (None, _) if s.attempts > 0 => EntryState::Deferred,
+        (None, _) => EntryState::Queued,
     };
     QueueEntry {
         id: QueueId(h.id),
@@ -571,6 +597,7 @@ fn make_entry(h: Header, s: State, failed: bool) -> QueueEntry {
         queued_since: from_ms(s.requeued_at_ms.unwrap_or(h.received_at_ms)),
         size: h.size,
         failed_at: s.failed_at_ms.map(from_ms),
+        hold: if failed { None } else { s.hold },
     }
 }
 

@@ -40,8 +40,11 @@ pub(crate) struct State {
     pub next_attempt_ms: u64,
     #[serde(default)]
     pub last_error: Option<String>,
-    /// Why the entry is held (e.g. the account has no usable password).
-    #[serde(default)]
+    /// Why the entry is held (see [`super::HoldReason`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<super::HoldReason>,
+    /// Older versions: why the worker held it (read only; see [`State::upgrade`]).
+    #[serde(default, skip_serializing)]
     pub held: Option<String>,
     /// Recipients still to deliver to; `None` means all of the envelope's.
     #[serde(default)]
@@ -49,13 +52,26 @@ pub(crate) struct State {
     /// When it was moved to the failed area (unix ms).
     #[serde(default)]
     pub failed_at_ms: Option<u64>,
-    /// Put on hold by `mailbridge queue hold` (not delivered until released).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    /// Older versions: put on hold by `mailbridge queue hold` (read only).
+    #[serde(default, skip_serializing)]
     pub on_hold: bool,
     /// When `queue retry` put a failed entry back in the queue (unix ms):
     /// expiry counts from here, not from receipt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requeued_at_ms: Option<u64>,
+}
+
+impl State {
+    /// Turns the hold fields older versions wrote into [`State::hold`].
+    pub(crate) fn upgrade(mut self) -> State {
+        if self.hold.is_none() {
+            self.hold =
+                super::hold::from_old(self.held.as_deref(), self.on_hold, self.next_attempt_ms);
+        }
+        self.held = None;
+        self.on_hold = false;
+        self
+    }
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -310,7 +326,9 @@ pub(crate) fn read_message(path: &Path) -> Result<(Header, Vec<u8>), SpoolError>
 /// treated as default too (the message itself is intact; worst case it is retried early).
 pub(crate) fn read_state(dir: &Path, id: &str) -> State {
     match fs::read(state_path(dir, id)) {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+        Ok(b) => serde_json::from_slice::<State>(&b)
+            .unwrap_or_default()
+            .upgrade(),
         Err(_) => State::default(),
     }
 }

@@ -41,9 +41,12 @@ async fn enqueue_list_read_complete() {
     assert_eq!(l[1].remaining, vec!["b@x", "c@x"]);
     assert_eq!(l[1].size, 17);
     assert_eq!(s.read_message(&b).unwrap(), b"Subject: b\r\n\r\n.\r\n");
-    let fresh: Vec<QueueId> = s.take_fresh().into_iter().map(|(id, _)| id).collect();
-    assert_eq!(fresh, vec![a.clone(), b.clone()]);
-    assert!(s.take_fresh().is_empty());
+    // Both were announced to the worker once durable, in order.
+    let mut handed = s.handoff().take_receiver().unwrap();
+    assert_eq!(handed.try_recv().unwrap().0, a);
+    assert_eq!(handed.try_recv().unwrap().0, b);
+    assert!(handed.try_recv().is_err());
+    assert!(s.handoff().take_receiver().is_none(), "one worker");
     s.complete(&a).unwrap();
     assert_eq!(s.list().unwrap().len(), 1);
     fs::remove_dir_all(dir).unwrap();
@@ -61,7 +64,7 @@ async fn defer_fail_retry_delete() {
             attempts: 1,
             next_attempt: when,
             reason: "451 4.3.0 try later".into(),
-            held: false,
+            hold: None,
             remaining: None,
         },
     )
@@ -91,7 +94,7 @@ async fn defer_fail_retry_delete() {
             attempts: 1,
             next_attempt: when,
             reason: "451 again".into(),
-            held: false,
+            hold: None,
             remaining: None,
         },
     )
@@ -213,7 +216,7 @@ async fn an_id_from_a_crafted_header_never_names_a_path() {
         attempts: 1,
         next_attempt: SystemTime::now(),
         reason: "451".into(),
-        held: false,
+        hold: None,
         remaining: None,
     };
     assert!(matches!(s.defer(&evil, &d), Err(SpoolError::NotFound(_))));
@@ -245,5 +248,99 @@ fn an_existing_spool_is_made_private_at_start() {
         assert_eq!(mode(&dir.join(d)), 0o700, "{d}");
     }
     assert_eq!(mode(&old), 0o600);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// State files written by older versions: each of their three hold shapes
+/// loads as the typed hold, and `queue list` shows the same state as before.
+#[tokio::test]
+async fn old_hold_shapes_load_as_typed_holds() {
+    let dir = tempdir();
+    let s = Spool::open(&dir).unwrap();
+    let cases: &[(&str, EntryState, Option<HoldReason>)] = &[
+        (
+            r#"{"attempts":0,"next_attempt_ms":1900000000000,"last_error":"account \"gmail\" has no usable password: not configured","held":"account \"gmail\" has no usable password: not configured","remaining":["a@x"],"failed_at_ms":null}"#,
+            EntryState::Held,
+            Some(HoldReason::Config {
+                reason: "account \"gmail\" has no usable password: not configured".into(),
+            }),
+        ),
+        (
+            r#"{"attempts":2,"next_attempt_ms":1900000000000,"last_error":"daily limit (3 in 24h), next slot at 2030-03-17T17:46:40Z","held":"daily limit (3 in 24h), next slot at 2030-03-17T17:46:40Z","remaining":null,"failed_at_ms":null}"#,
+            EntryState::Held,
+            Some(HoldReason::DailyLimit {
+                until_ms: 1_900_000_000_000,
+            }),
+        ),
+        (
+            r#"{"attempts":1,"next_attempt_ms":0,"last_error":"451 later","held":null,"remaining":null,"failed_at_ms":null,"on_hold":true}"#,
+            EntryState::OnHold,
+            Some(HoldReason::Admin),
+        ),
+        (
+            r#"{"attempts":1,"next_attempt_ms":0,"last_error":"no password","held":"no password","on_hold":true}"#,
+            EntryState::OnHold,
+            Some(HoldReason::Admin),
+        ),
+        (
+            r#"{"attempts":1,"next_attempt_ms":5,"last_error":"451 later","held":null}"#,
+            EntryState::Deferred,
+            None,
+        ),
+    ];
+    for (json, state, hold) in cases {
+        let id = s.enqueue(&env(&["a@x"]), b"x\r\n").await.unwrap();
+        fs::write(state_path(&s.queue, &id.0), json).unwrap();
+        let e = s.entry(&id).unwrap();
+        assert_eq!((&e.state, &e.hold), (state, hold), "{json}");
+        // Written back in the new shape, it reads the same.
+        s.retry(&id).unwrap();
+        let again = s.entry(&id).unwrap();
+        if hold.as_ref().is_some_and(HoldReason::is_admin) {
+            assert_eq!(again.hold, Some(HoldReason::Admin));
+        } else {
+            assert_eq!(again.hold, None, "retry looks at a worker's hold again");
+        }
+        let text = fs::read_to_string(state_path(&s.queue, &id.0)).unwrap();
+        assert!(
+            !text.contains("\"held\"") && !text.contains("on_hold"),
+            "{text}"
+        );
+    }
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// The new shape, including the OAuth2 one nothing writes yet, survives a round trip.
+#[tokio::test]
+async fn typed_holds_are_persisted() {
+    let dir = tempdir();
+    let s = Spool::open(&dir).unwrap();
+    for hold in [
+        HoldReason::Config { reason: "x".into() },
+        HoldReason::DailyLimit { until_ms: 42 },
+        HoldReason::NeedsReauthorization {
+            account: "gmail".into(),
+            reason: "invalid_grant".into(),
+        },
+    ] {
+        let id = s.enqueue(&env(&["a@x"]), b"x\r\n").await.unwrap();
+        let d = Deferral {
+            attempts: 0,
+            next_attempt: SystemTime::now(),
+            reason: "why".into(),
+            hold: Some(hold.clone()),
+            remaining: None,
+        };
+        s.defer(&id, &d).unwrap();
+        let e = s.entry(&id).unwrap();
+        assert_eq!((e.state, e.hold), (EntryState::Held, Some(hold)));
+        // The admin's hold wins over the worker's, and release clears only it.
+        s.hold(&id).unwrap();
+        assert_eq!(s.entry(&id).unwrap().state, EntryState::OnHold);
+        s.defer(&id, &d).unwrap();
+        assert_eq!(s.entry(&id).unwrap().state, EntryState::OnHold);
+        s.release(&id).unwrap();
+        assert_eq!(s.entry(&id).unwrap().state, EntryState::Queued);
+    }
     fs::remove_dir_all(dir).unwrap();
 }

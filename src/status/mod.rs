@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::delivery::{outcome, DeliveryReport};
 use crate::metrics::UpstreamStatus;
 use crate::spool::{EntryState, Envelope, QueueEntry, QueueId};
 use crate::Context;
@@ -133,10 +132,9 @@ impl Status {
         self.message(EventKind::Failed, e, rcpts, reply);
     }
 
-    /// `e` was delivered to the recipients the report names.
-    pub fn delivered(&self, e: &QueueEntry, report: &DeliveryReport) {
-        let reply = report.last_reply.as_deref().unwrap_or("");
-        self.message(EventKind::Delivered, e, &report.delivered, reply);
+    /// `e` was delivered to `rcpts`, the upstream saying `reply`.
+    pub fn delivered(&self, e: &QueueEntry, rcpts: &[String], reply: &str) {
+        self.message(EventKind::Delivered, e, rcpts, reply);
     }
 
     fn message(&self, kind: EventKind, e: &QueueEntry, rcpts: &[String], reply: &str) {
@@ -298,17 +296,10 @@ pub fn summarize_queue(
     out
 }
 
-/// The hint `check` would give for an upstream error text, if any.
-/// For a message that expired, the hint is about its last error.
+/// The hint `check` would give for an upstream error text, if any (the
+/// shared lookup in [`crate::hints`]).
 pub fn hint(text: &str) -> Option<&'static str> {
-    let text = text.split_once("; last error: ").map_or(text, |(_, e)| e);
-    if let Some(h) = outcome::hint_for(text) {
-        return Some(h);
-    }
-    let auth = text.starts_with("535")
-        || text.contains("5.7.8")
-        || text.to_ascii_lowercase().contains("authentication failed");
-    auth.then_some(outcome::AUTH_HINT)
+    crate::hints::for_stored_text(text)
 }
 
 /// Collects the snapshot: lists the spool (blocking file I/O: call it from
@@ -409,6 +400,7 @@ mod tests {
             size: 10,
             remaining: vec!["c@d".into()],
             failed_at: None,
+            hold: None,
         }
     }
 
@@ -445,7 +437,10 @@ mod tests {
         assert!(hint("connect to x: Connection refused")
             .unwrap()
             .contains("smtp.port"));
-        assert_eq!(hint("535 5.7.8 bad credentials"), Some(outcome::AUTH_HINT));
+        assert_eq!(
+            hint("535 5.7.8 bad credentials"),
+            Some(crate::hints::AUTH_HINT)
+        );
         assert_eq!(hint("451 4.3.0 try later"), None);
         assert_eq!(
             hint("expired after 1h in the queue; last error: 451 4.3.0 busy"),

@@ -21,6 +21,7 @@ mod support;
 
 mod cli_check;
 mod delivery;
+mod delivery_core;
 mod delivery_direct;
 mod delivery_logs;
 mod delivery_logs_escaped;

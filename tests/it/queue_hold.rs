@@ -44,6 +44,7 @@ async fn held_message_waits_until_released() {
     let o = queue(dir.path(), &["show", &held.0, "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["state"], "on-hold");
+    assert_eq!(v["hold"]["kind"], "admin", "the typed hold is shown");
 
     let d = start_in(&toml, dir).await;
     // Another message goes through: the worker runs, and skips the held one.

@@ -39,6 +39,8 @@ pub struct Script {
     pub mail_reply: Option<String>,
     /// Recipients answered `550 5.1.1 no such user`.
     pub reject_rcpts: HashSet<String>,
+    /// Recipients answered `451 4.2.1 mailbox busy` once each (then accepted).
+    pub busy_rcpts_once: HashSet<String>,
     /// Never answer the end of DATA this many times (the client must time out).
     pub hang_data: usize,
     /// Mechanisms advertised (default PLAIN LOGIN).
@@ -347,6 +349,8 @@ async fn session(
                     io.write_all(b"503 5.5.1 MAIL first\r\n").await?;
                 } else if sh.script.lock().unwrap().reject_rcpts.contains(&addr) {
                     io.write_all(b"550 5.1.1 no such user\r\n").await?;
+                } else if sh.script.lock().unwrap().busy_rcpts_once.remove(&addr) {
+                    io.write_all(b"451 4.2.1 mailbox busy\r\n").await?;
                 } else {
                     rcpts.push(addr);
                     io.write_all(b"250 2.1.5 OK\r\n").await?;
