@@ -142,7 +142,10 @@ impl Daemon {
         let config = Arc::new(config);
         reload::warn_config(&config);
         let shared = reload::Shared {
-            spool: Arc::new(spool::Spool::open(&config.smtp.spool_dir)?),
+            spool: Arc::new(
+                spool::Spool::open(&config.smtp.spool_dir)?
+                    .with_data_budget(config.smtp.data_buffer_budget),
+            ),
             wake_delivery: Arc::new(Notify::new()),
             metrics: Arc::new(metrics::Metrics::new()),
             status: Arc::new(status::Status::new()),

@@ -112,6 +112,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.smtp.max_connections != new.smtp.max_connections {
         changed.push("smtp.max_connections");
     }
+    if old.smtp.data_buffer_budget != new.smtp.data_buffer_budget {
+        changed.push("smtp.data_buffer_budget");
+    }
     if old.imap.max_connections != new.imap.max_connections {
         changed.push("imap.max_connections");
     }

@@ -53,6 +53,7 @@ struct RawSmtp {
     spool_dir: Option<PathBuf>,
     mode: Option<SmtpMode>,
     max_message_size: Option<u64>,
+    data_buffer_budget: Option<usize>,
     max_recipients: Option<usize>,
     max_client_recipients: Option<usize>,
     allowed_networks: Option<Vec<String>>,
@@ -364,6 +365,13 @@ impl RawConfig {
                 "must be at least 1024 bytes".into(),
             ));
         }
+        let data_buffer_budget = s.data_buffer_budget.unwrap_or(DEFAULT_DATA_BUFFER_BUDGET);
+        if data_buffer_budget < MIN_DATA_BUFFER_BUDGET {
+            return Err(err(
+                "smtp.data_buffer_budget",
+                format!("must be at least {MIN_DATA_BUFFER_BUDGET} bytes"),
+            ));
+        }
         let max_recipients = s.max_recipients.unwrap_or(DEFAULT_MAX_RECIPIENTS);
         if max_recipients == 0 {
             return Err(err("smtp.max_recipients", "must be at least 1".into()));
@@ -375,6 +383,7 @@ impl RawConfig {
             spool_dir: resolve(s.spool_dir.unwrap_or_else(|| "spool".into())),
             mode: s.mode.unwrap_or(SmtpMode::Spool),
             max_message_size,
+            data_buffer_budget,
             max_recipients,
             max_client_recipients: s
                 .max_client_recipients

@@ -9,6 +9,7 @@
 //! can work on the same directory at once.
 
 pub mod admin;
+mod incoming;
 mod store;
 
 use std::fs;
@@ -18,8 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 use tracing::warn;
 
+pub use incoming::Incoming;
 pub(crate) use store::{create_private, make_private, FILE_MODE};
 use store::{io_err, msg_path, state_path, Header, State};
 
@@ -146,7 +149,11 @@ pub struct Spool {
     fresh: Mutex<Vec<(QueueId, String)>>,
     /// Shared fsyncs of `queue/` for concurrent enqueues.
     queue_sync: Arc<store::DirSync>,
+    /// Bytes of received DATA that may sit in memory at once, across every
+    /// connection, before they reach their temp file (`smtp.data_buffer_budget`).
+    data_budget: Arc<Semaphore>,
 }
+
 
 pub(crate) fn now_ms() -> u64 {
     to_ms(SystemTime::now())
@@ -204,6 +211,7 @@ impl Spool {
             tmp: dir.join("tmp"),
             fresh: Mutex::new(Vec::new()),
             queue_sync: Arc::new(store::DirSync::new(&dir.join("queue"))),
+            data_budget: Arc::new(Semaphore::new(crate::config::DEFAULT_DATA_BUFFER_BUDGET)),
         };
         for d in [dir, &spool.queue, &spool.failed, &spool.corrupt, &spool.tmp] {
             store::private_dir(d)?;
@@ -213,6 +221,17 @@ impl Spool {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Sets the shared budget of buffered DATA bytes (see `data_budget`).
+    pub fn with_data_budget(mut self, bytes: usize) -> Spool {
+        self.data_budget = Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS)));
+        self
+    }
+
+    /// The shared budget of buffered DATA bytes, one permit a byte.
+    pub fn data_budget(&self) -> &Arc<Semaphore> {
+        &self.data_budget
     }
 
     /// Stores `message` (final bytes, CRLF line ends, not dot-stuffed) and its
