@@ -30,7 +30,13 @@ fn body(size: usize) -> Vec<u8> {
         if n % 13 == 0 {
             m.push(b'.');
         }
-        m.extend((0..len).map(|i| if (i + n) % 97 == 0 { 0xe9 } else { b'a' + ((i + n) % 26) as u8 }));
+        m.extend((0..len).map(|i| {
+            if (i + n) % 97 == 0 {
+                0xe9
+            } else {
+                b'a' + ((i + n) % 26) as u8
+            }
+        }));
         m.extend_from_slice(b"\r\n");
         n += 1;
     }
@@ -104,12 +110,27 @@ async fn message_larger_than_the_buffer_arrives_byte_identical() {
     );
     let head_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
     let after_received = &data[head_end..];
-    let body_at = after_received.windows(7).position(|w| w == b"\r\nFrom:").unwrap() + 2;
+    let body_at = after_received
+        .windows(7)
+        .position(|w| w == b"\r\nFrom:")
+        .unwrap()
+        + 2;
     assert_eq!(after_received[body_at..].len(), sent.len());
-    assert!(after_received[body_at..] == sent[..], "body changed on the way");
+    assert!(
+        after_received[body_at..] == sent[..],
+        "body changed on the way"
+    );
     // The client's Date and Message-ID were seen: none added.
-    assert_eq!(String::from_utf8_lossy(data).matches("\r\nDate: ").count(), 1);
-    assert_eq!(String::from_utf8_lossy(data).matches("Message-ID: ").count(), 1);
+    assert_eq!(
+        String::from_utf8_lossy(data).matches("\r\nDate: ").count(),
+        1
+    );
+    assert_eq!(
+        String::from_utf8_lossy(data)
+            .matches("Message-ID: ")
+            .count(),
+        1
+    );
     d.stop().await;
 }
 
@@ -129,7 +150,10 @@ async fn unfinished_data_is_on_disk_and_gone_when_the_client_leaves() {
     .await;
     assert!(files(&queue).is_empty(), "nothing in queue/ before the end");
     drop(c);
-    wait_until("tmp/ empty after the client left", || files(&tmp).is_empty()).await;
+    wait_until("tmp/ empty after the client left", || {
+        files(&tmp).is_empty()
+    })
+    .await;
     assert!(files(&queue).is_empty());
 
     // Over the size limit: 552, and its temp file is gone by the reply.
@@ -143,7 +167,11 @@ async fn unfinished_data_is_on_disk_and_gone_when_the_client_leaves() {
     assert!(files(&d2.spool_dir().join("queue")).is_empty());
     // The session goes on and the next message is stored whole.
     let r = c
-        .send_mail("scanner@local", &["a@example.org"], b"Subject: after\r\n\r\nok")
+        .send_mail(
+            "scanner@local",
+            &["a@example.org"],
+            b"Subject: after\r\n\r\nok",
+        )
         .await;
     let id = queue_id(&r);
     let stored = d2.daemon.context.spool.read_message(&id).unwrap();
@@ -200,7 +228,27 @@ async fn many_large_messages_at_once_under_a_one_buffer_budget() {
     stalled.send(&wire[100_000..]).await;
     stalled.send(b".\r\n").await;
     let id = queue_id(&stalled.reply().await);
-    assert!(d.daemon.context.spool.read_message(&id).unwrap().ends_with(&sent));
+    assert!(d
+        .daemon
+        .context
+        .spool
+        .read_message(&id)
+        .unwrap()
+        .ends_with(&sent));
     assert!(files(&tmp).is_empty());
     d.stop().await;
+}
+
+#[test]
+fn data_buffer_budget_below_one_buffer_is_refused() {
+    let path = Path::new("/tmp/relay.toml");
+    let err = mailbridge::config::Config::parse(
+        &smtp_support::config("data_buffer_budget = 65535"),
+        path,
+    )
+    .expect_err("a budget below one connection's buffer must be refused")
+    .to_string();
+    assert!(err.contains("smtp.data_buffer_budget"), "{err}");
+    let ok = mailbridge::config::Config::parse(&smtp_support::config(""), path).unwrap();
+    assert_eq!(ok.smtp.data_buffer_budget, 16 * 1024 * 1024);
 }

@@ -421,10 +421,7 @@ mod tests {
         let input = b"x\r\n..y\n.\r\n\r\n.\r\n";
         let chunks: Vec<&[u8]> = input.chunks(1).collect();
         let (o, _) = run(&chunks, 1 << 20);
-        assert_eq!(
-            o,
-            Some(Got::Complete(b"x\r\n.y\r\n.\r\n\r\n".to_vec()))
-        );
+        assert_eq!(o, Some(Got::Complete(b"x\r\n.y\r\n.\r\n\r\n".to_vec())));
     }
 
     #[test]
@@ -447,10 +444,7 @@ mod tests {
     fn eight_bit_detected_and_kept() {
         let mut r = DataReader::new(100, EndOfData::CrlfOnly);
         let mut out = Vec::new();
-        let (_, o) = r.ingest(
-            "Subject: é\r\n\r\n\u{1F600}\r\n.\r\n".as_bytes(),
-            &mut out,
-        );
+        let (_, o) = r.ingest("Subject: é\r\n\r\n\u{1F600}\r\n.\r\n".as_bytes(), &mut out);
         assert!(r.eight_bit());
         assert_eq!(o, Some(DataOutcome::Complete));
         assert_eq!(out, "Subject: é\r\n\r\n\u{1F600}\r\n".as_bytes());
@@ -513,8 +507,14 @@ mod tests {
             same_at_every_split(input, 1 << 20, EndOfData::CrlfOnly);
             same_at_every_split(input, 1 << 20, EndOfData::BareLfAllowed);
         }
-        let (o, tail) = run(&[b"Subject: x\r\n\r\nbody\r", b"\n.\r", b"\nQUIT\r\n"], 1 << 20);
-        assert_eq!(o, Some(Got::Complete(b"Subject: x\r\n\r\nbody\r\n".to_vec())));
+        let (o, tail) = run(
+            &[b"Subject: x\r\n\r\nbody\r", b"\n.\r", b"\nQUIT\r\n"],
+            1 << 20,
+        );
+        assert_eq!(
+            o,
+            Some(Got::Complete(b"Subject: x\r\n\r\nbody\r\n".to_vec()))
+        );
         assert_eq!(tail, b"QUIT\r\n");
     }
 
@@ -522,7 +522,10 @@ mod tests {
     fn dot_stuffing_split_at_every_position() {
         let input = b"..a\r\n...\r\n..\r\nx\r\n.b\r\n..\r\n.\r\n";
         let (o, _) = run(&[input], 1 << 20);
-        assert_eq!(o, Some(Got::Complete(b".a\r\n..\r\n.\r\nx\r\nb\r\n.\r\n".to_vec())));
+        assert_eq!(
+            o,
+            Some(Got::Complete(b".a\r\n..\r\n.\r\nx\r\nb\r\n.\r\n".to_vec()))
+        );
         same_at_every_split(input, 1 << 20, EndOfData::CrlfOnly);
         // And the size limit lands on the same byte whatever the split.
         same_at_every_split(input, 12, EndOfData::CrlfOnly);

@@ -234,7 +234,13 @@ mod tests {
             assert!(cut <= HEAD_WINDOW);
             let part = String::from_utf8(head(&msg[..cut], &trace())).unwrap();
             let whole = String::from_utf8(head(msg, &trace())).unwrap();
-            let fields = |s: &str| (s.contains("\r\nDate:"), s.contains("Message-ID:"), s.ends_with("\r\n\r\n"));
+            let fields = |s: &str| {
+                (
+                    s.contains("\r\nDate:"),
+                    s.contains("Message-ID:"),
+                    s.ends_with("\r\n\r\n"),
+                )
+            };
             assert_eq!(fields(&part), fields(&whole));
         }
         assert!(!head_decided(b"Subject: s\r\n", false));

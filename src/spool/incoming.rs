@@ -245,7 +245,8 @@ mod tests {
     }
 
     fn spool() -> (PathBuf, Spool) {
-        let d = std::env::temp_dir().join(format!("mailbridge-incoming-{}", super::super::new_id()));
+        let d =
+            std::env::temp_dir().join(format!("mailbridge-incoming-{}", super::super::new_id()));
         let s = Spool::open(&d).unwrap();
         (d, s)
     }
@@ -285,13 +286,20 @@ mod tests {
         let mut buf = b"Subject: s\r\n\r\n".to_vec();
         inc.write(&mut buf).await.unwrap();
         assert!(buf.is_empty());
-        assert_eq!(files(&dir.join("tmp")).len(), 1, "written to tmp/ as it arrives");
+        assert_eq!(
+            files(&dir.join("tmp")).len(),
+            1,
+            "written to tmp/ as it arrives"
+        );
         assert!(files(&dir.join("queue")).is_empty());
         let mut buf = vec![b'x'; 100_000];
         inc.write(&mut buf).await.unwrap();
         let mut final_env = env();
         final_env.body_8bit = true;
-        let size = inc.commit(&s, &final_env, b"\r\nend\r\n".to_vec()).await.unwrap();
+        let size = inc
+            .commit(&s, &final_env, b"\r\nend\r\n".to_vec())
+            .await
+            .unwrap();
         assert_eq!(size, 14 + 100_000 + 7);
         assert!(files(&dir.join("tmp")).is_empty());
         let (entry, msg) = s.load_queued(&id).unwrap();
@@ -301,7 +309,10 @@ mod tests {
         assert!(msg.ends_with(b"x\r\nend\r\n"));
         let raw = fs::read(dir.join("queue").join(format!("{id}.msg"))).unwrap();
         let line_end = raw.iter().position(|b| *b == b'\n').unwrap();
-        assert!(raw[..line_end].ends_with(b" "), "header padded to the placeholder's width");
+        assert!(
+            raw[..line_end].ends_with(b" "),
+            "header padded to the placeholder's width"
+        );
         assert_eq!(s.take_fresh().len(), 1);
         fs::remove_dir_all(dir).unwrap();
     }

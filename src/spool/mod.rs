@@ -154,7 +154,6 @@ pub struct Spool {
     data_budget: Arc<Semaphore>,
 }
 
-
 pub(crate) fn now_ms() -> u64 {
     to_ms(SystemTime::now())
 }
