@@ -48,12 +48,27 @@ def status_kib(pid, field):
     raise RuntimeError(f"no {field} for pid {pid}")
 
 
-def read_bytes(pid):
-    """Bytes the process read so far (sockets included)."""
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("rchar:"):
-            return int(line.split()[1])
-    return 0
+def all_read(port, n):
+    """True once the n connections to `port` have nothing in flight: the
+    daemon's receive queues and the clients' send queues are empty
+    (/proc/net/tcp), i.e. the daemon has read every byte sent."""
+    server, client = [], []
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            local, remote, state, queues = f[1], f[2], f[3], f[4]
+            if state != "01":  # ESTABLISHED
+                continue
+            tx, rx = (int(q, 16) for q in queues.split(":"))
+            if int(local.rsplit(":", 1)[1], 16) == port:
+                server.append(rx)
+            elif int(remote.rsplit(":", 1)[1], 16) == port:
+                client.append(tx)
+    return len(server) >= n and not any(server) and not any(client)
 
 
 def expect(f, code):
@@ -112,7 +127,6 @@ def send_round(mb, sink, msg):
 def hold_round(mb, msg):
     socks = []
     lock = threading.Lock()
-    before = read_bytes(mb.proc.pid)
 
     def one(_):
         s, _f = open_data(mb.smtp_port)
@@ -121,7 +135,7 @@ def hold_round(mb, msg):
             socks.append(s)
 
     all_at_once(one, CLIENTS)
-    poll(lambda: read_bytes(mb.proc.pid) - before >= CLIENTS * len(msg), 300, "the daemon to read every DATA")
+    poll(lambda: all_read(mb.smtp_port, CLIENTS), 300, "the daemon to read every DATA")
     hwm = status_kib(mb.proc.pid, "VmHWM")
     for s in socks:
         s.close()
