@@ -144,7 +144,8 @@ impl Daemon {
         let shared = reload::Shared {
             spool: Arc::new(
                 spool::Spool::open(&config.smtp.spool_dir)?
-                    .with_data_budget(config.smtp.data_buffer_budget),
+                    .with_data_budget(config.smtp.data_buffer_budget)
+                    .with_direct_loads(config.delivery.concurrency),
             ),
             wake_delivery: Arc::new(Notify::new()),
             metrics: Arc::new(metrics::Metrics::new()),

@@ -85,9 +85,21 @@ async fn start_data(c: &mut Client) {
 
 #[tokio::test]
 async fn message_larger_than_the_buffer_arrives_byte_identical() {
+    big_message_arrives_whole("").await;
+}
+
+#[tokio::test]
+async fn direct_mode_large_message_arrives_byte_identical_and_leaves_no_file() {
+    big_message_arrives_whole("mode = \"direct\"").await;
+}
+
+/// A 3 MiB message through the relay (`smtp_extra` picks the mode) reaches
+/// the upstream as our Received header plus exactly the client's bytes.
+async fn big_message_arrives_whole(smtp_extra: &str) {
     let ca = TestCa::new();
     let up = SmtpUpstream::start(&ca.server_cert(), Mode::Implicit, USER, PASSWORD).await;
-    let o = Opts::new(up.port(), "implicit", &ca.ca_file);
+    let mut o = Opts::new(up.port(), "implicit", &ca.ca_file);
+    o.smtp_extra = smtp_extra;
     let d = start(&config(&o)).await;
     let sent = body(3 * 1024 * 1024);
     let (mut c, _) = Client::connect(d.smtp_addr()).await;
@@ -95,12 +107,12 @@ async fn message_larger_than_the_buffer_arrives_byte_identical() {
     c.send(&stuffed(&sent)).await;
     c.send(b".\r\n").await;
     let reply = c.reply().await;
-    let id = queue_id(&reply);
+    assert_ok(&reply, "250");
     let got = up.wait_for(1, WAIT).await;
     let data = &got[0].data;
     // Our Received header, then exactly the client's bytes.
     let received = format!(
-        "Received: from dev (127.0.0.1)\r\n\tby {host} (mailbridge) with ESMTP id {id};\r\n\t",
+        "Received: from dev (127.0.0.1)\r\n\tby {host} (mailbridge) with ESMTP id ",
         host = d.daemon.context.config.smtp.hostname
     );
     assert!(
@@ -131,6 +143,15 @@ async fn message_larger_than_the_buffer_arrives_byte_identical() {
             .count(),
         1
     );
+    if smtp_extra.contains("direct") {
+        // Sent, not queued: no file left anywhere.
+        assert!(files(&d.spool_dir().join("tmp")).is_empty());
+        assert!(files(&d.spool_dir().join("queue")).is_empty());
+    } else {
+        let id = queue_id(&reply);
+        let top = String::from_utf8_lossy(&data[..300]);
+        assert!(top.contains(&format!(" id {id};")), "{top}");
+    }
     d.stop().await;
 }
 

@@ -317,6 +317,8 @@ async fn hand_over(ctx: &Context, id: QueueId, envelope: &Envelope, intake: Inta
             intake.discard().await;
             return replies::NO_DIRECT_UPSTREAM.into();
         };
+        // As many messages in memory at once as the worker has in flight.
+        let _load = ctx.spool.direct_loads().clone().acquire_owned().await.ok();
         let message = match intake.into_message().await {
             Ok(m) => m,
             Err(e) => {

@@ -152,6 +152,8 @@ pub struct Spool {
     /// Bytes of received DATA that may sit in memory at once, across every
     /// connection, before they reach their temp file (`smtp.data_buffer_budget`).
     data_budget: Arc<Semaphore>,
+    /// Direct-mode messages read back into memory at once (`delivery.concurrency`).
+    direct_loads: Arc<Semaphore>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -211,6 +213,7 @@ impl Spool {
             fresh: Mutex::new(Vec::new()),
             queue_sync: Arc::new(store::DirSync::new(&dir.join("queue"))),
             data_budget: Arc::new(Semaphore::new(crate::config::DEFAULT_DATA_BUFFER_BUDGET)),
+            direct_loads: Arc::new(Semaphore::new(1)),
         };
         for d in [dir, &spool.queue, &spool.failed, &spool.corrupt, &spool.tmp] {
             store::private_dir(d)?;
@@ -226,6 +229,18 @@ impl Spool {
     pub fn with_data_budget(mut self, bytes: usize) -> Spool {
         self.data_budget = Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS)));
         self
+    }
+
+    /// At most `n` direct-mode messages in memory at once (each is read back
+    /// whole for the upstream; the worker bounds its own by the same number).
+    pub fn with_direct_loads(mut self, n: usize) -> Spool {
+        self.direct_loads = Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS)));
+        self
+    }
+
+    /// Permits for direct-mode messages held in memory (see `with_direct_loads`).
+    pub fn direct_loads(&self) -> &Arc<Semaphore> {
+        &self.direct_loads
     }
 
     /// The shared budget of buffered DATA bytes, one permit a byte.
