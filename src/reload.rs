@@ -31,7 +31,11 @@ pub(crate) struct Shared {
 impl Shared {
     /// Opens what lives as long as the daemon (the spool directory's files).
     pub(crate) fn open(config: &Config) -> Result<Shared, StartError> {
-        let spool = Arc::new(spool::Spool::open(&config.smtp.spool_dir)?);
+        let spool = Arc::new(
+            spool::Spool::open(&config.smtp.spool_dir)?
+                .with_data_budget(config.smtp.data_buffer_budget)
+                .with_direct_loads(config.delivery.concurrency),
+        );
         Ok(Shared {
             wake_delivery: spool.handoff(),
             limits: delivery::limits::Window::load(&config.smtp.spool_dir),
@@ -71,7 +75,8 @@ pub(crate) fn build_context(
         None => auth::LocalAuth::new(&config.users),
     });
     let upstream = Arc::new(
-        delivery::Upstream::new(&config, shared.limits.clone()).map_err(|e| StartError::Upstream(e.to_string()))?,
+        delivery::Upstream::new(&config, shared.limits.clone())
+            .map_err(|e| StartError::Upstream(e.to_string()))?,
     );
     let smtp = smtp::SmtpContext {
         config: config.clone(),
@@ -156,6 +161,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.smtp.max_connections != new.smtp.max_connections {
         changed.push("smtp.max_connections");
+    }
+    if old.smtp.data_buffer_budget != new.smtp.data_buffer_budget {
+        changed.push("smtp.data_buffer_budget");
     }
     if old.imap.max_connections != new.imap.max_connections {
         changed.push("imap.max_connections");

@@ -42,21 +42,25 @@ fn check_reply(r: &str) {
     assert!(open.is_none(), "reply ends with a continuation line: {r:?}");
 }
 
-fn read_data(input: &[u8], chunk: usize, end: EndOfData) -> (usize, Option<DataOutcome>) {
+/// Bytes used, the outcome, and every byte the reader appended.
+fn read_data(input: &[u8], chunk: usize, end: EndOfData) -> (usize, Option<DataOutcome>, Vec<u8>) {
     let mut r = DataReader::new(4096, end);
     let mut used = 0;
+    let mut msg = Vec::new();
     while used < input.len() {
         let end = used.saturating_add(chunk).min(input.len());
-        let (n, out) = r.ingest(&input[used..end]);
+        let before = msg.len();
+        let (n, out) = r.ingest(&input[used..end], &mut msg);
         assert!(n <= end - used);
+        assert!(msg.len() - before <= 2 * n + 3, "output bounded by input");
         used += n;
         if out.is_some() {
-            return (used, out);
+            return (used, out, msg);
         }
         // Without an end the reader keeps everything it was given.
         assert_eq!(used, end, "bytes left unconsumed without an outcome");
     }
-    (used, None)
+    (used, None, msg)
 }
 
 /// Runs one input; panics on a broken invariant.
@@ -102,14 +106,15 @@ pub fn run(data: &[u8]) {
             Step::Data(r) => {
                 assert!(r.starts_with("354 "), "{r:?}");
                 let end = s.end_of_data();
-                let (used, out) = read_data(input, usize::MAX, end);
+                let (used, out, msg) = read_data(input, usize::MAX, end);
                 // Chunking must not change where the message ends or what it is.
-                let (used7, out7) = read_data(input, 7, end);
+                let (used7, out7, msg7) = read_data(input, 7, end);
                 assert_eq!(used, used7);
                 assert_eq!(out, out7);
+                assert_eq!(msg, msg7);
                 match out {
                     None => return,
-                    Some(DataOutcome::Complete(msg)) => {
+                    Some(DataOutcome::Complete) => {
                         assert!(msg.len() <= 4096 + 2);
                         // Line ends are CRLF only.
                         for (i, b) in msg.iter().enumerate() {

@@ -117,6 +117,9 @@ pub struct SmtpConfig {
     pub spool_dir: PathBuf,
     pub mode: SmtpMode,
     pub max_message_size: u64,
+    /// Bytes of DATA that may wait in memory for their spool file, across
+    /// all connections; a connection over it stops reading until there is room.
+    pub data_buffer_budget: usize,
     /// Per upstream transaction; more recipients are split into several.
     pub max_recipients: usize,
     /// Per client transaction; beyond it RCPT gets 452.
@@ -365,6 +368,11 @@ pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_CONCURRENCY: usize = 4;
 /// `delivery.concurrency` is clamped to 1..=this.
 pub const MAX_CONCURRENCY: usize = 64;
+/// Default `smtp.data_buffer_budget`: 16 MiB (256 connections' buffers).
+pub const DEFAULT_DATA_BUFFER_BUDGET: usize = 16 * 1024 * 1024;
+/// Smallest `smtp.data_buffer_budget`: one connection's buffer, so one
+/// message can always make progress.
+pub const MIN_DATA_BUFFER_BUDGET: usize = 64 * 1024;
 /// RFC 1939 section 3: the inactivity autologout timer is at least 10 minutes.
 pub const DEFAULT_POP3_IDLE: Duration = Duration::from_secs(10 * 60);
 pub const DEFAULT_POP3_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);

@@ -48,6 +48,7 @@ pub(super) struct RawSmtp {
     pub(super) spool_dir: Option<PathBuf>,
     pub(super) mode: Option<SmtpMode>,
     pub(super) max_message_size: Option<u64>,
+    pub(super) data_buffer_budget: Option<usize>,
     pub(super) max_recipients: Option<usize>,
     pub(super) max_client_recipients: Option<usize>,
     pub(super) allowed_networks: Option<Vec<String>>,

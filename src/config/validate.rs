@@ -166,12 +166,7 @@ fn account(src: &Source, i: usize, mut a: RawAccount) -> Result<Account, ConfigE
 
 /// One of `password`, `password_env`, `password_file`, read now. A missing
 /// or unreadable one is not an error: the account's mail waits in the spool.
-fn password(
-    src: &Source,
-    i: usize,
-    a: &RawAccount,
-    oauth2: bool,
-) -> Result<Password, ConfigError> {
+fn password(src: &Source, i: usize, a: &RawAccount, oauth2: bool) -> Result<Password, ConfigError> {
     let given = [
         a.password.is_some(),
         a.password_env.is_some(),
@@ -202,7 +197,9 @@ fn password(
         }
     } else if oauth2 {
         Password::Missing {
-            why: "auth = \"oauth2\": this version does not yet log in upstream with the OAuth2 token".into(),
+            why:
+                "auth = \"oauth2\": this version does not yet log in upstream with the OAuth2 token"
+                    .into(),
         }
     } else {
         Password::Missing {
@@ -283,6 +280,13 @@ fn smtp(src: &Source, s: RawSmtp, users: &[User]) -> Result<SmtpConfig, ConfigEr
     if max_message_size < 1024 {
         return Err(src.err("smtp.max_message_size", "must be at least 1024 bytes"));
     }
+    let data_buffer_budget = s.data_buffer_budget.unwrap_or(DEFAULT_DATA_BUFFER_BUDGET);
+    if data_buffer_budget < MIN_DATA_BUFFER_BUDGET {
+        return Err(src.err(
+            "smtp.data_buffer_budget",
+            format!("must be at least {MIN_DATA_BUFFER_BUDGET} bytes"),
+        ));
+    }
     let max_recipients = s.max_recipients.unwrap_or(DEFAULT_MAX_RECIPIENTS);
     if max_recipients == 0 {
         return Err(src.err("smtp.max_recipients", "must be at least 1"));
@@ -293,6 +297,7 @@ fn smtp(src: &Source, s: RawSmtp, users: &[User]) -> Result<SmtpConfig, ConfigEr
         spool_dir: src.resolve(s.spool_dir.unwrap_or_else(|| DEFAULT_SPOOL_DIR.into())),
         mode: s.mode.unwrap_or(DEFAULT_SMTP_MODE),
         max_message_size,
+        data_buffer_budget,
         max_recipients,
         max_client_recipients: s
             .max_client_recipients

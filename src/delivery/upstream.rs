@@ -25,6 +25,8 @@ use crate::spool::Envelope;
 const IDLE_MAX: Duration = Duration::from_secs(30);
 /// How long a reused connection may take to answer the RSET that checks it.
 const RSET_TIMEOUT: Duration = Duration::from_secs(10);
+/// The message goes to lettre in pieces of this many bytes (see `transaction`).
+const SEND_PIECE: usize = 64 * 1024;
 
 /// Upstream SMTP clients, one per account, with their idle connections.
 pub struct Upstream {
@@ -358,7 +360,9 @@ async fn transaction(
         return rset(conn).await;
     }
     let result = match conn.command(Data).await {
-        Ok(_) => conn.message(body).await,
+        // In pieces: lettre dot-stuffs each into its own buffer, so this
+        // sends without a second whole copy of the message.
+        Ok(_) => conn.message_iter(body.chunks(SEND_PIECE)).await,
         Err(e) => Err(e),
     };
     match result {

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::data::{DataOutcome, DataReader};
-use super::message::{self, TraceInfo};
+use super::intake::{Intake, Trace};
 use super::replies;
 use super::sender;
 use super::session::{Session, SessionConfig, Step, Transaction};
@@ -40,6 +40,10 @@ const SHUTDOWN_DATA_GRACE: Duration = Duration::from_secs(30);
 const MIN_DATA_RATE: f64 = 512.0;
 /// Bytes read per call; also the idle buffer size.
 const READ_CHUNK: usize = 4096;
+/// A DATA read that waits this long first gives the connection's share of
+/// the DATA budget back (see [`Intake::park`]); a client sending at full
+/// speed never waits that long.
+const PARK_AFTER: Duration = Duration::from_millis(50);
 
 /// Why a read did not return bytes.
 enum Stop {
@@ -210,24 +214,51 @@ async fn authenticate(
     })
 }
 
-/// Reads the message after 354 and answers it (the final DATA reply).
+/// Reads the message after 354, streaming it to the spool, and answers it
+/// (the final DATA reply). On an early return (client gone, timeout,
+/// shutdown) the intake is dropped and its temp file removed.
 async fn receive_message(
     conn: &mut Conn,
     session: &mut Session,
     ctx: &SmtpContext,
     shutdown: &CancellationToken,
 ) -> Result<String, Stop> {
-    let mut reader = DataReader::new(ctx.config.smtp.max_message_size, session.end_of_data());
+    let reader = DataReader::new(ctx.config.smtp.max_message_size, session.end_of_data());
+    // The Received id is the queue id, so a copy seen at the recipient
+    // matches the log lines and `mailbridge queue`.
+    let queue_id = QueueId::generate();
+    let txn = session.take_transaction();
+    let incoming = txn.as_ref().map(|txn| {
+        let envelope = envelope(txn, session, conn.peer, false);
+        ctx.spool.receive(queue_id.clone(), &envelope)
+    });
+    let trace = Trace {
+        helo: session.helo().to_string(),
+        peer: conn.peer.ip(),
+        hostname: ctx.config.smtp.hostname.clone(),
+        protocol: session.protocol(txn.as_ref().is_some_and(|t| t.smtputf8)),
+        id: queue_id.to_string(),
+    };
+    let on_head = txn
+        .as_ref()
+        .and_then(|t| ctx.config.account(&t.account))
+        .map(|a| {
+            let account = a.clone();
+            Box::new(move |start: &[u8]| warn_if_from_rewritten(start, &account))
+                as super::intake::OnHead
+        });
+    let budget = ctx.spool.data_budget().clone();
+    let mut intake = Intake::new(reader, incoming, trace, on_head, budget);
     let started = Instant::now();
     let mut received = conn.rbuf.len();
     let outcome = loop {
-        let (used, outcome) = reader.ingest(&conn.rbuf);
+        let (used, outcome) = intake.take(&conn.rbuf).await;
         conn.rbuf.advance(used);
         if let Some(o) = outcome {
             break o;
         }
         let before = conn.rbuf.len();
-        conn.read_data(shutdown).await?;
+        conn.read_data(shutdown, &mut intake).await?;
         received += conn.rbuf.len().saturating_sub(before);
         let slow_for = started.elapsed().saturating_sub(conn.idle);
         if (received as f64) < MIN_DATA_RATE * slow_for.as_secs_f64() {
@@ -235,41 +266,25 @@ async fn receive_message(
         }
     };
     conn.shrink();
-    let Some(txn) = session.take_transaction() else {
+    let Some(txn) = txn else {
+        intake.discard().await;
         return Ok(replies::NEED_MAIL.into());
     };
-    let body = match outcome {
+    match outcome {
         DataOutcome::TooBig => {
+            intake.discard().await;
             info!(account = %txn.account, "message refused: over max_message_size");
             return Ok(replies::MESSAGE_TOO_BIG.into());
         }
         DataOutcome::NulByte => {
+            intake.discard().await;
             info!(account = %txn.account, "message refused: contains NUL bytes");
             return Ok(replies::NUL_IN_MESSAGE.into());
         }
-        DataOutcome::Complete(body) => body,
-    };
-    // The Received id is the queue id, so a copy seen at the recipient
-    // matches the log lines and `mailbridge queue`.
-    let queue_id = QueueId::generate();
-    let trace_id = queue_id.to_string();
-    let smtputf8 = txn.smtputf8;
-    let message = message::fix_up(
-        &body,
-        &TraceInfo {
-            helo: session.helo(),
-            peer: conn.peer.ip(),
-            hostname: &ctx.config.smtp.hostname,
-            protocol: session.protocol(smtputf8),
-            id: &trace_id,
-        },
-    );
-    drop(body);
-    if let Some(account) = ctx.config.account(&txn.account) {
-        warn_if_from_rewritten(&message, account);
+        DataOutcome::Complete => {}
     }
-    let envelope = envelope(&txn, session, conn.peer, reader.eight_bit());
-    Ok(hand_over(ctx, queue_id, &envelope, &message).await)
+    let envelope = envelope(&txn, session, conn.peer, intake.eight_bit());
+    Ok(hand_over(ctx, queue_id, &envelope, intake).await)
 }
 
 /// Logs, once per sender address, that the provider will likely rewrite `From:`.
@@ -296,14 +311,24 @@ fn envelope(txn: &Transaction, session: &Session, peer: SocketAddr, eight_bit: b
 }
 
 /// Spools the message (or sends it upstream in direct mode); returns the reply.
-async fn hand_over(ctx: &SmtpContext, id: QueueId, envelope: &Envelope, message: &[u8]) -> String {
+async fn hand_over(ctx: &SmtpContext, id: QueueId, envelope: &Envelope, intake: Intake) -> String {
     if ctx.config.smtp.mode == SmtpMode::Direct {
         let Some(account) = ctx.config.account(&envelope.account) else {
+            intake.discard().await;
             return replies::NO_DIRECT_UPSTREAM.into();
+        };
+        // As many messages in memory at once as the worker has in flight.
+        let _load = ctx.spool.direct_loads().clone().acquire_owned().await.ok();
+        let message = match intake.into_message().await {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "spool write failed; message not accepted");
+                return replies::SPOOL_ERROR.into();
+            }
         };
         let r = ctx
             .upstream
-            .send_direct(account, envelope, message, &ctx.spool)
+            .send_direct(account, envelope, &message, &ctx.spool)
             .await;
         debug!(
             trace_id = %id,
@@ -315,11 +340,11 @@ async fn hand_over(ctx: &SmtpContext, id: QueueId, envelope: &Envelope, message:
         );
         return replies::relayed(r.code, r.enhanced.as_deref(), &r.text);
     }
-    match ctx.spool.enqueue_as(id, envelope, message).await {
-        Ok(id) => {
+    match intake.commit(&ctx.spool, envelope).await {
+        Ok(size) => {
             info!(
                 queue_id = %id,
-                size = message.len(),
+                size,
                 recipients = envelope.recipients.len(),
                 account = %envelope.account,
                 "message accepted"
@@ -432,16 +457,26 @@ impl Conn {
     }
 
     /// Waits for more message bytes. Shutdown does not cut a message short
-    /// at once: it gets [`SHUTDOWN_DATA_GRACE`] to finish.
-    async fn read_data(&mut self, shutdown: &CancellationToken) -> Result<(), Stop> {
+    /// at once: it gets [`SHUTDOWN_DATA_GRACE`] to finish. A wait longer than
+    /// [`PARK_AFTER`] parks `intake` (its budget goes back) and goes on.
+    async fn read_data(
+        &mut self,
+        shutdown: &CancellationToken,
+        intake: &mut Intake,
+    ) -> Result<(), Stop> {
         self.flush().await?;
         self.rbuf.reserve(READ_CHUNK);
+        let idle_end = Instant::now() + self.idle;
+        let park_at = Instant::now() + PARK_AFTER;
         loop {
-            let idle_end = Instant::now() + self.idle;
             let end = self.data_deadline.map_or(idle_end, |d| d.min(idle_end));
             let r = tokio::select! {
                 _ = shutdown.cancelled(), if self.data_deadline.is_none() => {
                     self.data_deadline = Some(Instant::now() + SHUTDOWN_DATA_GRACE);
+                    continue;
+                }
+                _ = tokio::time::sleep_until(park_at), if intake.can_park() => {
+                    intake.park().await;
                     continue;
                 }
                 r = tokio::time::timeout_at(end, self.stream.read_buf(&mut self.rbuf)) => r,

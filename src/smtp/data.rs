@@ -1,6 +1,9 @@
 //! The DATA phase reader (no I/O): finds the end of the message, removes the
 //! client's dot-stuffing, normalises every line end to CRLF and enforces the
-//! size limit without buffering beyond it.
+//! size limit. It is a streaming transform: each call appends the cleaned
+//! bytes of its input to the caller's buffer (which the caller writes to the
+//! spool and empties), so it holds no message bytes itself; its output for
+//! a stream is the same whatever the chunking.
 //!
 //! SMTP smuggling defence: only CRLF "." CRLF ends the message (or "." CRLF
 //! as the very first line). A "." line that starts or ends with a bare LF or
@@ -46,12 +49,14 @@ enum State {
 /// What the body looked like once the end was found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum DataOutcome {
-    /// The message, CRLF line ends, dot-stuffing removed.
-    Complete(Vec<u8>),
-    /// The message was over the limit; its bytes were read and discarded.
+    /// The message is complete: everything appended to the output buffers,
+    /// in order, is it (CRLF line ends, dot-stuffing removed).
+    Complete,
+    /// The message was over the limit; the output stopped there (what was
+    /// already appended must be discarded) and the rest was read and dropped.
     TooBig,
-    /// The message contained a NUL byte (RFC 5321 2.3.8 forbids it); its
-    /// bytes were read and discarded.
+    /// The message contained a NUL byte (RFC 5321 2.3.8 forbids it); the
+    /// output stopped at it and must be discarded, the rest was read and dropped.
     NulByte,
 }
 
@@ -59,8 +64,9 @@ pub struct DataReader {
     state: State,
     /// A bare LF counts as a line end for the terminator.
     bare_lf_ends: bool,
-    out: Vec<u8>,
-    max: usize,
+    /// Message bytes produced so far (all of them, written or not).
+    size: u64,
+    max: u64,
     too_big: bool,
     /// Did the body contain a NUL byte?
     nul: bool,
@@ -73,8 +79,8 @@ impl DataReader {
         DataReader {
             state: State::LineStart { crlf: true },
             bare_lf_ends: end == EndOfData::BareLfAllowed,
-            out: Vec::new(),
-            max: usize::try_from(max_size).unwrap_or(usize::MAX),
+            size: 0,
+            max: max_size,
             too_big: false,
             nul: false,
             eight_bit: false,
@@ -85,10 +91,17 @@ impl DataReader {
         self.eight_bit
     }
 
-    /// Feeds `input`; returns how many bytes were used and, once the final
-    /// "." line was seen, the outcome. Bytes after the end are not consumed
-    /// (they are pipelined commands).
-    pub fn ingest(&mut self, input: &[u8]) -> (usize, Option<DataOutcome>) {
+    /// Message bytes produced so far (the size the limit is checked against).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Feeds `input`, appending the message bytes it holds to `out` (at most
+    /// `2 * input.len() + 3` bytes: a bare line end grows to CRLF); returns
+    /// how many bytes were used and, once the final "." line was seen, the
+    /// outcome. Bytes after the end are not consumed (they are pipelined
+    /// commands).
+    pub fn ingest(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, Option<DataOutcome>) {
         let mut i = 0;
         while i < input.len() {
             if self.state == State::Mid {
@@ -99,21 +112,20 @@ impl DataReader {
                     .position(|&b| b == b'\r' || b == b'\n')
                     .unwrap_or(rest.len());
                 if run > 0 {
-                    self.push(&rest[..run]);
+                    self.push(out, &rest[..run]);
                     i += run;
                     continue;
                 }
             }
             let b = input[i];
             i += 1;
-            if self.step(b) {
+            if self.step(b, out) {
                 let outcome = if self.too_big {
                     DataOutcome::TooBig
                 } else if self.nul {
-                    self.out = Vec::new();
                     DataOutcome::NulByte
                 } else {
-                    DataOutcome::Complete(std::mem::take(&mut self.out))
+                    DataOutcome::Complete
                 };
                 return (i, Some(outcome));
             }
@@ -122,13 +134,13 @@ impl DataReader {
     }
 
     /// One byte; true at the end of the message.
-    fn step(&mut self, b: u8) -> bool {
+    fn step(&mut self, b: u8, out: &mut Vec<u8>) -> bool {
         match self.state {
             State::LineStart { crlf } => {
                 if b == b'.' {
                     self.state = State::Dot { crlf };
                 } else {
-                    self.mid(b);
+                    self.mid(b, out);
                 }
             }
             State::Dot { crlf } => match b {
@@ -138,7 +150,7 @@ impl DataReader {
                         return true;
                     }
                     // "." ended by a bare LF: content, kept as a "." line.
-                    self.push(b".\r\n");
+                    self.push(out, b".\r\n");
                     self.state = State::LineStart {
                         crlf: self.bare_lf_ends,
                     };
@@ -146,7 +158,7 @@ impl DataReader {
                 _ => {
                     // A stuffed leading dot: drop it, keep the rest of the line.
                     self.state = State::Mid;
-                    self.mid(b);
+                    self.mid(b, out);
                 }
             },
             State::DotCr { crlf } => {
@@ -156,30 +168,30 @@ impl DataReader {
                     }
                     // "\n.\r\n": a "." line after a bare LF is content
                     // (`crlf` is already true here for an LF-only client).
-                    self.push(b".\r\n");
+                    self.push(out, b".\r\n");
                     self.state = State::LineStart { crlf: true };
                 } else {
                     // ".\r" then something else: a "." line ended by a bare CR.
-                    self.push(b".\r\n");
+                    self.push(out, b".\r\n");
                     self.state = State::LineStart { crlf: false };
-                    return self.step(b);
+                    return self.step(b, out);
                 }
             }
-            State::Mid => self.mid(b),
+            State::Mid => self.mid(b, out),
             State::Cr => match b {
                 b'\n' => {
-                    self.push(b"\r\n");
+                    self.push(out, b"\r\n");
                     self.state = State::LineStart { crlf: true };
                 }
                 b'\r' => {
                     // The first CR was bare; this one may start a CRLF.
-                    self.push(b"\r\n");
+                    self.push(out, b"\r\n");
                     self.state = State::Cr;
                 }
                 _ => {
-                    self.push(b"\r\n");
+                    self.push(out, b"\r\n");
                     self.state = State::LineStart { crlf: false };
-                    return self.step(b);
+                    return self.step(b, out);
                 }
             },
         }
@@ -187,25 +199,25 @@ impl DataReader {
     }
 
     /// A byte inside a line (or the first byte of a line that is not ".").
-    fn mid(&mut self, b: u8) {
+    fn mid(&mut self, b: u8, out: &mut Vec<u8>) {
         match b {
             b'\r' => self.state = State::Cr,
             b'\n' => {
                 // Bare LF: normalised to CRLF, but it is not a real line end
                 // for the terminator (unless the client is LF-only).
-                self.push(b"\r\n");
+                self.push(out, b"\r\n");
                 self.state = State::LineStart {
                     crlf: self.bare_lf_ends,
                 };
             }
             _ => {
-                self.push(&[b]);
+                self.push(out, &[b]);
                 self.state = State::Mid;
             }
         }
     }
 
-    fn push(&mut self, bytes: &[u8]) {
+    fn push(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
         if !self.eight_bit && bytes.iter().any(|b| *b >= 0x80) {
             self.eight_bit = true;
         }
@@ -215,12 +227,14 @@ impl DataReader {
         if self.too_big {
             return;
         }
-        if self.out.len() + bytes.len() > self.max {
+        self.size += bytes.len() as u64;
+        if self.size > self.max {
             self.too_big = true;
-            self.out = Vec::new();
             return;
         }
-        self.out.extend_from_slice(bytes);
+        if !self.nul {
+            out.extend_from_slice(bytes);
+        }
     }
 }
 
@@ -228,16 +242,34 @@ impl DataReader {
 mod tests {
     use super::*;
 
+    /// An outcome with the bytes the reader appended (as the old API returned them).
+    #[derive(Debug, PartialEq, Eq)]
+    enum Got {
+        Complete(Vec<u8>),
+        TooBig,
+        NulByte,
+    }
+
+    fn got(o: DataOutcome, out: Vec<u8>) -> Got {
+        match o {
+            DataOutcome::Complete => Got::Complete(out),
+            DataOutcome::TooBig => Got::TooBig,
+            DataOutcome::NulByte => Got::NulByte,
+        }
+    }
+
     /// Feeds `chunks` one by one; returns the outcome and the unconsumed tail.
-    fn run(chunks: &[&[u8]], max: u64) -> (Option<DataOutcome>, Vec<u8>) {
+    fn run(chunks: &[&[u8]], max: u64) -> (Option<Got>, Vec<u8>) {
         run_mode(chunks, max, EndOfData::CrlfOnly)
     }
 
-    fn run_mode(chunks: &[&[u8]], max: u64, end: EndOfData) -> (Option<DataOutcome>, Vec<u8>) {
+    fn run_mode(chunks: &[&[u8]], max: u64, end: EndOfData) -> (Option<Got>, Vec<u8>) {
         let mut r = DataReader::new(max, end);
+        let mut out = Vec::new();
         for (n, c) in chunks.iter().enumerate() {
-            let (used, outcome) = r.ingest(c);
+            let (used, outcome) = r.ingest(c, &mut out);
             if let Some(o) = outcome {
+                let o = got(o, std::mem::take(&mut out));
                 let mut tail = c[used..].to_vec();
                 for rest in &chunks[n + 1..] {
                     tail.extend_from_slice(rest);
@@ -251,7 +283,7 @@ mod tests {
 
     fn complete(input: &[u8]) -> (Vec<u8>, Vec<u8>) {
         match run(&[input], 1 << 20) {
-            (Some(DataOutcome::Complete(m)), tail) => (m, tail),
+            (Some(Got::Complete(m)), tail) => (m, tail),
             other => panic!("not complete: {other:?}"),
         }
     }
@@ -319,7 +351,7 @@ mod tests {
 
     fn complete_lf(input: &[u8]) -> (Vec<u8>, Vec<u8>) {
         match run_mode(&[input], 1 << 20, EndOfData::BareLfAllowed) {
-            (Some(DataOutcome::Complete(m)), tail) => (m, tail),
+            (Some(Got::Complete(m)), tail) => (m, tail),
             other => panic!("not complete: {other:?}"),
         }
     }
@@ -338,7 +370,7 @@ mod tests {
         let input = b"a\nb\n.\nNOOP\n";
         let chunks: Vec<&[u8]> = input.chunks(1).collect();
         let (o, tail) = run_mode(&chunks, 1 << 20, EndOfData::BareLfAllowed);
-        assert_eq!(o, Some(DataOutcome::Complete(b"a\r\nb\r\n".to_vec())));
+        assert_eq!(o, Some(Got::Complete(b"a\r\nb\r\n".to_vec())));
         assert_eq!(tail, b"NOOP\n");
     }
 
@@ -372,54 +404,50 @@ mod tests {
     #[test]
     fn nul_byte_is_refused_at_the_end() {
         let (o, tail) = run(&[b"Subject: x\r\n\r\na\0b\r\n", b".\r\nQUIT\r\n"], 1 << 20);
-        assert_eq!(o, Some(DataOutcome::NulByte));
+        assert_eq!(o, Some(Got::NulByte));
         assert_eq!(tail, b"QUIT\r\n");
         // Over the size limit wins: the size is the client's first problem.
         let (o, _) = run(&[b"\0\x00456789abcdef\r\n.\r\n"], 10);
-        assert_eq!(o, Some(DataOutcome::TooBig));
+        assert_eq!(o, Some(Got::TooBig));
     }
 
     #[test]
     fn end_split_across_chunks() {
         let chunks: &[&[u8]] = &[b"abc\r", b"\n", b".", b"\r", b"\nNOOP\r\n"];
         let (o, tail) = run(chunks, 1 << 20);
-        assert_eq!(o, Some(DataOutcome::Complete(b"abc\r\n".to_vec())));
+        assert_eq!(o, Some(Got::Complete(b"abc\r\n".to_vec())));
         assert_eq!(tail, b"NOOP\r\n");
         // Byte by byte.
         let input = b"x\r\n..y\n.\r\n\r\n.\r\n";
         let chunks: Vec<&[u8]> = input.chunks(1).collect();
         let (o, _) = run(&chunks, 1 << 20);
-        assert_eq!(
-            o,
-            Some(DataOutcome::Complete(b"x\r\n.y\r\n.\r\n\r\n".to_vec()))
-        );
+        assert_eq!(o, Some(Got::Complete(b"x\r\n.y\r\n.\r\n\r\n".to_vec())));
     }
 
     #[test]
     fn too_big_is_read_to_the_end_and_discarded() {
         let mut r = DataReader::new(10, EndOfData::CrlfOnly);
-        let (used, o) = r.ingest(b"0123456789abcdef\r\nmore\r\n");
+        let mut out = Vec::new();
+        let (used, o) = r.ingest(b"0123456789abcdef\r\nmore\r\n", &mut out);
         assert!(o.is_none());
         assert_eq!(used, 24);
-        assert!(r.out.capacity() <= 16);
-        let (used, o) = r.ingest(b".\r\nQUIT\r\n");
+        assert!(out.len() <= 10);
+        let (used, o) = r.ingest(b".\r\nQUIT\r\n", &mut out);
         assert_eq!((used, o), (3, Some(DataOutcome::TooBig)));
+        assert!(out.len() <= 10, "nothing appended past the limit");
         // Exactly at the limit is fine.
         let (o, _) = run(&[b"12345678\r\n.\r\n"], 10);
-        assert_eq!(o, Some(DataOutcome::Complete(b"12345678\r\n".to_vec())));
+        assert_eq!(o, Some(Got::Complete(b"12345678\r\n".to_vec())));
     }
 
     #[test]
     fn eight_bit_detected_and_kept() {
         let mut r = DataReader::new(100, EndOfData::CrlfOnly);
-        let (_, o) = r.ingest("Subject: é\r\n\r\n\u{1F600}\r\n.\r\n".as_bytes());
+        let mut out = Vec::new();
+        let (_, o) = r.ingest("Subject: é\r\n\r\n\u{1F600}\r\n.\r\n".as_bytes(), &mut out);
         assert!(r.eight_bit());
-        assert_eq!(
-            o,
-            Some(DataOutcome::Complete(
-                "Subject: é\r\n\r\n\u{1F600}\r\n".as_bytes().to_vec()
-            ))
-        );
+        assert_eq!(o, Some(DataOutcome::Complete));
+        assert_eq!(out, "Subject: é\r\n\r\n\u{1F600}\r\n".as_bytes());
     }
 
     #[test]
@@ -442,12 +470,78 @@ mod tests {
                 rest = &rest[n..];
             }
             assert_eq!(run(&chunks, max), whole, "{input:?}");
-            if let (Some(DataOutcome::Complete(m)), _) = &whole {
+            if let (Some(Got::Complete(m)), _) = &whole {
                 assert!(m.len() as u64 <= max);
                 for (i, b) in m.iter().enumerate() {
                     assert!(*b != b'\n' || (i > 0 && m[i - 1] == b'\r'), "{input:?}");
                     assert!(*b != b'\r' || m.get(i + 1) == Some(&b'\n'), "{input:?}");
                 }
+            }
+        }
+    }
+
+    /// Every split of `input` into two and three chunks gives the whole-input result.
+    fn same_at_every_split(input: &[u8], max: u64, end: EndOfData) {
+        let whole = run_mode(&[input], max, end);
+        for i in 0..=input.len() {
+            let two = run_mode(&[&input[..i], &input[i..]], max, end);
+            assert_eq!(two, whole, "split at {i}: {input:?}");
+            for j in i..=input.len() {
+                let three = run_mode(&[&input[..i], &input[i..j], &input[j..]], max, end);
+                assert_eq!(three, whole, "split at {i}, {j}: {input:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn terminator_split_at_every_position() {
+        // The final "\r\n.\r\n" (and the smuggling look-alikes before it)
+        // cut at every byte, in both end-of-data modes.
+        let inputs: &[&[u8]] = &[
+            b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n",
+            b".\r\nNOOP\r\n",
+            b"a\n.\nb\r\n.\rc\r\n.\r\nRSET\r\n",
+            b"a\r.\r\nb\n.\r\n\r\n.\r\n",
+        ];
+        for input in inputs {
+            same_at_every_split(input, 1 << 20, EndOfData::CrlfOnly);
+            same_at_every_split(input, 1 << 20, EndOfData::BareLfAllowed);
+        }
+        let (o, tail) = run(
+            &[b"Subject: x\r\n\r\nbody\r", b"\n.\r", b"\nQUIT\r\n"],
+            1 << 20,
+        );
+        assert_eq!(
+            o,
+            Some(Got::Complete(b"Subject: x\r\n\r\nbody\r\n".to_vec()))
+        );
+        assert_eq!(tail, b"QUIT\r\n");
+    }
+
+    #[test]
+    fn dot_stuffing_split_at_every_position() {
+        let input = b"..a\r\n...\r\n..\r\nx\r\n.b\r\n..\r\n.\r\n";
+        let (o, _) = run(&[input], 1 << 20);
+        assert_eq!(
+            o,
+            Some(Got::Complete(b".a\r\n..\r\n.\r\nx\r\nb\r\n.\r\n".to_vec()))
+        );
+        same_at_every_split(input, 1 << 20, EndOfData::CrlfOnly);
+        // And the size limit lands on the same byte whatever the split.
+        same_at_every_split(input, 12, EndOfData::CrlfOnly);
+    }
+
+    #[test]
+    fn output_bounded_by_input() {
+        // What one call appends is bounded by its input, so a caller that
+        // feeds slices of n bytes never holds more than 2n + 3 of them.
+        let mut r = DataReader::new(1 << 20, EndOfData::CrlfOnly);
+        let input = b"\n\n\n\r\r\r.\n.\r.\r\nxyz";
+        for n in 1..input.len() {
+            for c in input.chunks(n) {
+                let mut out = Vec::new();
+                let (used, _) = r.ingest(c, &mut out);
+                assert!(out.len() <= 2 * used + 3, "{c:?}: {out:?}");
             }
         }
     }

@@ -44,9 +44,35 @@ pub fn unique_id() -> String {
     format!("{now:x}{n:x}{r:08x}")
 }
 
+/// Longest start of a message [`head`] looks at for `Date:` / `Message-ID:`:
+/// a header section longer than this is judged by its first
+/// `HEAD_WINDOW` bytes (a field further down is not seen, so one is added).
+pub const HEAD_WINDOW: usize = 32 * 1024;
+
 /// Returns the message with the trace header and any missing `Date:` /
 /// `Message-ID:` added. `message` has CRLF line ends.
+#[cfg(test)]
 pub fn fix_up(message: &[u8], trace: &TraceInfo<'_>) -> Vec<u8> {
+    let head = head(message, trace);
+    let mut out = Vec::with_capacity(head.len() + message.len());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(message);
+    out
+}
+
+/// Is `start` (the first bytes of a message) enough for [`head`] to give the
+/// same answer as for the whole message? True once it holds the end of the
+/// header section, or [`HEAD_WINDOW`] bytes, or `complete` (it is all of it).
+pub fn head_decided(start: &[u8], complete: bool) -> bool {
+    complete || start.len() >= HEAD_WINDOW || find(start, b"\r\n\r\n").is_some()
+}
+
+/// The bytes [`fix_up`] puts before the message: the trace header, any
+/// missing `Date:` / `Message-ID:`, and a separating empty line when the
+/// message has no header section. `start` is the message, or its first
+/// bytes once [`head_decided`] says they are enough; the message itself
+/// follows unchanged.
+pub fn head(start: &[u8], trace: &TraceInfo<'_>) -> Vec<u8> {
     let date = rfc5322_now();
     let mut head = String::new();
     // Sanitise the client-chosen HELO name so it cannot inject header lines.
@@ -63,7 +89,7 @@ pub fn fix_up(message: &[u8], trace: &TraceInfo<'_>) -> Vec<u8> {
         proto = trace.protocol,
         id = trace.id,
     ));
-    let headers = header_section(message);
+    let headers = header_section(start);
     if !has_field(headers, b"date") {
         head.push_str(&format!("Date: {date}\r\n"));
     }
@@ -74,15 +100,12 @@ pub fn fix_up(message: &[u8], trace: &TraceInfo<'_>) -> Vec<u8> {
             trace.hostname
         ));
     }
-    let mut out = Vec::with_capacity(head.len() + message.len() + 2);
-    out.extend_from_slice(head.as_bytes());
-    if !message.is_empty() && headers.is_empty() && !message.starts_with(b"\r\n") {
+    if !start.is_empty() && headers.is_empty() && !start.starts_with(b"\r\n") {
         // The client sent no header section at all: separate our headers from
         // its text so its first line is not read as a header.
-        out.extend_from_slice(b"\r\n");
+        head.push_str("\r\n");
     }
-    out.extend_from_slice(message);
-    out
+    head.into_bytes()
 }
 
 /// The header section: from the start up to (not including) the empty line,
@@ -197,5 +220,30 @@ mod tests {
         let d = rfc5322_now();
         assert!(d.ends_with(" +0000"), "{d}");
         assert_eq!(&d[3..5], ", ");
+    }
+
+    #[test]
+    fn head_of_a_decided_start_matches_the_whole_message() {
+        let body = vec![b'b'; 3 * HEAD_WINDOW];
+        let with_date = [b"Date: x\r\nSubject: s\r\n\r\n".to_vec(), body.clone()].concat();
+        let no_headers = [b"text\r\n".to_vec(), body.clone()].concat();
+        for msg in [&with_date, &no_headers] {
+            let cut = (1..=msg.len())
+                .find(|&n| head_decided(&msg[..n], false))
+                .unwrap();
+            assert!(cut <= HEAD_WINDOW);
+            let part = String::from_utf8(head(&msg[..cut], &trace())).unwrap();
+            let whole = String::from_utf8(head(msg, &trace())).unwrap();
+            let fields = |s: &str| {
+                (
+                    s.contains("\r\nDate:"),
+                    s.contains("Message-ID:"),
+                    s.ends_with("\r\n\r\n"),
+                )
+            };
+            assert_eq!(fields(&part), fields(&whole));
+        }
+        assert!(!head_decided(b"Subject: s\r\n", false));
+        assert!(head_decided(b"Subject: s\r\n", true));
     }
 }

@@ -1,11 +1,13 @@
 //! Inbound SMTP: the session state machine ([`session`], no I/O), the tokio
-//! connection loop ([`connection`]), the DATA reader ([`data`]), SASL
+//! connection loop ([`connection`]), the DATA reader ([`data`]) and its
+//! streaming into the spool ([`intake`]), SASL
 //! decoding ([`sasl`]), message fix-ups ([`message`]), envelope paths as
 //! received ([`path`]), the `From:` check ([`sender`]) and every reply text
 //! ([`replies`]).
 
 pub mod connection;
 pub mod data;
+mod intake;
 pub mod message;
 pub mod path;
 pub mod replies;

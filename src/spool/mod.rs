@@ -11,6 +11,7 @@
 pub mod admin;
 mod handoff;
 mod hold;
+mod incoming;
 pub(crate) mod store;
 
 use std::fs;
@@ -20,10 +21,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 use tracing::warn;
 
 pub use handoff::{Durable, Handoff};
 pub use hold::HoldReason;
+pub use incoming::Incoming;
 pub(crate) use store::{create_private, make_private, FILE_MODE};
 use store::{io_err, msg_path, state_path, Header, State};
 
@@ -153,6 +156,11 @@ pub struct Spool {
     handoff: Arc<Handoff>,
     /// Shared fsyncs of `queue/` for concurrent enqueues.
     queue_sync: Arc<store::DirSync>,
+    /// Bytes of received DATA that may sit in memory at once, across every
+    /// connection, before they reach their temp file (`smtp.data_buffer_budget`).
+    data_budget: Arc<Semaphore>,
+    /// Direct-mode messages read back into memory at once (`delivery.concurrency`).
+    direct_loads: Arc<Semaphore>,
 }
 
 /// Runs `work` on the blocking pool and waits for it (see [`Spool::blocking`]).
@@ -220,6 +228,8 @@ impl Spool {
             tmp: dir.join("tmp"),
             handoff: Arc::new(Handoff::default()),
             queue_sync: Arc::new(store::DirSync::new(&dir.join("queue"))),
+            data_budget: Arc::new(Semaphore::new(crate::config::DEFAULT_DATA_BUFFER_BUDGET)),
+            direct_loads: Arc::new(Semaphore::new(1)),
         };
         for d in [dir, &spool.queue, &spool.failed, &spool.corrupt, &spool.tmp] {
             store::private_dir(d)?;
@@ -244,6 +254,29 @@ impl Spool {
     ) -> Result<T, SpoolError> {
         let spool = self.clone();
         off_runtime(move || work(&spool)).await
+    }
+
+    /// Sets the shared budget of buffered DATA bytes (see `data_budget`).
+    pub fn with_data_budget(mut self, bytes: usize) -> Spool {
+        self.data_budget = Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS)));
+        self
+    }
+
+    /// At most `n` direct-mode messages in memory at once (each is read back
+    /// whole for the upstream; the worker bounds its own by the same number).
+    pub fn with_direct_loads(mut self, n: usize) -> Spool {
+        self.direct_loads = Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS)));
+        self
+    }
+
+    /// Permits for direct-mode messages held in memory (see `with_direct_loads`).
+    pub fn direct_loads(&self) -> &Arc<Semaphore> {
+        &self.direct_loads
+    }
+
+    /// The shared budget of buffered DATA bytes, one permit a byte.
+    pub fn data_budget(&self) -> &Arc<Semaphore> {
+        &self.data_budget
     }
 
     /// Stores `message` (final bytes, CRLF line ends, not dot-stuffed) and its

@@ -2,7 +2,12 @@
 //!
 //! An entry is `<id>.msg`: one line of JSON ([`Header`]: id, receipt time,
 //! size, envelope), a `\n`, then the message bytes exactly as accepted. It is
-//! written once (temp file, fsync, rename, fsync dir) and never modified. Its
+//! written once (temp file, fsync, rename, fsync dir) and never modified once
+//! renamed. A message streamed in as it arrives ([`super::incoming`]) first
+//! gets a placeholder header padded with spaces to the widest the real one
+//! can be; the real header overwrites it in the temp file at the end, padded
+//! to the same width (JSON allows the trailing spaces, so files written
+//! before streaming and after read the same way, format `v: 1`). Its
 //! mutable delivery state lives beside it in `<id>.state` ([`State`], JSON),
 //! replaced atomically by rename; a missing state file means "fresh".
 
@@ -135,7 +140,8 @@ pub(crate) fn make_private(path: &Path, mode: u32) {
 /// (a umask only takes bits away: 0600 stays 0600 under 022, 027, 077).
 pub(crate) fn create_private(path: &Path) -> std::io::Result<File> {
     let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
+    // Readable too: a streamed message is read back from its temp file in direct mode.
+    options.read(true).write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -181,6 +187,30 @@ pub(crate) fn write_atomic(
     result
 }
 
+/// `header` as its file line: JSON, padded with spaces to `width` bytes when
+/// given (an error if it does not fit), then `\n`.
+pub(crate) fn header_line(
+    header: &Header,
+    width: Option<usize>,
+    path: &Path,
+) -> Result<Vec<u8>, SpoolError> {
+    let mut line = serde_json::to_vec(header).map_err(|e| SpoolError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("cannot encode header: {e}"),
+    })?;
+    if let Some(width) = width {
+        if line.len() > width {
+            return Err(SpoolError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("header of {} bytes does not fit {width}", line.len()),
+            });
+        }
+        line.resize(width, b' ');
+    }
+    line.push(b'\n');
+    Ok(line)
+}
+
 /// Writes a complete entry (message with header, optional state) into `dir`;
 /// the caller fsyncs the directory (directly or through [`DirSync`]).
 pub(crate) fn write_entry(
@@ -190,11 +220,7 @@ pub(crate) fn write_entry(
     message: &[u8],
     state: Option<&State>,
 ) -> Result<(), SpoolError> {
-    let mut line = serde_json::to_vec(header).map_err(|e| SpoolError::Corrupt {
-        path: dir.to_path_buf(),
-        reason: format!("cannot encode header: {e}"),
-    })?;
-    line.push(b'\n');
+    let line = header_line(header, None, dir)?;
     if let Some(state) = state {
         write_state(tmp, dir, &header.id, state, true)?;
     }
@@ -308,18 +334,34 @@ pub(crate) fn read_header(path: &Path) -> Result<(Header, u64), SpoolError> {
     Ok((header, offset))
 }
 
-/// Reads the message bytes of a `.msg` file (after checking its header).
+/// Reads the message bytes of a `.msg` file (after checking its header)
+/// into one buffer of exactly the message's size (no other copy).
 pub(crate) fn read_message(path: &Path) -> Result<(Header, Vec<u8>), SpoolError> {
     let (header, offset) = read_header(path)?;
-    let mut msg = fs::read(path).map_err(io_err(path))?;
-    msg.drain(..(offset as usize).min(msg.len()));
-    if msg.len() as u64 != header.size {
-        return Err(SpoolError::Corrupt {
-            path: path.to_path_buf(),
-            reason: "changed while reading".into(),
-        });
-    }
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let msg = read_body(&mut f, offset, header.size).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData => {
+            SpoolError::Corrupt {
+                path: path.to_path_buf(),
+                reason: "changed while reading".into(),
+            }
+        }
+        _ => io_err(path)(e),
+    })?;
     Ok((header, msg))
+}
+
+/// `size` bytes from `offset` of `f`, and nothing after them.
+pub(crate) fn read_body(f: &mut File, offset: u64, size: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    let len = usize::try_from(size).map_err(|_| std::io::ErrorKind::InvalidData)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut msg = vec![0; len];
+    f.read_exact(&mut msg)?;
+    if f.read(&mut [0u8; 1])? != 0 {
+        return Err(std::io::ErrorKind::InvalidData.into());
+    }
+    Ok(msg)
 }
 
 /// Reads a state file; a missing file is the default state. A garbled one is

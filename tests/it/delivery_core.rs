@@ -2,15 +2,14 @@
 //! durable by any producer reach the worker at once (not at the next
 //! rescan), and a daily-limit hold is recognised by its type, not its text.
 
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::ca::TestCa;
 use crate::support::daemon::{start, start_in};
+use crate::support::delivery::{config, envelope, feed, Opts, PASSWORD, USER};
 use crate::support::smtp_upstream::{Mode, SmtpUpstream};
-use crate::support::delivery::{feed, config, envelope, Opts, PASSWORD, USER};
 use crate::support::wait::eventually;
 use mailbridge::delivery::limits::ManualClock;
 use mailbridge::spool::{HoldReason, Spool};

@@ -61,3 +61,4 @@ mod smtp_legacy;
 mod smtp_legacy_logs;
 mod smtp_limits;
 mod smtp_secrets;
+mod smtp_streaming;

@@ -7,7 +7,6 @@
 //! level; the token manager's refresh over HTTPS; IMAP and POP3 XOAUTH2
 //! against the in-process upstreams.
 
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Output, Stdio};
