@@ -80,6 +80,8 @@ pub struct Context {
     pub metrics: Arc<metrics::Metrics>,
     /// Recent events and session counts for the status page (survives reloads).
     pub status: Arc<status::Status>,
+    /// OAuth2 token managers, shared by the worker, IMAP and POP3 (survive reloads).
+    pub tokens: Arc<oauth2::Tokens>,
     /// Upstream SMTP clients (worker and direct mode; the same as `smtp.upstream`).
     pub upstream: Arc<delivery::Upstream>,
     /// The SMTP listeners' context (local TLS built at start and on each

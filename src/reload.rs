@@ -26,6 +26,8 @@ pub(crate) struct Shared {
     pub status: Arc<crate::status::Status>,
     /// The daily-limit window (counts and reservations in progress).
     pub limits: Arc<delivery::limits::Window>,
+    /// OAuth2 token managers, one per account (a refresh is shared by all).
+    pub tokens: Arc<crate::oauth2::Tokens>,
 }
 
 impl Shared {
@@ -39,6 +41,7 @@ impl Shared {
         Ok(Shared {
             wake_delivery: spool.handoff(),
             limits: delivery::limits::Window::load(&config.smtp.spool_dir),
+            tokens: Arc::new(crate::oauth2::Tokens::new(&config.smtp.spool_dir)),
             spool,
             metrics: Arc::new(Metrics::new()),
             status: Arc::new(crate::status::Status::new()),
@@ -94,6 +97,7 @@ pub(crate) fn build_context(
         metrics: shared.metrics.clone(),
         state: imap_state,
         upstream_tls: upstream_tls.clone(),
+        tokens: shared.tokens.clone(),
         tls: local_tls.imap,
     };
     let pop3 = pop3::Pop3Context {
@@ -102,6 +106,7 @@ pub(crate) fn build_context(
         metrics: shared.metrics.clone(),
         state: pop3_state,
         upstream_tls,
+        tokens: shared.tokens.clone(),
         tls: local_tls.pop3,
     };
     Ok(Context {
@@ -113,6 +118,7 @@ pub(crate) fn build_context(
         pop3: Arc::new(pop3),
         metrics: shared.metrics,
         status: shared.status,
+        tokens: shared.tokens,
         config,
     })
 }

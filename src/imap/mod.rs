@@ -92,6 +92,8 @@ pub struct ImapContext {
     pub state: ImapState,
     /// Each account's upstream TLS config.
     pub upstream_tls: Arc<crate::tls::UpstreamTls>,
+    /// OAuth2 token managers (`auth = "oauth2"` accounts log in with XOAUTH2).
+    pub tokens: Arc<crate::oauth2::Tokens>,
     /// Local TLS (STARTTLS and imaps) by `imap.tls_profile`; `None` without `tls_cert`/`tls_key`.
     pub tls: Option<crate::tls::LocalAcceptor>,
 }

@@ -9,3 +9,6 @@ pub mod http;
 pub mod manager;
 pub mod sasl;
 pub mod store;
+pub mod tokens;
+
+pub use tokens::Tokens;

@@ -47,6 +47,8 @@ pub struct Pop3Context {
     pub state: Pop3State,
     /// Each account's upstream TLS config (shared with IMAP).
     pub upstream_tls: Arc<crate::tls::UpstreamTls>,
+    /// OAuth2 token managers (`auth = "oauth2"` accounts log in with XOAUTH2).
+    pub tokens: Arc<crate::oauth2::Tokens>,
     /// Local TLS (STLS and pop3s): always the modern profile.
     pub tls: Option<crate::tls::LocalAcceptor>,
 }
