@@ -78,7 +78,7 @@ pub(crate) fn build_context(
         None => auth::LocalAuth::new(&config.users),
     });
     let upstream = Arc::new(
-        delivery::Upstream::new(&config, shared.limits.clone())
+        delivery::Upstream::new(&config, shared.limits.clone(), shared.tokens.clone())
             .map_err(|e| StartError::Upstream(e.to_string()))?,
     );
     let smtp = smtp::SmtpContext {
@@ -128,9 +128,13 @@ pub(crate) fn warn_config(config: &Config) {
     if let Some(w) = config.permission_warning() {
         warn!("{w}");
     }
+    let store = crate::oauth2::store::TokenStore::new(&config.smtp.spool_dir);
     for a in &config.accounts {
         if let Some(problem) = a.password.problem() {
             warn!(account = %a.name, "NO USABLE PASSWORD: {problem}; mail for this account is held in the spool until it is fixed");
+        }
+        if a.oauth2.is_some() && store.stamp(&a.name).is_none() {
+            warn!(account = %a.name, "NO OAUTH2 TOKEN stored for this account yet: run `mailbridge auth {}`; its mail is held in the spool until then", a.name);
         }
     }
 }
