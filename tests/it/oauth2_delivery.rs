@@ -34,19 +34,32 @@ const WAIT: Duration = Duration::from_secs(15);
 /// The daemon's config: account "oauth" (XOAUTH2, tokens from `token_port`)
 /// and "pw" (a password) at the same upstream, with the metrics listener.
 fn toml(up: &SmtpUpstream, token_port: u16, ca: &TestCa, delivery: &str) -> String {
+    toml_with(up, token_port, ca, delivery, None)
+}
+
+/// [`toml`], with "oauth"'s IMAP and POP3 servers at these ports.
+fn toml_with(
+    up: &SmtpUpstream,
+    token_port: u16,
+    ca: &TestCa,
+    delivery: &str,
+    mailboxes: Option<(u16, u16)>,
+) -> String {
     let url = |p: &str| format!("https://localhost:{token_port}{p}");
-    let oauth = Account::new(USER, "")
+    let mut oauth = Account::new(USER, "")
         .name("oauth")
         .password_line("")
         .ca_file(ca.ca_file.display())
-        .smtp(up.port(), "implicit")
-        .line("auth = \"oauth2\"")
-        .line(&format!(
-            "[accounts.oauth2]\nprovider = \"custom\"\nclient_id = \"dev-ok\"\nflow = \"device\"\n\
+        .smtp(up.port(), "implicit");
+    if let Some((imap, pop3)) = mailboxes {
+        oauth = oauth.imap(imap, "implicit").pop3(pop3, "implicit");
+    }
+    let oauth = oauth.line("auth = \"oauth2\"").line(&format!(
+        "[accounts.oauth2]\nprovider = \"custom\"\nclient_id = \"dev-ok\"\nflow = \"device\"\n\
              scopes = [\"mail\", \"offline\"]\ntoken_url = \"{}\"\ndevice_url = \"{}\"",
-            url("/token"),
-            url("/device")
-        ));
+        url("/token"),
+        url("/device")
+    ));
     let pw = Account::new(USER, "app pass word")
         .name("pw")
         .ca_file(ca.ca_file.display())
@@ -435,4 +448,73 @@ async fn an_oauth2_account_without_a_token_is_warned_about_at_start_not_for_a_pa
         "{text}"
     );
     assert!(!text.contains("NO USABLE PASSWORD"), "{text}");
+}
+
+#[tokio::test]
+async fn check_refreshes_the_token_and_logs_in_with_xoauth2_to_smtp_imap_and_pop3() {
+    use crate::support::imap_upstream::ImapUpstream;
+    use crate::support::pop3_upstream::{self, Pop3Upstream};
+
+    let (logs, _guard) = capture(tracing::Level::TRACE);
+    let s = setup().await;
+    // Expired: check must refresh it first (DEVICE_RT -> REFRESHED_AT).
+    store_token(
+        &s.spool_dir(),
+        &token("AT-old-6", DEVICE_RT, now_ms() - 1000),
+    );
+    s.up.accept_token(REFRESHED_AT);
+    let imap = ImapUpstream::start(&s.ca.server_cert(), USER, REFRESHED_AT).await;
+    let pop3 = Pop3Upstream::start(
+        &s.ca.server_cert(),
+        USER,
+        REFRESHED_AT,
+        pop3_upstream::Mode::Implicit,
+    )
+    .await;
+    let ports = Some((imap.port(), pop3.port()));
+    let text = toml_with(&s.up, s.tokens.port, &s.ca, "", ports)
+        .replace("[imap]\n", "[pop3]\nlisten = [\"127.0.0.1:0\"]\n\n[imap]\n");
+    let path = s.dir.path().join("relay.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = mailbridge::config::Config::load(&path).unwrap();
+    let report = mailbridge::check::run(&config).await;
+    let oauth = report.accounts.iter().find(|a| a.name == "oauth").unwrap();
+    let results: Vec<_> = oauth
+        .probes
+        .iter()
+        .map(|p| (p.protocol, p.result.clone()))
+        .collect();
+    assert_eq!(results.len(), 3, "{results:?}");
+    for (proto, r) in &results {
+        assert!(r.is_ok(), "{proto}: {r:?}");
+    }
+    assert!(
+        results[0].1.as_ref().unwrap().contains("with XOAUTH2"),
+        "{results:?}"
+    );
+    assert_eq!(s.refreshes(), 1, "one refresh shared by the three logins");
+    let xoauth2: Vec<bool> =
+        s.up.auths()
+            .iter()
+            .filter(|a| a.mechanism == "XOAUTH2")
+            .map(|a| a.ok)
+            .collect();
+    assert_eq!(
+        xoauth2,
+        vec![true],
+        "one SMTP XOAUTH2 login (the password account used PLAIN)"
+    );
+    let shown = format!("{report:?}");
+    for t in ["AT-old-6", REFRESHED_AT, DEVICE_RT, ROTATED_RT] {
+        assert!(!shown.contains(t), "{t} in the check report: {shown}");
+    }
+    // Without a token: every probe says to run `mailbridge auth`.
+    TokenStore::new(&s.spool_dir()).remove("oauth").unwrap();
+    let report = mailbridge::check::run(&config).await;
+    let oauth = report.accounts.iter().find(|a| a.name == "oauth").unwrap();
+    for p in &oauth.probes {
+        let e = p.result.as_ref().unwrap_err();
+        assert!(e.contains("mailbridge auth oauth"), "{e}");
+    }
+    drop(logs);
 }
