@@ -31,10 +31,12 @@ pub async fn login_with(
     let no_store = Tokens::new(std::path::Path::new(""));
     let tokens = match tokens {
         Some(t) => t,
-        None if account.oauth2.is_some() => return Err(format!(
+        None if account.oauth2.is_some() => {
+            return Err(format!(
             "account {:?} uses auth = \"oauth2\": run `mailbridge check`, which reads its token",
             account.name
-        )),
+        ))
+        }
         None => &no_store,
     };
     if account.oauth2.is_none() && account.password.secret().is_none() {
