@@ -12,6 +12,7 @@ pub mod admin;
 mod handoff;
 mod hold;
 mod incoming;
+pub mod memory;
 pub(crate) mod store;
 
 use std::fs;
@@ -27,6 +28,7 @@ use tracing::warn;
 pub use handoff::{Durable, Handoff};
 pub use hold::HoldReason;
 pub use incoming::Incoming;
+pub use memory::{InMemory, MemoryBudget};
 pub(crate) use store::{create_private, make_private, FILE_MODE};
 use store::{io_err, msg_path, state_path, Header, State};
 
@@ -159,8 +161,9 @@ pub struct Spool {
     /// Bytes of received DATA that may sit in memory at once, across every
     /// connection, before they reach their temp file (`smtp.data_buffer_budget`).
     data_budget: Arc<Semaphore>,
-    /// Direct-mode messages read back into memory at once (`delivery.concurrency`).
-    direct_loads: Arc<Semaphore>,
+    /// Bytes of whole messages read into memory for delivery at once, by
+    /// the worker and direct mode together (`delivery.message_buffer_budget`).
+    memory: Arc<MemoryBudget>,
 }
 
 /// Runs `work` on the blocking pool and waits for it (see [`Spool::blocking`]).
@@ -229,7 +232,9 @@ impl Spool {
             handoff: Arc::new(Handoff::default()),
             queue_sync: Arc::new(store::DirSync::new(&dir.join("queue"))),
             data_budget: Arc::new(Semaphore::new(crate::config::DEFAULT_DATA_BUFFER_BUDGET)),
-            direct_loads: Arc::new(Semaphore::new(1)),
+            memory: Arc::new(MemoryBudget::new(
+                crate::config::DEFAULT_MESSAGE_BUFFER_BUDGET,
+            )),
         };
         for d in [dir, &spool.queue, &spool.failed, &spool.corrupt, &spool.tmp] {
             store::private_dir(d)?;
@@ -262,16 +267,15 @@ impl Spool {
         self
     }
 
-    /// At most `n` direct-mode messages in memory at once (each is read back
-    /// whole for the upstream; the worker bounds its own by the same number).
-    pub fn with_direct_loads(mut self, n: usize) -> Spool {
-        self.direct_loads = Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS)));
+    /// Sets the budget of message bytes read into memory for delivery (see `memory`).
+    pub fn with_memory_budget(mut self, bytes: usize) -> Spool {
+        self.memory = Arc::new(MemoryBudget::new(bytes));
         self
     }
 
-    /// Permits for direct-mode messages held in memory (see `with_direct_loads`).
-    pub fn direct_loads(&self) -> &Arc<Semaphore> {
-        &self.direct_loads
+    /// The budget every whole message read for delivery claims from first.
+    pub fn memory(&self) -> &MemoryBudget {
+        &self.memory
     }
 
     /// The shared budget of buffered DATA bytes, one permit a byte.
@@ -296,11 +300,38 @@ impl Spool {
         envelope: &Envelope,
         message: &[u8],
     ) -> Result<QueueId, SpoolError> {
+        self.enqueue_owned(id, envelope, Arc::new(message.to_vec()))
+            .await
+    }
+
+    /// [`Spool::enqueue`] of bytes already held (e.g. an [`InMemory`]
+    /// message in direct mode), without copying them.
+    pub async fn enqueue_shared<M>(
+        &self,
+        envelope: &Envelope,
+        message: Arc<M>,
+    ) -> Result<QueueId, SpoolError>
+    where
+        M: AsRef<[u8]> + Send + Sync + 'static,
+    {
+        self.enqueue_owned(new_id(), envelope, message).await
+    }
+
+    async fn enqueue_owned<M>(
+        &self,
+        id: QueueId,
+        envelope: &Envelope,
+        message: Arc<M>,
+    ) -> Result<QueueId, SpoolError>
+    where
+        M: AsRef<[u8]> + Send + Sync + 'static,
+    {
+        let message_len = (*message).as_ref().len();
         let header = Header {
             v: 1,
             id: id.0.clone(),
             received_at_ms: now_ms(),
-            size: message.len() as u64,
+            size: message_len as u64,
             envelope: envelope.clone(),
         };
         let (tmp, queue, queue_sync) = (
@@ -308,9 +339,8 @@ impl Spool {
             self.queue.clone(),
             self.queue_sync.clone(),
         );
-        let message = message.to_vec();
         off_runtime(move || {
-            store::write_entry(&tmp, &queue, &header, &message, None)?;
+            store::write_entry(&tmp, &queue, &header, (*message).as_ref(), None)?;
             queue_sync.after_rename()
         })
         .await?;
@@ -383,6 +413,27 @@ impl Spool {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// A queued entry and its bytes, for delivery: the bytes are claimed
+    /// from the memory budget before they are read (waiting for room), and
+    /// not read at all (`None`) for an entry on hold (`mailbridge queue hold`).
+    pub async fn load_for_delivery(
+        self: &Arc<Self>,
+        id: &QueueId,
+    ) -> Result<(QueueEntry, Option<InMemory>), SpoolError> {
+        let qid = id.clone();
+        let head = self.blocking(move |s| s.entry(&qid)).await?;
+        if head.state == EntryState::OnHold {
+            return Ok((head, None));
+        }
+        let claim = self.memory.claim(head.size).await;
+        let qid = id.clone();
+        let (entry, bytes) = self.blocking(move |s| s.load_queued(&qid)).await?;
+        if entry.state == EntryState::OnHold {
+            return Ok((entry, None)); // put on hold while waiting for room
+        }
+        Ok((entry, Some(InMemory::new(bytes, claim))))
     }
 
     fn locate(&self, id: &QueueId) -> Result<(&Path, bool), SpoolError> {
