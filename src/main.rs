@@ -36,7 +36,29 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Makes glibc's malloc hand every buffer of 1 MiB or more straight back to
+/// the system when it is freed. By default a freed large buffer raises
+/// glibc's mmap threshold to its size, so the next message buffers come
+/// from (and stay in) per-thread arenas: with each message read on another
+/// blocking thread, the daemon kept about one message per arena although
+/// `delivery.message_buffer_budget` bounds the bytes in use (10 x 20 MB
+/// peaked at 164 MiB instead of about 30 MiB, docs/BENCHMARKS.md section 7).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn large_buffers_back_to_the_system() {
+    const THRESHOLD: libc::c_int = 1024 * 1024;
+    // SAFETY: mallopt only sets a parameter of glibc's allocator (it takes
+    // the allocator's own lock); it is called once, before any other thread.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn large_buffers_back_to_the_system() {}
+
 fn main() -> ExitCode {
+    large_buffers_back_to_the_system();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {

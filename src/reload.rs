@@ -36,7 +36,7 @@ impl Shared {
         let spool = Arc::new(
             spool::Spool::open(&config.smtp.spool_dir)?
                 .with_data_budget(config.smtp.data_buffer_budget)
-                .with_direct_loads(config.delivery.concurrency),
+                .with_memory_budget(config.delivery.message_buffer_budget),
         );
         Ok(Shared {
             wake_delivery: spool.handoff(),
@@ -180,6 +180,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.delivery.concurrency != new.delivery.concurrency {
         changed.push("delivery.concurrency");
+    }
+    if old.delivery.message_buffer_budget != new.delivery.message_buffer_budget {
+        changed.push("delivery.message_buffer_budget");
     }
     changed
 }

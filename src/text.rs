@@ -7,6 +7,23 @@
 
 use std::fmt;
 
+/// An error's message followed by its sources', each added unless the text
+/// already holds it ("error sending request: ...: invalid peer certificate").
+/// Not escaped: callers print it through [`Printable`] or escape it.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 /// Shows a string with the characters a terminal could act on escaped:
 /// C0 controls (except TAB) and DEL as `\x1b`, C1 controls (U+0080-U+009F)
 /// and bidi embeddings, overrides and isolates (U+202A-U+202E,

@@ -183,6 +183,9 @@ pub struct DeliveryConfig {
     pub timeout: Duration,
     /// Messages delivered at once (upstream connections in use).
     pub concurrency: usize,
+    /// Bytes of whole messages held in memory for delivery at once (worker
+    /// and direct mode together; see [`crate::spool::memory`]).
+    pub message_buffer_budget: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -373,6 +376,12 @@ pub const DEFAULT_DATA_BUFFER_BUDGET: usize = 16 * 1024 * 1024;
 /// Smallest `smtp.data_buffer_budget`: one connection's buffer, so one
 /// message can always make progress.
 pub const MIN_DATA_BUFFER_BUDGET: usize = 64 * 1024;
+/// Default `delivery.message_buffer_budget`: 24 MiB, so a large message is
+/// delivered alone and small ones side by side.
+pub const DEFAULT_MESSAGE_BUFFER_BUDGET: usize = 24 * 1024 * 1024;
+/// Smallest `delivery.message_buffer_budget` (a larger message still goes,
+/// alone).
+pub const MIN_MESSAGE_BUFFER_BUDGET: usize = 64 * 1024;
 /// RFC 1939 section 3: the inactivity autologout timer is at least 10 minutes.
 pub const DEFAULT_POP3_IDLE: Duration = Duration::from_secs(10 * 60);
 pub const DEFAULT_POP3_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);

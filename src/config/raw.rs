@@ -104,6 +104,7 @@ pub(super) struct RawDelivery {
     #[serde(default, deserialize_with = "opt_duration")]
     pub(super) timeout: Option<Duration>,
     pub(super) concurrency: Option<usize>,
+    pub(super) message_buffer_budget: Option<usize>,
 }
 
 #[derive(Deserialize)]

@@ -285,3 +285,18 @@ fn metrics_access_keys_default_to_loopback_and_check_host_names() {
     let e = parse(&format!("[metrics]\nallowed_networks = []\n{MIN}")).unwrap_err();
     assert_eq!(e.key, "metrics.allowed_networks");
 }
+
+#[test]
+fn message_buffer_budget_defaults_to_24_mib_and_has_a_floor() {
+    assert_eq!(
+        parse(MIN).unwrap().delivery.message_buffer_budget,
+        24 * 1024 * 1024
+    );
+    let set = |v: usize| parse(&format!("[delivery]\nmessage_buffer_budget = {v}\n{MIN}"));
+    assert_eq!(set(65536).unwrap().delivery.message_buffer_budget, 65536);
+    let e = set(65535).unwrap_err().to_string();
+    assert!(
+        e.contains("delivery.message_buffer_budget") && e.contains("at least 65536"),
+        "{e}"
+    );
+}

@@ -350,7 +350,16 @@ fn delivery(src: &Source, d: RawDelivery) -> Result<DeliveryConfig, ConfigError>
             .concurrency
             .unwrap_or(DEFAULT_CONCURRENCY)
             .clamp(1, MAX_CONCURRENCY),
+        message_buffer_budget: d
+            .message_buffer_budget
+            .unwrap_or(DEFAULT_MESSAGE_BUFFER_BUDGET),
     };
+    if delivery.message_buffer_budget < MIN_MESSAGE_BUFFER_BUDGET {
+        return Err(src.err(
+            "delivery.message_buffer_budget",
+            format!("must be at least {MIN_MESSAGE_BUFFER_BUDGET} bytes"),
+        ));
+    }
     if delivery.retry_initial.is_zero() {
         return Err(src.err("delivery.retry_initial", "must be greater than 0"));
     }

@@ -8,7 +8,7 @@ use tracing::{error, info, warn};
 
 use super::direct::as_text;
 use super::disposition::{join_reasons, Disposition, Next};
-use crate::spool::{Deferral, EntryState, HoldReason, QueueEntry, QueueId};
+use crate::spool::{Deferral, EntryState, HoldReason, InMemory, QueueEntry, QueueId};
 use crate::text::Printable;
 use crate::Context;
 
@@ -17,7 +17,7 @@ use crate::Context;
 pub(super) async fn apply(
     ctx: &Context,
     entry: &QueueEntry,
-    message: Option<Arc<Vec<u8>>>,
+    message: Option<Arc<InMemory>>,
     d: Disposition,
 ) -> Vec<QueueId> {
     let mut failed = Vec::new();
@@ -41,7 +41,7 @@ pub(super) async fn apply(
         let recorded = match message {
             Some(m) => {
                 ctx.spool
-                    .blocking(move |s| s.record_failed(&envelope, &m, &list))
+                    .blocking(move |s| s.record_failed(&envelope, &m[..], &list))
                     .await
             }
             None => Err(crate::spool::SpoolError::Task("message not loaded".into())),

@@ -16,17 +16,22 @@ use crate::text::Printable;
 
 impl Upstream {
     /// Delivers now and returns the reply the SMTP client should get.
-    pub async fn send_direct(
+    /// `message` is shared, not copied, with the spool when some recipients
+    /// must be kept (so its memory stays what its budget claim paid for).
+    pub async fn send_direct<M>(
         &self,
         account: &Account,
         envelope: &Envelope,
-        message: &[u8],
+        message: Arc<M>,
         spool: &Arc<Spool>,
-    ) -> DirectReply {
+    ) -> DirectReply
+    where
+        M: AsRef<[u8]> + Send + Sync + 'static,
+    {
         if account.oauth2.is_none() && account.password.secret().is_none() {
             return DirectReply::no_password(&no_password(account));
         }
-        let size = message.len();
+        let size = (*message).as_ref().len();
         let reservation = match self
             .limits()
             .try_reserve(&account.name, envelope.recipients.len())
@@ -38,7 +43,7 @@ impl Upstream {
             }
         };
         let report = self
-            .deliver(account, envelope, &envelope.recipients, message)
+            .deliver(account, envelope, &envelope.recipients, (*message).as_ref())
             .await;
         reservation.commit(report.delivered().len()).await;
         let (delivered, permanent, temporary) =
@@ -67,9 +72,9 @@ impl Upstream {
         );
         if !permanent.is_empty() {
             // A copy only when some recipients failed (rare), off the runtime threads.
-            let (env, msg, list) = (envelope.clone(), message.to_vec(), as_text(&permanent));
+            let (env, msg, list) = (envelope.clone(), message.clone(), as_text(&permanent));
             let recorded = spool
-                .blocking(move |s| s.record_failed(&env, &msg, &list))
+                .blocking(move |s| s.record_failed(&env, (*msg).as_ref(), &list))
                 .await;
             match recorded {
                 Ok(id) => {
@@ -88,7 +93,7 @@ impl Upstream {
             let mut env = envelope.clone();
             env.recipients = temporary.iter().map(|(r, _)| r.clone()).collect();
             // The spool wakes the worker itself once the copy is durable.
-            match spool.enqueue(&env, message).await {
+            match spool.enqueue_shared(&env, message).await {
                 Ok(id) => {
                     info!(queue_id = %id, rcpts = env.recipients.len(), "direct: queued the temporarily failed recipients for retry")
                 }

@@ -45,7 +45,9 @@ pub use upstream::Upstream;
 pub(crate) use upstream::{connect, no_password};
 pub(crate) use xoauth2::failure as token_failure;
 
-use crate::spool::{to_ms, Durable, EntryState, HoldReason, QueueEntry, QueueId, SpoolError};
+use crate::spool::{
+    to_ms, Durable, EntryState, HoldReason, InMemory, QueueEntry, QueueId, SpoolError,
+};
 use crate::text::Printable;
 use crate::Context;
 use apply::apply;
@@ -310,8 +312,8 @@ async fn deliver_one(ctx: &Context, id: QueueId, account_name: String) -> Done {
         account_ok: false,
         limited: None,
     };
-    let loaded = ctx.spool.blocking(move |s| s.load_queued(&id)).await;
-    let (entry, message) = match loaded {
+    // Waits for room in the memory budget before the bytes are read.
+    let (entry, message) = match ctx.spool.load_for_delivery(&id).await {
         Ok(x) => x,
         Err(SpoolError::NotFound(_)) | Err(SpoolError::Corrupt { .. }) => return done,
         Err(e) => {
@@ -321,9 +323,9 @@ async fn deliver_one(ctx: &Context, id: QueueId, account_name: String) -> Done {
         }
     };
     done.account = entry.envelope.account.clone();
-    if entry.state == EntryState::OnHold {
+    let Some(message) = message else {
         return done; // `mailbridge queue hold`: not delivered until released
-    }
+    };
     let policy = Policy::of(&ctx.config.delivery);
     let decide = |attempt: Attempt<'_>| disposition(&entry, attempt, SystemTime::now(), policy);
     let usable = match ctx.config.account(&entry.envelope.account) {
@@ -384,7 +386,7 @@ async fn finish_with(
     ctx: &Context,
     mut done: Done,
     entry: &QueueEntry,
-    message: Option<Arc<Vec<u8>>>,
+    message: Option<Arc<InMemory>>,
     d: Disposition,
 ) -> Done {
     (done.due_ms, done.limited) = schedule_after(entry, &d);

@@ -2,8 +2,6 @@
 //! permanent, configuration) in one place, the per-recipient report, readable
 //! reasons with hints, and the replies direct mode gives its clients.
 
-use std::error::Error as _;
-
 use lettre::transport::smtp::Error as SmtpError;
 
 use super::reply::{Cause, Reply, Stage, Status};
@@ -130,16 +128,7 @@ pub fn classify(e: &SmtpError, stage: &str) -> Verdict {
 /// for the common set-up mistakes. Never contains credentials (lettre errors
 /// do not carry them).
 pub fn describe(e: &SmtpError, stage: &str) -> String {
-    let mut text = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !text.contains(&t) {
-            text.push_str(": ");
-            text.push_str(&t);
-        }
-        src = s.source();
-    }
+    let mut text = crate::text::error_chain(e);
     if e.is_timeout() || text.contains("timed out") {
         return format!("{stage}: timed out ({text})");
     }

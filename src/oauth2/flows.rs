@@ -96,19 +96,9 @@ where
     }
 }
 
-/// An error with its sources ("error sending request: ...: invalid peer certificate").
+/// An error with its sources, escaped ([`crate::text::error_chain`]).
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    escaped(&out)
+    escaped(&crate::text::error_chain(e))
 }
 
 type Client =

@@ -317,22 +317,22 @@ async fn hand_over(ctx: &SmtpContext, id: QueueId, envelope: &Envelope, intake: 
             intake.discard().await;
             return replies::NO_DIRECT_UPSTREAM.into();
         };
-        // As many messages in memory at once as the worker has in flight.
-        let _load = ctx.spool.direct_loads().clone().acquire_owned().await.ok();
-        let message = match intake.into_message().await {
+        // In memory only within the budget the worker's messages share.
+        let message = match intake.into_message(ctx.spool.memory()).await {
             Ok(m) => m,
             Err(e) => {
                 warn!(error = %e, "spool write failed; message not accepted");
                 return replies::SPOOL_ERROR.into();
             }
         };
+        let size = message.len();
         let r = ctx
             .upstream
-            .send_direct(account, envelope, &message, &ctx.spool)
+            .send_direct(account, envelope, Arc::new(message), &ctx.spool)
             .await;
         debug!(
             trace_id = %id,
-            size = message.len(),
+            size,
             recipients = envelope.recipients.len(),
             account = %envelope.account,
             code = r.code,

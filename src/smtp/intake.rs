@@ -16,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::data::{DataOutcome, DataReader};
 use super::message::{self, TraceInfo};
 use crate::config::MIN_DATA_BUFFER_BUDGET;
-use crate::spool::{Envelope, Incoming, Spool, SpoolError};
+use crate::spool::{Envelope, InMemory, Incoming, MemoryBudget, Spool, SpoolError};
 
 /// The buffer is written out once it holds this much (and the head is decided).
 const FLUSH_AT: usize = message::HEAD_WINDOW;
@@ -145,13 +145,14 @@ impl Intake {
         }
     }
 
-    /// The message was complete: the whole of it in one buffer (direct mode).
-    pub async fn into_message(mut self) -> Result<Vec<u8>, SpoolError> {
+    /// The message was complete: the whole of it in one buffer (direct
+    /// mode), paid for from `budget` (see [`MemoryBudget`]).
+    pub async fn into_message(mut self, budget: &MemoryBudget) -> Result<InMemory, SpoolError> {
         self.decide_head(true);
         let last = std::mem::take(&mut self.out);
         self.share = None;
         match (self.incoming.take(), self.error.take()) {
-            (Some(i), _) => i.into_message(last).await,
+            (Some(i), _) => i.into_message(last, budget).await,
             (None, Some(e)) => Err(e),
             (None, None) => Err(SpoolError::Task("message was not being stored".into())),
         }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::store::{self, create_private, header_line, io_err, msg_path, Header, MSG_EXT};
-use super::{now_ms, unique_suffix, Envelope, QueueId, Spool, SpoolError};
+use super::{now_ms, unique_suffix, Envelope, InMemory, MemoryBudget, QueueId, Spool, SpoolError};
 
 /// A message on its way into the spool.
 pub struct Incoming {
@@ -130,22 +130,30 @@ impl Incoming {
         Ok(size)
     }
 
-    /// The message written so far plus `last`, read back into one buffer,
-    /// and the temp file removed (direct mode: sent now, never queued).
-    pub async fn into_message(mut self, last: Vec<u8>) -> Result<Vec<u8>, SpoolError> {
+    /// The message written so far plus `last`, read back into one buffer
+    /// once its size is claimed from `budget` (waiting for room), and the
+    /// temp file removed (direct mode: sent now, never queued).
+    pub async fn into_message(
+        mut self,
+        last: Vec<u8>,
+        budget: &MemoryBudget,
+    ) -> Result<InMemory, SpoolError> {
+        let claim = budget.claim(self.written + last.len() as u64).await;
         if self.path.is_none() {
-            return Ok(last);
+            return Ok(InMemory::new(last, claim));
         }
         let (offset, size) = (self.placeholder.len() as u64, self.written);
-        let (_, mut message) = self
-            .blocking(Vec::new(), move |f, out| {
-                *out = store::read_body(f, offset, size)?;
+        let (_, message) = self
+            .blocking(last, move |f, out| {
+                // One buffer of exactly the message's size, `last` at its end.
+                let mut whole = store::read_body(f, offset, size, out.len())?;
+                whole.append(out);
+                *out = whole;
                 Ok(())
             })
             .await?;
         self.discard().await;
-        message.extend_from_slice(&last);
-        Ok(message)
+        Ok(InMemory::new(message, claim))
     }
 
     /// Removes the temp file (a refused or abandoned message).
@@ -328,8 +336,19 @@ mod tests {
         // Direct mode: read back whole, nothing left anywhere.
         let mut inc = s.receive(QueueId::generate(), &env()).unwrap();
         inc.write(&mut b"part one, ".to_vec()).await.unwrap();
-        let m = inc.into_message(b"part two".to_vec()).await.unwrap();
-        assert_eq!(m, b"part one, part two");
+        let budget = super::super::MemoryBudget::new(1024);
+        let m = inc
+            .into_message(b"part two".to_vec(), &budget)
+            .await
+            .unwrap();
+        assert_eq!(&*m, b"part one, part two");
+        assert_eq!(
+            budget.in_use(),
+            m.len(),
+            "its size is claimed until dropped"
+        );
+        drop(m);
+        assert_eq!(budget.in_use(), 0);
         assert!(files(&dir.join("tmp")).is_empty());
         assert_eq!(files(&dir.join("queue")).len(), 1);
         fs::remove_dir_all(dir).unwrap();

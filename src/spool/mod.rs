@@ -9,12 +9,13 @@
 //! can work on the same directory at once.
 
 pub mod admin;
+mod changes;
 mod handoff;
 mod hold;
 mod incoming;
+pub mod memory;
 pub(crate) mod store;
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,13 +23,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
-use tracing::warn;
 
 pub use handoff::{Durable, Handoff};
 pub use hold::HoldReason;
 pub use incoming::Incoming;
+pub use memory::{InMemory, MemoryBudget};
 pub(crate) use store::{create_private, make_private, FILE_MODE};
-use store::{io_err, msg_path, state_path, Header, State};
+use store::{msg_path, Header, State};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -159,8 +160,9 @@ pub struct Spool {
     /// Bytes of received DATA that may sit in memory at once, across every
     /// connection, before they reach their temp file (`smtp.data_buffer_budget`).
     data_budget: Arc<Semaphore>,
-    /// Direct-mode messages read back into memory at once (`delivery.concurrency`).
-    direct_loads: Arc<Semaphore>,
+    /// Bytes of whole messages read into memory for delivery at once, by
+    /// the worker and direct mode together (`delivery.message_buffer_budget`).
+    memory: Arc<MemoryBudget>,
 }
 
 /// Runs `work` on the blocking pool and waits for it (see [`Spool::blocking`]).
@@ -229,7 +231,9 @@ impl Spool {
             handoff: Arc::new(Handoff::default()),
             queue_sync: Arc::new(store::DirSync::new(&dir.join("queue"))),
             data_budget: Arc::new(Semaphore::new(crate::config::DEFAULT_DATA_BUFFER_BUDGET)),
-            direct_loads: Arc::new(Semaphore::new(1)),
+            memory: Arc::new(MemoryBudget::new(
+                crate::config::DEFAULT_MESSAGE_BUFFER_BUDGET,
+            )),
         };
         for d in [dir, &spool.queue, &spool.failed, &spool.corrupt, &spool.tmp] {
             store::private_dir(d)?;
@@ -262,16 +266,15 @@ impl Spool {
         self
     }
 
-    /// At most `n` direct-mode messages in memory at once (each is read back
-    /// whole for the upstream; the worker bounds its own by the same number).
-    pub fn with_direct_loads(mut self, n: usize) -> Spool {
-        self.direct_loads = Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS)));
+    /// Sets the budget of message bytes read into memory for delivery (see `memory`).
+    pub fn with_memory_budget(mut self, bytes: usize) -> Spool {
+        self.memory = Arc::new(MemoryBudget::new(bytes));
         self
     }
 
-    /// Permits for direct-mode messages held in memory (see `with_direct_loads`).
-    pub fn direct_loads(&self) -> &Arc<Semaphore> {
-        &self.direct_loads
+    /// The budget every whole message read for delivery claims from first.
+    pub fn memory(&self) -> &MemoryBudget {
+        &self.memory
     }
 
     /// The shared budget of buffered DATA bytes, one permit a byte.
@@ -296,11 +299,38 @@ impl Spool {
         envelope: &Envelope,
         message: &[u8],
     ) -> Result<QueueId, SpoolError> {
+        self.enqueue_owned(id, envelope, Arc::new(message.to_vec()))
+            .await
+    }
+
+    /// [`Spool::enqueue`] of bytes already held (e.g. an [`InMemory`]
+    /// message in direct mode), without copying them.
+    pub async fn enqueue_shared<M>(
+        &self,
+        envelope: &Envelope,
+        message: Arc<M>,
+    ) -> Result<QueueId, SpoolError>
+    where
+        M: AsRef<[u8]> + Send + Sync + 'static,
+    {
+        self.enqueue_owned(new_id(), envelope, message).await
+    }
+
+    async fn enqueue_owned<M>(
+        &self,
+        id: QueueId,
+        envelope: &Envelope,
+        message: Arc<M>,
+    ) -> Result<QueueId, SpoolError>
+    where
+        M: AsRef<[u8]> + Send + Sync + 'static,
+    {
+        let message_len = (*message).as_ref().len();
         let header = Header {
             v: 1,
             id: id.0.clone(),
             received_at_ms: now_ms(),
-            size: message.len() as u64,
+            size: message_len as u64,
             envelope: envelope.clone(),
         };
         let (tmp, queue, queue_sync) = (
@@ -308,9 +338,8 @@ impl Spool {
             self.queue.clone(),
             self.queue_sync.clone(),
         );
-        let message = message.to_vec();
         off_runtime(move || {
-            store::write_entry(&tmp, &queue, &header, &message, None)?;
+            store::write_entry(&tmp, &queue, &header, (*message).as_ref(), None)?;
             queue_sync.after_rename()
         })
         .await?;
@@ -385,6 +414,27 @@ impl Spool {
         }
     }
 
+    /// A queued entry and its bytes, for delivery: the bytes are claimed
+    /// from the memory budget before they are read (waiting for room), and
+    /// not read at all (`None`) for an entry on hold (`mailbridge queue hold`).
+    pub async fn load_for_delivery(
+        self: &Arc<Self>,
+        id: &QueueId,
+    ) -> Result<(QueueEntry, Option<InMemory>), SpoolError> {
+        let qid = id.clone();
+        let head = self.blocking(move |s| s.entry(&qid)).await?;
+        if head.state == EntryState::OnHold {
+            return Ok((head, None));
+        }
+        let claim = self.memory.claim(head.size).await;
+        let qid = id.clone();
+        let (entry, bytes) = self.blocking(move |s| s.load_queued(&qid)).await?;
+        if entry.state == EntryState::OnHold {
+            return Ok((entry, None)); // put on hold while waiting for room
+        }
+        Ok((entry, Some(InMemory::new(bytes, claim))))
+    }
+
     fn locate(&self, id: &QueueId) -> Result<(&Path, bool), SpoolError> {
         if valid_id(&id.0) {
             if msg_path(&self.queue, &id.0).exists() {
@@ -395,218 +445,6 @@ impl Spool {
             }
         }
         Err(SpoolError::NotFound(id.0.clone()))
-    }
-
-    /// Delivered to every recipient: remove it.
-    pub fn complete(&self, id: &QueueId) -> Result<(), SpoolError> {
-        checked(id)?;
-        let p = msg_path(&self.queue, &id.0);
-        match fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&p)(e)),
-        }
-        let _ = fs::remove_file(state_path(&self.queue, &id.0));
-        Ok(())
-    }
-
-    /// Records a temporary failure (or a hold) and when to try again.
-    /// A no-op if the entry was deleted meanwhile.
-    pub fn defer(&self, id: &QueueId, d: &Deferral) -> Result<(), SpoolError> {
-        checked(id)?;
-        if !msg_path(&self.queue, &id.0).exists() {
-            return Ok(());
-        }
-        let previous = store::read_state(&self.queue, &id.0);
-        let state = State {
-            attempts: d.attempts,
-            next_attempt_ms: to_ms(d.next_attempt),
-            last_error: Some(d.reason.clone()),
-            // `queue hold` may have run while this delivery was in flight.
-            hold: match previous.hold {
-                Some(HoldReason::Admin) => Some(HoldReason::Admin),
-                _ => d.hold.clone(),
-            },
-            remaining: d.remaining.clone(),
-            failed_at_ms: None,
-            requeued_at_ms: previous.requeued_at_ms,
-            ..State::default()
-        };
-        store::write_state(&self.tmp, &self.queue, &id.0, &state, true)
-    }
-
-    /// Moves a queued entry to the failed area with `reason` (the upstream's reply).
-    pub fn fail(
-        &self,
-        id: &QueueId,
-        attempts: u32,
-        reason: &str,
-        remaining: Option<Vec<String>>,
-    ) -> Result<(), SpoolError> {
-        checked(id)?;
-        let src = msg_path(&self.queue, &id.0);
-        if !src.exists() {
-            return Ok(());
-        }
-        let state = State {
-            attempts,
-            last_error: Some(reason.to_string()),
-            remaining,
-            failed_at_ms: Some(now_ms()),
-            ..State::default()
-        };
-        store::write_state(&self.tmp, &self.failed, &id.0, &state, true)?;
-        fs::rename(&src, msg_path(&self.failed, &id.0)).map_err(io_err(&src))?;
-        store::sync_dir(&self.failed)?;
-        let _ = fs::remove_file(state_path(&self.queue, &id.0));
-        Ok(())
-    }
-
-    /// Records recipients that failed permanently (with the upstream's reply) as a
-    /// new entry in the failed area holding a copy of the message. Used when only
-    /// some recipients are rejected (spool and direct mode).
-    pub fn record_failed(
-        &self,
-        envelope: &Envelope,
-        message: &[u8],
-        failures: &[(String, String)],
-    ) -> Result<QueueId, SpoolError> {
-        let id = new_id();
-        let mut env = envelope.clone();
-        env.recipients = failures.iter().map(|(r, _)| r.clone()).collect();
-        let reason = failures
-            .iter()
-            .map(|(r, reply)| format!("<{r}>: {reply}"))
-            .collect::<Vec<_>>()
-            .join("; ");
-        let header = Header {
-            v: 1,
-            id: id.0.clone(),
-            received_at_ms: now_ms(),
-            size: message.len() as u64,
-            envelope: env,
-        };
-        let state = State {
-            attempts: 1,
-            last_error: Some(reason),
-            failed_at_ms: Some(now_ms()),
-            ..State::default()
-        };
-        store::write_entry(&self.tmp, &self.failed, &header, message, Some(&state))?;
-        store::sync_dir(&self.failed)?;
-        Ok(id)
-    }
-
-    /// Makes an entry due now: a queued one keeps its attempts; a failed one goes
-    /// back to the queue (its remaining recipients) with attempts reset.
-    pub fn retry(&self, id: &QueueId) -> Result<(), SpoolError> {
-        let (dir, failed) = self.locate(id)?;
-        let mut state = store::read_state(dir, &id.0);
-        state.next_attempt_ms = 0;
-        // A worker's hold is looked at again now; the admin's stays.
-        if !state.hold.as_ref().is_some_and(HoldReason::is_admin) {
-            state.hold = None;
-        }
-        if failed {
-            state.attempts = 0;
-            state.failed_at_ms = None;
-            state.requeued_at_ms = Some(now_ms());
-            store::write_state(&self.tmp, &self.queue, &id.0, &state, true)?;
-            let src = msg_path(&self.failed, &id.0);
-            fs::rename(&src, msg_path(&self.queue, &id.0)).map_err(io_err(&src))?;
-            store::sync_dir(&self.queue)?;
-            let _ = fs::remove_file(state_path(&self.failed, &id.0));
-        } else {
-            store::write_state(&self.tmp, &self.queue, &id.0, &state, false)?;
-        }
-        Ok(())
-    }
-
-    /// Puts a queued entry on hold (`mailbridge queue hold`): the worker skips
-    /// it until [`Spool::release`]. A delivery already in flight finishes.
-    pub fn hold(&self, id: &QueueId) -> Result<(), SpoolError> {
-        self.set_on_hold(id, true)
-    }
-
-    /// Releases a held entry: due now.
-    pub fn release(&self, id: &QueueId) -> Result<(), SpoolError> {
-        self.set_on_hold(id, false)
-    }
-
-    fn set_on_hold(&self, id: &QueueId, on_hold: bool) -> Result<(), SpoolError> {
-        let (dir, failed) = self.locate(id)?;
-        if failed {
-            return Err(SpoolError::NotQueued(id.0.clone()));
-        }
-        let mut state = store::read_state(dir, &id.0);
-        if on_hold {
-            state.hold = Some(HoldReason::Admin);
-        } else {
-            if state.hold.as_ref().is_some_and(HoldReason::is_admin) {
-                state.hold = None;
-            }
-            state.next_attempt_ms = 0;
-        }
-        store::write_state(&self.tmp, &self.queue, &id.0, &state, true)
-    }
-
-    /// Removes an entry (queued or failed). A delivery in progress finishes or
-    /// fails harmlessly; its later state update is ignored.
-    pub fn delete(&self, id: &QueueId) -> Result<(), SpoolError> {
-        let (dir, _) = self.locate(id)?;
-        let p = msg_path(dir, &id.0);
-        fs::remove_file(&p).map_err(io_err(&p))?;
-        let _ = fs::remove_file(state_path(dir, &id.0));
-        Ok(())
-    }
-
-    /// Moves a damaged entry to `corrupt/` and logs it.
-    fn quarantine(&self, dir: &Path, id: &str, why: &str) {
-        warn!(queue_id = %id, "damaged spool entry moved to {}: {}", self.corrupt.display(), crate::text::Printable(why));
-        for p in [msg_path(dir, id), state_path(dir, id)] {
-            if let Some(name) = p.file_name() {
-                let _ = fs::rename(&p, self.corrupt.join(name));
-            }
-        }
-    }
-
-    /// Start-up clean-up: stale temp files and state files without a message;
-    /// files others could read (written by an older version) made private.
-    pub fn recover(&self) {
-        for dir in [&self.queue, &self.failed, &self.corrupt, &self.tmp] {
-            let Ok(rd) = fs::read_dir(dir) else { continue };
-            for e in rd.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_file()) {
-                    make_private(&e.path(), FILE_MODE);
-                }
-            }
-        }
-        let stale = Duration::from_secs(60);
-        let old = |p: &Path| {
-            fs::metadata(p)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > stale)
-        };
-        if let Ok(rd) = fs::read_dir(&self.tmp) {
-            for e in rd.flatten() {
-                if old(&e.path()) {
-                    let _ = fs::remove_file(e.path());
-                }
-            }
-        }
-        for dir in [&self.queue, &self.failed] {
-            let Ok(rd) = fs::read_dir(dir) else { continue };
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(id) = name.strip_suffix(&format!(".{}", store::STATE_EXT)) {
-                    if !msg_path(dir, id).exists() && old(&e.path()) {
-                        let _ = fs::remove_file(e.path());
-                    }
-                }
-            }
-        }
     }
 }
 

@@ -339,7 +339,7 @@ pub(crate) fn read_header(path: &Path) -> Result<(Header, u64), SpoolError> {
 pub(crate) fn read_message(path: &Path) -> Result<(Header, Vec<u8>), SpoolError> {
     let (header, offset) = read_header(path)?;
     let mut f = File::open(path).map_err(io_err(path))?;
-    let msg = read_body(&mut f, offset, header.size).map_err(|e| match e.kind() {
+    let msg = read_body(&mut f, offset, header.size, 0).map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData => {
             SpoolError::Corrupt {
                 path: path.to_path_buf(),
@@ -351,12 +351,19 @@ pub(crate) fn read_message(path: &Path) -> Result<(Header, Vec<u8>), SpoolError>
     Ok((header, msg))
 }
 
-/// `size` bytes from `offset` of `f`, and nothing after them.
-pub(crate) fn read_body(f: &mut File, offset: u64, size: u64) -> std::io::Result<Vec<u8>> {
+/// `size` bytes from `offset` of `f`, and nothing after them, in a buffer
+/// with room for `spare` more bytes (so appending them copies nothing).
+pub(crate) fn read_body(
+    f: &mut File,
+    offset: u64,
+    size: u64,
+    spare: usize,
+) -> std::io::Result<Vec<u8>> {
     use std::io::{Seek, SeekFrom};
     let len = usize::try_from(size).map_err(|_| std::io::ErrorKind::InvalidData)?;
     f.seek(SeekFrom::Start(offset))?;
-    let mut msg = vec![0; len];
+    let mut msg = Vec::with_capacity(len.saturating_add(spare));
+    msg.resize(len, 0);
     f.read_exact(&mut msg)?;
     if f.read(&mut [0u8; 1])? != 0 {
         return Err(std::io::ErrorKind::InvalidData.into());

@@ -1,6 +1,8 @@
 //! Unit tests of the spool on a temporary directory.
 
 use super::*;
+use std::fs;
+use store::state_path;
 
 fn env(rcpts: &[&str]) -> Envelope {
     Envelope {

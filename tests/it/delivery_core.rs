@@ -45,7 +45,12 @@ async fn direct_mode_hands_its_deferred_recipients_to_the_worker() {
     let env = envelope(&["a@example.org", "busy@example.org"]);
     let r = ctx
         .upstream
-        .send_direct(acct, &env, b"Subject: s\r\n\r\nx\r\n", &ctx.spool)
+        .send_direct(
+            acct,
+            &env,
+            std::sync::Arc::new(b"Subject: s\r\n\r\nx\r\n"),
+            &ctx.spool,
+        )
         .await;
     assert_eq!(r.code, 250, "{r:?}");
     // The busy recipient was queued; the worker heard of it and sent it.

@@ -32,7 +32,7 @@ async fn direct_mode_passes_upstream_replies_back() {
 
     let r = ctx
         .upstream
-        .send_direct(acct, &env, b"one\r\n", &ctx.spool)
+        .send_direct(acct, &env, std::sync::Arc::new(b"one\r\n"), &ctx.spool)
         .await;
     assert_eq!(r.code, 250, "{r:?}");
     assert_eq!(up.received()[0].data, b"one\r\n");
@@ -40,7 +40,7 @@ async fn direct_mode_passes_upstream_replies_back() {
     up.script().data_451 = 1;
     let r = ctx
         .upstream
-        .send_direct(acct, &env, b"two\r\n", &ctx.spool)
+        .send_direct(acct, &env, std::sync::Arc::new(b"two\r\n"), &ctx.spool)
         .await;
     assert_eq!(
         (r.code, r.enhanced.as_deref()),
@@ -51,7 +51,7 @@ async fn direct_mode_passes_upstream_replies_back() {
     up.script().data_reply = Some("554 5.7.0 rejected as spam".into());
     let r = ctx
         .upstream
-        .send_direct(acct, &env, b"three\r\n", &ctx.spool)
+        .send_direct(acct, &env, std::sync::Arc::new(b"three\r\n"), &ctx.spool)
         .await;
     assert_eq!(
         (r.code, r.enhanced.as_deref(), r.text.as_str()),
@@ -64,7 +64,7 @@ async fn direct_mode_passes_upstream_replies_back() {
     let env2 = envelope(&["a@example.org", "bad@example.org"]);
     let r = ctx
         .upstream
-        .send_direct(acct, &env2, b"four\r\n", &ctx.spool)
+        .send_direct(acct, &env2, std::sync::Arc::new(b"four\r\n"), &ctx.spool)
         .await;
     assert_eq!(r.code, 250, "{r:?}");
     let failed = ctx.spool.list_failed().unwrap();
@@ -87,7 +87,12 @@ async fn direct_mode_unreachable_upstream_is_451_4_4_1() {
     let acct = ctx.config.account("test").unwrap();
     let r = ctx
         .upstream
-        .send_direct(acct, &envelope(&["a@example.org"]), b"x\r\n", &ctx.spool)
+        .send_direct(
+            acct,
+            &envelope(&["a@example.org"]),
+            std::sync::Arc::new(b"x\r\n"),
+            &ctx.spool,
+        )
         .await;
     assert_eq!(
         (r.code, r.enhanced.as_deref()),

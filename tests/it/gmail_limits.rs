@@ -155,12 +155,12 @@ async fn direct_mode_answers_451_past_the_cap() {
     let env = crate::support::delivery::envelope(&["a@example.org", "b@example.org"]);
     let r = ctx
         .upstream
-        .send_direct(acct, &env, &msg(1), &ctx.spool)
+        .send_direct(acct, &env, std::sync::Arc::new(msg(1)), &ctx.spool)
         .await;
     assert_eq!(r.code, 250, "{r:?}");
     let r = ctx
         .upstream
-        .send_direct(acct, &env, &msg(2), &ctx.spool)
+        .send_direct(acct, &env, std::sync::Arc::new(msg(2)), &ctx.spool)
         .await;
     assert_eq!(
         (r.code, r.enhanced.as_deref()),
@@ -172,7 +172,7 @@ async fn direct_mode_answers_451_past_the_cap() {
     clock.advance(WINDOW);
     let r = ctx
         .upstream
-        .send_direct(acct, &env, &msg(3), &ctx.spool)
+        .send_direct(acct, &env, std::sync::Arc::new(msg(3)), &ctx.spool)
         .await;
     assert_eq!(r.code, 250, "{r:?}");
     d.stop().await;

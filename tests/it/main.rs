@@ -25,6 +25,7 @@ mod delivery_core;
 mod delivery_direct;
 mod delivery_logs;
 mod delivery_logs_escaped;
+mod delivery_memory;
 mod disconnect_logs;
 mod gmail_limits;
 mod hardening_crash;

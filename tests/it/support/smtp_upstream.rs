@@ -14,7 +14,7 @@ use std::time::Duration;
 use base64::Engine;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use super::ca::ServerCert;
 
@@ -56,6 +56,9 @@ pub struct Script {
     /// included (RFC 5321 4.5.3.1.6: 1000), with `500 5.5.2 Line too long`,
     /// as strict servers do.
     pub max_line_length: Option<usize>,
+    /// Hold every reply to the end of DATA until the test lets one go
+    /// ([`SmtpUpstream::release`]); [`SmtpUpstream::held`] counts them.
+    pub hold_replies: bool,
 }
 
 /// Replies a man in the middle appends to the `220` to STARTTLS: a forged
@@ -104,6 +107,21 @@ pub struct Shared {
     pub rcpt_counts: Mutex<Vec<usize>>,
     /// Access tokens `AUTH XOAUTH2` accepts (for the server's user).
     pub valid_tokens: Mutex<HashSet<String>>,
+    /// Transactions whose whole DATA arrived and whose reply is held now
+    /// (`Script::hold_replies`), and the most at once.
+    pub held: AtomicUsize,
+    pub most_held: AtomicUsize,
+    /// One permit lets one held reply go.
+    pub release: Gate,
+}
+
+/// Permits for held replies (none at first).
+pub struct Gate(pub Semaphore);
+
+impl Default for Gate {
+    fn default() -> Gate {
+        Gate(Semaphore::new(0))
+    }
 }
 
 /// Gmail's challenge to a refused XOAUTH2 token (base64 of its JSON).
@@ -186,6 +204,21 @@ impl SmtpUpstream {
 
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Replies held now (see `Script::hold_replies`).
+    pub fn held(&self) -> usize {
+        self.shared.held.load(Ordering::SeqCst)
+    }
+
+    /// The most replies held at once so far.
+    pub fn most_held(&self) -> usize {
+        self.shared.most_held.load(Ordering::SeqCst)
+    }
+
+    /// Lets `n` held replies go (now or as they come).
+    pub fn release(&self, n: usize) {
+        self.shared.release.0.add_permits(n);
     }
 
     /// Waits until at least `n` messages arrived (panics after `timeout`).
@@ -446,6 +479,15 @@ async fn session(
                 }
                 sh.data_attempts.fetch_add(1, Ordering::SeqCst);
                 sh.rcpt_counts.lock().unwrap().push(rcpts.len());
+                let hold = sh.script.lock().unwrap().hold_replies;
+                if hold {
+                    let now = sh.held.fetch_add(1, Ordering::SeqCst) + 1;
+                    sh.most_held.fetch_max(now, Ordering::SeqCst);
+                    if let Ok(p) = sh.release.0.acquire().await {
+                        p.forget();
+                    }
+                    sh.held.fetch_sub(1, Ordering::SeqCst);
+                }
                 enum Verdict {
                     Hang,
                     Reply(String),
