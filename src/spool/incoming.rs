@@ -21,6 +21,8 @@ pub struct Incoming {
     tmp: PathBuf,
     queue: PathBuf,
     queue_sync: Arc<store::DirSync>,
+    /// Counts this message as coming for the group commit until it is submitted.
+    receiving: Option<store::Receiving>,
     /// The temp file once the first bytes were written, with its path.
     file: Option<File>,
     path: Option<PathBuf>,
@@ -53,6 +55,7 @@ impl Spool {
             tmp: self.tmp.clone(),
             queue: self.queue.clone(),
             queue_sync: self.queue_sync.clone(),
+            receiving: Some(self.queue_sync.receiving()),
             file: None,
             path: None,
             width: placeholder.len() - 1,
@@ -114,6 +117,7 @@ impl Incoming {
             .await?;
         let path = self.path.take().unwrap_or_default();
         let sync = self.queue_sync.clone();
+        self.receiving = None;
         // fsync, rename and directory fsync, grouped with the messages
         // committed at the same time (see `store::DirSync`).
         tokio::task::spawn_blocking(move || sync.commit(file, path, dest))

@@ -271,6 +271,20 @@ pub(crate) struct DirSync {
     /// and the benchmark's "flushes per message".
     flushes: std::sync::atomic::AtomicU64,
     committed: std::sync::atomic::AtomicU64,
+    /// Messages being received now ([`DirSync::receiving`]): commits to come.
+    receiving: std::sync::atomic::AtomicUsize,
+}
+
+/// A message being received: counted in [`DirSync`] until dropped (it is
+/// dropped just before the message's commit is submitted).
+pub(crate) struct Receiving(std::sync::Arc<DirSync>);
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.0
+            .receiving
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// A temp file whose content is final, to be made durable and renamed.
@@ -299,11 +313,13 @@ const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 const FULL_BATCH: usize = 16;
 
 /// Whether a leader holding `queued` messages waits (up to [`GATHER`]) for
-/// more to join: only under load, i.e. when the previous batch had company
-/// (`last_batch` > 1), as PostgreSQL's `commit_delay` with `commit_siblings`.
-/// A message arriving alone is flushed at once, so one client never waits.
-fn gather_more(queued: usize, last_batch: usize) -> bool {
-    last_batch > 1 && queued < FULL_BATCH
+/// more to join: only under load, i.e. when other messages are being
+/// received right now (`coming`, they commit soon) or the previous batch had
+/// company (`last_batch` > 1), as PostgreSQL's `commit_delay` with
+/// `commit_siblings`. A message arriving alone is flushed at once, so one
+/// client never waits.
+fn gather_more(queued: usize, last_batch: usize, coming: usize) -> bool {
+    (coming > 0 || last_batch > 1) && queued < FULL_BATCH
 }
 
 impl DirSync {
@@ -316,7 +332,15 @@ impl DirSync {
             arrived: Condvar::new(),
             flushes: Default::default(),
             committed: Default::default(),
+            receiving: Default::default(),
         }
+    }
+
+    /// Counts a message whose DATA is arriving, until the guard is dropped.
+    pub fn receiving(self: &std::sync::Arc<Self>) -> Receiving {
+        self.receiving
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Receiving(self.clone())
     }
 
     /// Call after a rename into the directory; returns once it is durable.
@@ -355,9 +379,10 @@ impl DirSync {
                 continue;
             }
             s.busy = true;
-            if gather_more(s.queued.len(), s.last_batch) {
+            let coming = || self.receiving.load(std::sync::atomic::Ordering::SeqCst);
+            if gather_more(s.queued.len(), s.last_batch, coming()) {
                 let deadline = std::time::Instant::now() + GATHER;
-                while gather_more(s.queued.len(), s.last_batch) {
+                while gather_more(s.queued.len(), s.last_batch, coming()) {
                     let left = deadline.saturating_duration_since(std::time::Instant::now());
                     if left.is_zero() {
                         break;
@@ -610,11 +635,15 @@ mod tests {
 
     #[test]
     fn a_leader_waits_for_company_only_under_load() {
-        assert!(!gather_more(1, 0), "first message ever: flushed at once");
-        assert!(!gather_more(1, 1), "alone last time: flushed at once");
-        assert!(gather_more(1, 2));
-        assert!(gather_more(FULL_BATCH - 1, 5));
-        assert!(!gather_more(FULL_BATCH, 5), "full: flushed at once");
+        assert!(!gather_more(1, 0, 0), "first message ever: flushed at once");
+        assert!(
+            !gather_more(1, 1, 0),
+            "alone, nobody else receiving: at once"
+        );
+        assert!(gather_more(1, 1, 3), "others are receiving: they join");
+        assert!(gather_more(1, 2, 0));
+        assert!(gather_more(FULL_BATCH - 1, 5, 5));
+        assert!(!gather_more(FULL_BATCH, 5, 5), "full: flushed at once");
     }
 
     #[test]
