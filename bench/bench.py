@@ -8,6 +8,8 @@
     python3 bench/bench.py growth     # 5. accept rate/memory at 1..1,000 clients; message size sweep
     python3 bench/bench.py load       # issue 4: 1,000 SMTP + 1,000 idle IMAP sessions at once
     python3 bench/bench.py pop3       # POP3 RETR MB/s and logins/s: mailbridge, direct TLS, stunnel
+    python3 bench/bench.py limits     # issue 15: AES-GCM, loopback copy, fsync rate of this machine
+    python3 bench/bench.py lifetime   # issue 15: whole-lifetime peak RSS (VmHWM) after IMAP logins vs Postfix PSS
     python3 bench/bench.py all
     python3 bench/bench.py --quick NAME...  # tiny counts, results to $BENCH_WORK-results: a smoke run, not numbers
 
@@ -29,8 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 from benchlib import (CA, IMAP_PASS, IMAP_USER, LOCAL_PASS, LOCAL_USER, TOOLS, WORK, Dovecot,  # noqa: E402
-                      MailBridge, MemSampler, Postfix, Procs, Sink, Stunnel, kv, md_table, percentile_ms,
-                      raise_nofile, run, save, tool)
+                      Flushes, MailBridge, MemSampler, Postfix, Procs, Sink, SmtpSink, Stunnel, cpu_secs, kv,
+                      md_table,
+                      percentile_ms, raise_nofile, run, save, tool, vm_kib)
 
 MIB = 1024.0  # smaps values are KiB
 
@@ -79,12 +82,14 @@ def accept_run(env, target, port, sessions, msgs, size, reuse):
     """smtp-source into `target`; returns (msgs/s, peak rss KiB, peak pss KiB, procs, drain secs)."""
     env.sink.reset()
     with MemSampler(target.pids) as mem:
+        cpu0 = cpu_secs(target.pids())
         secs = smtp_source(port, sessions, msgs, size, reuse)
+        cpu = cpu_secs(target.pids()) - cpu0  # the accepting part (Postfix: processes alive throughout)
         t0 = time.monotonic()
         env.sink.wait_count(msgs, timeout=600)
         drain = time.monotonic() - t0
     return {"rate": msgs / secs, "secs": secs, "rss": mem.peak_rss, "pss": mem.peak_pss,
-            "procs": mem.peak_procs, "drain": drain}
+            "procs": mem.peak_procs, "drain": drain, "cpu_ms_per_msg": cpu * 1000 / msgs}
 
 
 def load_run(env, target, port, conns, msgs, size, reuse=False):
@@ -116,8 +121,13 @@ def spread(r, key):
     return f"{r[key]:.0f} ({v[0]:.0f}-{v[-1]:.0f})" if len(v) > 1 else f"{r[key]:.0f}"
 
 
-def bench_accept(env, msgs=3000, repeats=3, warm=200):
-    mb, pf = env.mailbridge(), env.postfix()
+def sink_run(target, sessions, msgs, size, reuse):
+    """smtp-source into smtp-sink (nothing to wait for after the last message)."""
+    return {"rate": msgs / smtp_source(target.port, sessions, msgs, size, reuse)}
+
+
+def bench_accept(env, msgs=3000, repeats=5, warm=200):
+    mb, pf, ss = env.mailbridge(), env.postfix(), SmtpSink().start()
     rows, data = [], {}
     try:
         for reuse in (False, True):
@@ -125,21 +135,36 @@ def bench_accept(env, msgs=3000, repeats=3, warm=200):
             # warm-up so both have their processes/caches up
             accept_run(env, mb, mb.smtp_port, 20, warm, 10240, reuse)
             accept_run(env, pf, pf.port, 20, warm, 10240, reuse)
-            ms, ps = [], []
-            for _ in range(repeats):  # alternate, so a busy moment on the shared machine hits both
+            ms, ps, ks = [], [], []
+            for _ in range(repeats):  # alternate, so a busy moment on the shared machine hits all
                 ms.append(accept_run(env, mb, mb.smtp_port, 20, msgs, 10240, reuse))
                 ps.append(accept_run(env, pf, pf.port, 20, msgs, 10240, reuse))
-            m, p = median_of(ms, "rate"), median_of(ps, "rate")
-            data[mode] = {"mailbridge": m, "postfix": p}
+                ks.append(sink_run(ss, 20, msgs, 10240, reuse))
+            m, p, k = median_of(ms, "rate"), median_of(ps, "rate"), median_of(ks, "rate")
+            pairs = sorted(a["rate"] / b["rate"] for a, b in zip(ms, ks))  # per round, same moment
+            data[mode] = {"mailbridge": m, "postfix": p, "smtp-sink": k, "mb_over_sink_per_round": pairs}
             rows.append([mode, f"msgs/s, median of {repeats} (min-max)", spread(m, "rate"), spread(p, "rate"),
                          ratio(m["rate"], p["rate"])])
+            rows.append([mode, f"Postfix smtp-sink (no queue, no fsync) msgs/s, median of {repeats}; mailbridge/smtp-sink "
+                         "per round, median (min-max)", "", spread(k, "rate"),
+                         f"{statistics.median(pairs):.2f}x ({pairs[0]:.2f}-{pairs[-1]:.2f})"])
             rows.append([mode, "peak PSS MiB", f"{m['pss'] / MIB:.1f}", f"{p['pss'] / MIB:.1f} ({p['procs']} procs)",
                          ratio(m["pss"], p["pss"])])
             rows.append([mode, "peak RSS MiB", f"{m['rss'] / MIB:.1f}", f"{p['rss'] / MIB:.1f} (summed)",
                          ratio(m["rss"], p["rss"])])
+            rows.append([mode, "CPU ms per message (accepting, median run)", f"{m['cpu_ms_per_msg']:.2f}",
+                         f"{p['cpu_ms_per_msg']:.2f} (processes alive then)", ratio(m["cpu_ms_per_msg"], p["cpu_ms_per_msg"])])
+            # One more run under strace (slower, so not timed): flushes per message.
+            with Flushes(mb.pids()[0]) as fl:
+                accept_run(env, mb, mb.smtp_port, 20, msgs, 10240, reuse)
+            per = sum(fl.calls.values()) / msgs
+            data[mode]["flushes"] = {"calls": fl.calls, "per_msg": per}
+            rows.append([mode, "fsync+fdatasync+syncfs per message (strace -f -c, separate run)",
+                         f"{per:.2f} {fl.calls}", "-", ""])
     finally:
         mb.stop()
         pf.stop()
+        ss.stop()
     save("accept", data, "SMTP accept rate: smtp-source, 20 sessions, 10 KB, "
          f"{msgs} messages per run, delivery to the sink running (each run waits until the sink has every "
          "message before the next starts)\n\n"
@@ -219,10 +244,15 @@ def bench_imap(env, runs=7, repeat=4, login_secs=5, mailbox=1000):
         paths = imap_paths(env, mb, st)
         tool("imapbench", "download", "--runs", "1", *paths["direct TLS"])  # build Dovecot's index
         mbps, msgs = {n: [] for n in paths}, {}
+        proxies = {"mailbridge": mb.pids, "stunnel": st.pids}
+        cpu = {n: [] for n in proxies}
         for _ in range(runs):  # round robin, so a busy moment on the shared machine hits all three
             for name, args in paths.items():
+                c0 = cpu_secs(proxies[name]()) if name in proxies else 0
                 run_ = kv(tool("imapbench", "download", "--runs", "1", "--repeat", str(repeat), *args,
                                timeout=300).strip().splitlines()[-1])
+                if name in proxies:  # proxy CPU ms per MB downloaded
+                    cpu[name].append((cpu_secs(proxies[name]()) - c0) * 1000 / (size * repeat / 1e6))
                 mbps[name].append(run_["mbps"])
                 msgs[name] = run_["msgs"]
         logins = {n: [] for n in paths}
@@ -235,7 +265,9 @@ def bench_imap(env, runs=7, repeat=4, login_secs=5, mailbox=1000):
             data[name] = {"mbps_median": statistics.median(mbps[name]), "mbps_runs": sorted(mbps[name]),
                           "msgs": msgs[name], "logins_per_s": statistics.mean(x["rate"] for x in logins[name]),
                           "logins_runs": [x["rate"] for x in logins[name]],
-                          "login_errors": sum(x["errors"] for x in logins[name])}
+                          "login_errors": sum(x["errors"] for x in logins[name]),
+                          "cpu_ms_per_mb": statistics.median(cpu[name]) if name in cpu else None,
+                          "cpu_runs": sorted(cpu.get(name, []))}
     finally:
         mb.stop()
         st.stop()
@@ -246,10 +278,17 @@ def bench_imap(env, runs=7, repeat=4, login_secs=5, mailbox=1000):
              ratio(m["mbps_median"], s["mbps_median"])],
             [f"logins/s (8 clients, connect+LOGIN+LOGOUT, mean of 2 x {login_secs} s)", f"{m['logins_per_s']:.0f}", f"{d['logins_per_s']:.0f}",
              f"{s['logins_per_s']:.0f}", ratio(m["logins_per_s"], d["logins_per_s"]),
-             ratio(m["logins_per_s"], s["logins_per_s"])]]
+             ratio(m["logins_per_s"], s["logins_per_s"])],
+            cpu_row(m, s, runs)]
     save("imap", data, f"IMAP: Dovecot mailbox of {int(m['msgs'])} messages, {size / 1e6:.1f} MB; "
          "client bench/tools imapbench (FETCH 1:* BODY.PEEK[])\n\n"
          + md_table(["metric", "mailbridge", "direct TLS", "stunnel", "mb/direct", "mb/stunnel"], rows))
+
+
+def cpu_row(m, s, runs):
+    c = lambda r: f"{r['cpu_ms_per_mb']:.2f} ({r['cpu_runs'][0]:.2f}-{r['cpu_runs'][-1]:.2f})"  # noqa: E731
+    return [f"proxy CPU ms per MB downloaded (user+sys, /proc/PID/stat); median of {runs}", c(m), "-", c(s), "",
+            ratio(m["cpu_ms_per_mb"], s["cpu_ms_per_mb"])]
 
 
 def pop3_session(port, user, password, ca=None, download=True):
@@ -320,12 +359,17 @@ def bench_pop3(env, runs=7, login_secs=3, mailbox=1000):
     try:
         pop3_session(*paths["direct TLS"])  # warm Dovecot's index and the page cache
         mbps = {n: [] for n in paths}
+        proxies = {"mailbridge": mb.pids, "stunnel": st.pids}
+        cpu = {n: [] for n in proxies}
         nbytes = 0
         for _ in range(runs):  # round robin, so a busy moment on the shared machine hits all three
             for name, p in paths.items():
+                c0 = cpu_secs(proxies[name]()) if name in proxies else 0
                 t0 = time.monotonic()
                 nbytes = pop3_session(*p)
                 mbps[name].append(nbytes / 1e6 / (time.monotonic() - t0))
+                if name in proxies:
+                    cpu[name].append((cpu_secs(proxies[name]()) - c0) * 1000 / (nbytes / 1e6))
         logins = {n: [] for n in paths}
         for _ in range(2):
             for name, p in paths.items():
@@ -337,7 +381,9 @@ def bench_pop3(env, runs=7, login_secs=3, mailbox=1000):
         for name in paths:
             data[name] = {"mbps_median": statistics.median(mbps[name]), "mbps_runs": sorted(mbps[name]),
                           "bytes": nbytes, "logins_per_s": statistics.mean(logins[name]),
-                          "logins_runs": logins[name]}
+                          "logins_runs": logins[name],
+                          "cpu_ms_per_mb": statistics.median(cpu[name]) if name in cpu else None,
+                          "cpu_runs": sorted(cpu.get(name, []))}
     finally:
         mb.stop()
         st.stop()
@@ -348,7 +394,8 @@ def bench_pop3(env, runs=7, login_secs=3, mailbox=1000):
              rng(s), ratio(m["mbps_median"], d["mbps_median"]), ratio(m["mbps_median"], s["mbps_median"])],
             [f"logins/s (one client, connect+USER/PASS+QUIT, mean of 2 x {login_secs} s)", f"{m['logins_per_s']:.0f}",
              f"{d['logins_per_s']:.0f}", f"{s['logins_per_s']:.0f}", ratio(m["logins_per_s"], d["logins_per_s"]),
-             ratio(m["logins_per_s"], s["logins_per_s"])]]
+             ratio(m["logins_per_s"], s["logins_per_s"])],
+            cpu_row(m, s, runs)]
     save("pop3", data, f"POP3: Dovecot (dovecot-pop3d, pop3s) mailbox of {mailbox} messages, {size / 1e6:.1f} MB; "
          "client: bench.py's pipelined RETR reader\n\n"
          + md_table(["metric", "mailbridge", "direct TLS", "stunnel", "mb/direct", "mb/stunnel"], rows))
@@ -512,6 +559,124 @@ def bench_load(env, smtp_conns=1000, imap_conns=1000, per_conn=5):
             raise SystemExit("load: errors")
 
 
+def bench_lifetime(env, logins_secs=3, msgs=3000, repeats=5):
+    """Issue 15 section 3: mailbridge's peak RSS over its whole lifetime (VmHWM), first with no
+    login at all (the start-up peak), then after IMAP logins (argon2) and `smtp-source -s 20 -m
+    MSGS -l 10000`, against Postfix's peak PSS at the same load, interleaved."""
+    env.start_dovecot()
+    mb, pf = env.mailbridge(imap_port=env.dovecot.port), env.postfix()
+    pid = mb.pids()[0]
+    try:
+        start_hwm = vm_kib(pid, "VmHWM")
+        args = ["--addr", f"127.0.0.1:{mb.imap_port}", "--user", LOCAL_USER, "--pass", LOCAL_PASS]
+        lg = kv(tool("imapbench", "logins", "--conns", "8", "--secs", str(logins_secs), *args,
+                     timeout=120).strip().splitlines()[-1])
+        time.sleep(1)
+        after_logins = {"VmHWM": vm_kib(pid, "VmHWM"), "VmRSS": vm_kib(pid, "VmRSS")}
+        ms, ps = [], []
+        for _ in range(repeats):
+            ms.append(accept_run(env, mb, mb.smtp_port, 20, msgs, 10000, False))
+            ps.append(accept_run(env, pf, pf.port, 20, msgs, 10000, False))
+        end = {"VmHWM": vm_kib(pid, "VmHWM"), "VmRSS": vm_kib(pid, "VmRSS")}
+    finally:
+        mb.stop()
+        pf.stop()
+        env.dovecot.stop()
+    p = median_of(ps, "pss")
+    pss_runs = p["pss_runs"]
+    data = {"start_hwm_kib": start_hwm, "logins": lg, "after_logins": after_logins, "end": end,
+            "postfix_peak_pss_kib_runs": pss_runs, "postfix_pss_median_kib": statistics.median(pss_runs)}
+    pf_med = statistics.median(pss_runs)
+    rows = [["mailbridge VmHWM right after start-up, MiB", f"{start_hwm / MIB:.1f}", ""],
+            [f"IMAP logins (8 clients, {logins_secs} s; errors)", f"{lg['ok']:.0f} ({lg['errors']:.0f})", ""],
+            ["mailbridge VmRSS / VmHWM 1 s after the logins, MiB",
+             f"{after_logins['VmRSS'] / MIB:.1f} / {after_logins['VmHWM'] / MIB:.1f}", ""],
+            [f"mailbridge VmHWM over the whole lifetime (after {repeats} accept runs), MiB", f"{end['VmHWM'] / MIB:.1f}",
+             ratio(end["VmHWM"], pf_med) + " of Postfix's median peak PSS"],
+            [f"Postfix peak PSS per run, median (min-max) of {repeats}, MiB",
+             f"{pf_med / MIB:.1f} ({pss_runs[0] / MIB:.1f}-{pss_runs[-1] / MIB:.1f})", ""]]
+    save("lifetime", data, f"Whole-lifetime memory: IMAP logins, then smtp-source -s 20 -m {msgs} -l 10000 "
+         "(new connection per message), mailbridge and Postfix interleaved\n\n"
+         + md_table(["item", "value", "vs Postfix"], rows))
+
+
+def fsync_rate(d, secs=3.0, spool_like=False):
+    """fsyncs/s of a 10 KB write (spool_like: create, write, fsync, rename, fsync dir, per message)."""
+    d.mkdir(parents=True, exist_ok=True)
+    dfd = os.open(d, os.O_RDONLY)
+    n, t0, data = 0, time.monotonic(), b"x" * 10240
+    while time.monotonic() - t0 < secs:
+        p = d / f"m{n}.tmp"
+        fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        if spool_like:
+            os.rename(p, d / f"m{n}.msg")
+            os.fsync(dfd)
+        n += 1
+    rate = n / (time.monotonic() - t0)
+    os.close(dfd)
+    run(["rm", "-rf", d])
+    return rate
+
+
+def loopback_copy(total=2 << 30, chunk=1 << 16):
+    """MB/s of one TCP stream over 127.0.0.1 (Python sender and receiver, 64 KiB writes/reads)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    a = socket.create_connection(srv.getsockname())
+    b, _ = srv.accept()
+    import threading
+    buf = b"\0" * chunk
+
+    def send():
+        left = total
+        while left > 0:
+            left -= a.send(buf)
+        a.shutdown(socket.SHUT_WR)
+
+    t = threading.Thread(target=send)
+    t0 = time.monotonic()
+    t.start()
+    got, mv = 0, bytearray(chunk)
+    while True:
+        n = b.recv_into(mv)
+        if not n:
+            break
+        got += n
+    t.join()
+    secs = time.monotonic() - t0
+    for x in (a, b, srv):
+        x.close()
+    return got / 1e6 / secs
+
+
+def bench_limits(env, rounds=3):
+    """Physical limits of this machine: AES-128-GCM (openssl speed, one core, 16 KiB blocks), one
+    loopback TCP stream, the disk's fsync rate (10 KB file) and a per-message spool cycle
+    (create, write, fsync, rename, fsync dir). Medians of `rounds`."""
+    aes, loop, fs, cycle = [], [], [], []
+    for _ in range(rounds):
+        out = run(["openssl", "speed", "-seconds", "1", "-bytes", "16384", "-evp", "aes-128-gcm"], timeout=60)
+        line = [x for x in out.stdout.decode().splitlines() if x.startswith("AES-128-GCM")][-1]
+        aes.append(float(line.split()[-1].rstrip("k")) * 1000 / 1e6)  # openssl prints 1000s of bytes/s
+        loop.append(loopback_copy())
+        fs.append(fsync_rate(WORK / "fsync"))
+        cycle.append(fsync_rate(WORK / "cycle", spool_like=True))
+    med = statistics.median
+    data = {"aes128gcm_mbps": sorted(aes), "loopback_mbps": sorted(loop), "fsync_per_s": sorted(fs),
+            "spool_cycle_per_s": sorted(cycle)}
+    rng = lambda v, f="{:.0f}": f"{f.format(med(v))} ({f.format(v[0])}-{f.format(v[-1])})"  # noqa: E731
+    rows = [["AES-128-GCM, one core, 16 KiB blocks (openssl speed -evp aes-128-gcm), MB/s", rng(sorted(aes))],
+            ["one TCP stream over 127.0.0.1 (Python, 64 KiB send/recv), MB/s", rng(sorted(loop))],
+            ["10 KB write + fsync, per s (one thread)", rng(sorted(fs))],
+            ["create + write 10 KB + fsync + rename + fsync dir, per s (one thread)", rng(sorted(cycle))]]
+    save("limits", data, f"Physical limits of this machine, median (min-max) of {rounds}\n\n"
+         + md_table(["limit", "value"], rows))
+
+
 def note_run(name):
     """Records when each bench ran and how busy the machine was (others share its 2 cores)."""
     import json
@@ -524,14 +689,16 @@ def note_run(name):
 
 
 BENCHES = {"accept": bench_accept, "e2e": bench_e2e, "imap": bench_imap, "idle": bench_idle,
-           "growth": bench_growth, "load": bench_load, "pop3": bench_pop3}
+           "growth": bench_growth, "load": bench_load, "pop3": bench_pop3, "lifetime": bench_lifetime,
+           "limits": bench_limits}
 
 
 # --quick: every scenario end to end with tiny counts, to check that it runs.
 QUICK = {"accept": dict(msgs=20, repeats=1, warm=5), "e2e": dict(msgs=20, repeats=1, warm=5),
          "imap": dict(runs=1, repeat=1, login_secs=1, mailbox=20), "idle": dict(conns=20),
          "growth": dict(sessions_msgs=((1, 5), (10, 20)), sizes_msgs=((1024, 10), (1048576, 2)), warm=5),
-         "load": dict(smtp_conns=10, imap_conns=10, per_conn=2), "pop3": dict(runs=1, login_secs=1, mailbox=20)}
+         "load": dict(smtp_conns=10, imap_conns=10, per_conn=2), "pop3": dict(runs=1, login_secs=1, mailbox=20),
+         "lifetime": dict(logins_secs=1, msgs=20, repeats=1), "limits": dict(rounds=1)}
 
 
 def main():

@@ -15,7 +15,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import signal
 import threading
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pytools"))
@@ -98,6 +100,51 @@ def mem_of(pid):
         elif line.startswith("Pss:"):
             pss = int(line.split()[1])
     return rss, pss
+
+
+def cpu_secs(pids):
+    """User + system CPU seconds used so far by `pids` (/proc/PID/stat), summed."""
+    total, tick = 0, os.sysconf("SC_CLK_TCK")
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / tick
+
+
+def vm_kib(pid, key):
+    """A /proc/PID/status value in KiB (VmHWM: peak RSS over the lifetime, VmRSS: now)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class Flushes:
+    """`strace -c` on a running process for the fsync-class calls (fsync, fdatasync, syncfs):
+    with Flushes(pid) as f: ...; then f.calls = {name: count}. Slows the process: count only."""
+
+    def __init__(self, pid):
+        self.pid, self.calls = pid, {}
+        self.out = WORK / f"strace-{pid}-{time.monotonic_ns()}.txt"
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(["strace", "-f", "-c", "-e", "trace=fsync,fdatasync,syncfs",
+                                      "-o", str(self.out), "-p", str(self.pid)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(1)  # strace attaches to every thread before the run starts
+        return self
+
+    def __exit__(self, *a):
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(30)
+        for line in self.out.read_text().splitlines():
+            f = line.split()
+            if len(f) >= 5 and f[-1] in ("fsync", "fdatasync", "syncfs"):
+                self.calls[f[-1]] = int(f[3])
+        return False
 
 
 def tree(pid):
@@ -370,7 +417,34 @@ def bench_messages(n, size):
         yield head + line * ((size - len(head)) // len(line))
 
 
-class Stunnel:
+class Child:
+    """A peer that is one child process (self.proc), stopped with SIGTERM."""
+
+    def pids(self):
+        return [self.proc.pid]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+
+
+class SmtpSink(Child):
+    """Postfix's smtp-sink: answers SMTP and throws the mail away (no queue, no fsync): the
+    ceiling of an SMTP server on this machine, the peer of the accept-path goal (issue 15)."""
+
+    def __init__(self):
+        self.port = free_port()
+
+    def start(self):
+        user = ["-u", "nobody"] if os.geteuid() == 0 else []  # it refuses to run as root otherwise
+        self.proc = Procs.popen(["smtp-sink", *user, f"127.0.0.1:{self.port}", "1024"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, 20, what="smtp-sink")
+        return self
+
+
+class Stunnel(Child):
     """stunnel in client mode: plaintext on a loopback port, verified TLS to Dovecot."""
 
     def __init__(self, d, dovecot_port, ca, service="imap"):
@@ -395,14 +469,6 @@ checkHost = localhost
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, 20, what="stunnel")
         return self
-
-    def pids(self):
-        return [self.proc.pid]
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(20)
 
 
 def tool(name, *args, **kw):

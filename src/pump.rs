@@ -1,7 +1,15 @@
-//! The post-login byte pump (IMAP and POP3): both directions at once with small fixed
-//! buffers (tokio's `copy_bidirectional`), counting bytes and watching for
-//! idleness (no byte either way) and shutdown. It also holds the account's
-//! connection slot and frees it the moment the upstream session ends.
+//! The post-login byte pump (IMAP and POP3): both directions at once,
+//! counting bytes and watching for idleness (no byte either way) and
+//! shutdown. It also holds the account's connection slot and frees it the
+//! moment the upstream session ends.
+//!
+//! Buffers exist only while bytes are in flight: each direction reads into
+//! a per-thread [`BUFFER`]-sized scratch buffer and writes from it at once;
+//! only what the writer does not take right away is copied into a buffer
+//! of the connection (exactly that size, freed once written). An idle
+//! connection holds no pump buffer at all, and a busy one moves up to
+//! 64 KiB per read and per write (one syscall and one wake-up per 64 KiB,
+//! not per 4 KiB).
 
 use std::io;
 use std::pin::Pin;
@@ -17,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 use crate::disconnect::{log_close, CloseReason};
 use crate::slots::AccountSlot;
 
-/// Per-direction copy buffer. Small on purpose: memory per idle connection.
-const BUFFER: usize = 4096;
+/// Most bytes moved per read (the per-thread scratch buffer's size).
+const BUFFER: usize = 64 * 1024;
 /// Once one side has closed, how long the other may take to follow.
 pub const LINGER: Duration = Duration::from_secs(30);
 /// Writes right after login get this long.
@@ -133,6 +141,133 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<'_, S> {
     }
 }
 
+thread_local! {
+    /// Where every pump on this thread reads into (polls do not interleave).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One direction of the pump.
+#[derive(Default)]
+struct Direction {
+    /// Bytes read but not yet taken by the writer (empty, unallocated, when idle).
+    pending: Vec<u8>,
+    /// How much of `pending` was written.
+    at: usize,
+    /// Written since the last flush.
+    unflushed: bool,
+    /// The reader ended; the writer is being shut down.
+    read_done: bool,
+    done: bool,
+}
+
+impl Direction {
+    /// Moves bytes from `reader` to `writer` until one of them would block;
+    /// ready once the reader ended and the writer was shut down.
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            while self.at < self.pending.len() {
+                let n =
+                    std::task::ready!(writer.as_mut().poll_write(cx, &self.pending[self.at..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.at += n;
+                self.unflushed = true;
+            }
+            if !self.pending.is_empty() {
+                self.pending = Vec::new();
+                self.at = 0;
+            }
+            if self.read_done {
+                std::task::ready!(writer.as_mut().poll_shutdown(cx))?;
+                self.done = true;
+                continue;
+            }
+            let read = SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                if scratch.len() < BUFFER {
+                    scratch.resize(BUFFER, 0);
+                }
+                let mut rb = ReadBuf::new(&mut scratch[..]);
+                match reader.as_mut().poll_read(cx, &mut rb) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                        self.read_done = true;
+                        Poll::Ready(Ok(()))
+                    }
+                    Poll::Ready(Ok(())) => {
+                        let filled = rb.filled();
+                        let mut at = 0;
+                        while at < filled.len() {
+                            match writer.as_mut().poll_write(cx, &filled[at..]) {
+                                Poll::Ready(Ok(0)) => {
+                                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
+                                }
+                                Poll::Ready(Ok(n)) => {
+                                    at += n;
+                                    self.unflushed = true;
+                                }
+                                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                                Poll::Pending => break,
+                            }
+                        }
+                        if at < filled.len() {
+                            // The writer is full: keep the rest, exactly its size.
+                            self.pending = filled[at..].to_vec();
+                        }
+                        Poll::Ready(Ok(()))
+                    }
+                }
+            });
+            match read {
+                Poll::Ready(r) => r?,
+                Poll::Pending => {
+                    // Nothing more to read now: push out what the writer buffered.
+                    if self.unflushed {
+                        std::task::ready!(writer.as_mut().poll_flush(cx))?;
+                        self.unflushed = false;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+/// Copies both ways until both readers ended (each end passed on as a
+/// shutdown of the other side's writer) or either side fails.
+async fn copy_both<A, B>(a: &mut A, b: &mut B) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut a_to_b = Direction::default();
+    let mut b_to_a = Direction::default();
+    std::future::poll_fn(|cx| {
+        let ab = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
+        let ba = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
+        if ab.is_ready() && ba.is_ready() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
 /// The client's last words when the daemon ends a pumped session: `idle` or
 /// `shutting_down` (logged as the close reason); nothing when a side closed
 /// or failed (there is no one left to tell).
@@ -230,7 +365,7 @@ where
             held: slot.take(),
         };
         let end = {
-            let copy = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut u, BUFFER, BUFFER);
+            let copy = copy_both(&mut c, &mut u);
             tokio::pin!(copy);
             loop {
                 tokio::select! {

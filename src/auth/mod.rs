@@ -42,9 +42,7 @@ static DUMMY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 impl LocalAuth {
     pub fn new(users: &[User]) -> Self {
-        let dummy_hash = DUMMY_HASH
-            .get_or_init(|| hash_password("mailbridge-dummy-password").unwrap_or_default())
-            .clone();
+        let dummy_hash = DUMMY_HASH.get_or_init(verify::unmatchable_hash).clone();
         LocalAuth {
             users: users
                 .iter()

@@ -1,7 +1,8 @@
 //! A message being received: its bytes go to a file in `tmp/` as they
 //! arrive (behind a placeholder header, see [`super::store`]), and only at
 //! the end is the real header written, the file fsynced and renamed into
-//! `queue/` (the durable point before the SMTP 250). Every file operation
+//! `queue/` (the durable point before the SMTP 250), in a group commit with
+//! the messages finishing at the same time ([`store::DirSync`]). Every file operation
 //! runs in `spawn_blocking`, never on a runtime thread. A message that is not
 //! committed (refused, client gone, disk full, session dropped) leaves no
 //! file behind: the temp file is removed on every failure and on drop.
@@ -20,6 +21,8 @@ pub struct Incoming {
     tmp: PathBuf,
     queue: PathBuf,
     queue_sync: Arc<store::DirSync>,
+    /// Counts this message as coming for the group commit until it is submitted.
+    receiving: Option<store::Receiving>,
     /// The temp file once the first bytes were written, with its path.
     file: Option<File>,
     path: Option<PathBuf>,
@@ -52,6 +55,7 @@ impl Spool {
             tmp: self.tmp.clone(),
             queue: self.queue.clone(),
             queue_sync: self.queue_sync.clone(),
+            receiving: Some(self.queue_sync.receiving()),
             file: None,
             path: None,
             width: placeholder.len() - 1,
@@ -85,8 +89,9 @@ impl Incoming {
         Ok(())
     }
 
-    /// Writes `last`, the real header (`envelope`, size), fsyncs, renames the
-    /// file into `queue/` and fsyncs the directory; returns the message size.
+    /// Writes `last`, the real header (`envelope`, size), then has the file
+    /// fsynced, renamed into `queue/` and the directory fsynced (grouped with
+    /// concurrent commits, see [`store::DirSync`]); returns the message size.
     pub async fn commit(
         mut self,
         spool: &Spool,
@@ -107,23 +112,17 @@ impl Incoming {
             .blocking(last, move |f, b| {
                 f.write_all(b)?;
                 f.seek(SeekFrom::Start(0))?;
-                f.write_all(&line)?;
-                f.sync_all()
+                f.write_all(&line)
             })
             .await?;
         let path = self.path.take().unwrap_or_default();
         let sync = self.queue_sync.clone();
-        tokio::task::spawn_blocking(move || {
-            drop(file);
-            let renamed = fs::rename(&path, &dest).map_err(io_err(&dest));
-            if renamed.is_err() {
-                let _ = fs::remove_file(&path);
-            }
-            renamed?;
-            sync.after_rename()
-        })
-        .await
-        .map_err(|e| SpoolError::Task(e.to_string()))??;
+        self.receiving = None;
+        // fsync, rename and directory fsync, grouped with the messages
+        // committed at the same time (see `store::DirSync`).
+        tokio::task::spawn_blocking(move || sync.commit(file, path, dest))
+            .await
+            .map_err(|e| SpoolError::Task(e.to_string()))??;
         spool
             .handoff
             .durable(self.id.clone(), envelope.account.clone());
