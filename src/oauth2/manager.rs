@@ -141,7 +141,11 @@ impl TokenManager {
             return Err(self.reauth(reason.clone()));
         }
         let Some(current) = &inner.current else {
-            return Err(self.reauth("no token stored"));
+            // Logged once, like a lost grant; a new token file clears it.
+            let reason = "no token stored";
+            tracing::error!(account = %self.account, "no OAuth2 token stored; mail and logins for this account wait until `mailbridge auth {}` is run", self.account);
+            inner.lost = Some(reason.into());
+            return Err(self.reauth(reason));
         };
         if current.refresh_at.is_none_or(|at| Instant::now() < at) {
             return Ok(current.token.access_token.clone());
