@@ -108,7 +108,18 @@ pub struct TokenManager {
 fn refresh_at(token: &StoredToken) -> Option<Instant> {
     let expires = token.expires_at_ms?;
     let left = Duration::from_millis(expires.saturating_sub(now_ms()));
-    Some(Instant::now() + left.saturating_sub(REFRESH_MARGIN))
+    Some(Instant::now() + left.saturating_sub(margin(token)))
+}
+
+/// [`REFRESH_MARGIN`], or half the token's lifetime when that is shorter:
+/// a token living less than the margin would otherwise be refreshed by
+/// every caller, one after the other, instead of once.
+fn margin(token: &StoredToken) -> Duration {
+    let lifetime = token
+        .expires_at_ms
+        .map(|e| Duration::from_millis(e.saturating_sub(token.obtained_at_ms)))
+        .unwrap_or(REFRESH_MARGIN);
+    REFRESH_MARGIN.min(lifetime / 2)
 }
 
 impl TokenManager {
