@@ -127,6 +127,66 @@ impl Problem {
     }
 }
 
+/// The hint for an AUTH refusal without a more specific provider message.
+pub const OAUTH2_AUTH_HINT: &str = "the upstream refused the OAuth2 token: check that username is the \
+     account the token was issued for and that the app has the mail scopes; run `mailbridge auth ACCOUNT` again";
+
+/// Provider messages users hit, with what to do: (words that must all be
+/// in the text, lower case; only for Google accounts; the hint). The first
+/// match wins, so the specific codes come before the general ones.
+const PROVIDER_HINTS: &[(&[&str], bool, &str)] = &[
+    (&["5.7.139"], false, "Microsoft refuses this login: basic authentication (a password) is disabled for the account, \
+     or SMTP AUTH is disabled for the mailbox or the tenant. Use auth = \"oauth2\"; an admin enables SMTP AUTH for the \
+     mailbox in the Microsoft 365 admin center (Mail > Manage email apps > Authenticated SMTP) or with \
+     `Set-CASMailbox -Identity USER -SmtpClientAuthenticationDisabled $false`"),
+    (&["5.7.30"], false, "Microsoft no longer accepts a password for client submission: use auth = \"oauth2\" \
+     for this account (see the README's Microsoft section) and run `mailbridge auth ACCOUNT`"),
+    (&["aadsts65001"], false, "consent is missing: the user (or for client_credentials an admin) has not granted the app \
+     its permissions; run `mailbridge auth ACCOUNT` and accept, or grant admin consent in Entra ID > App registrations > API permissions"),
+    (&["aadsts7000215"], false, "the client secret is wrong or expired: create a new one under Certificates & secrets \
+     of the app registration and set client_secret / client_secret_file (the secret's Value, not its ID)"),
+    (&["aadsts700016"], false, "the app (client_id) is not found in this tenant: check client_id, and tenant \
+     (a personal-account app needs tenant = \"consumers\" or \"common\", a work app your tenant id)"),
+    (&["aadsts50076"], false, "multi-factor authentication is required: run `mailbridge auth ACCOUNT` again and complete MFA in the browser"),
+    (&["aadsts50079"], false, "the account must register for multi-factor authentication or a conditional access policy \
+     blocks it: complete the MFA registration, then run `mailbridge auth ACCOUNT` again"),
+    (&["aadsts70000"], false, "the grant is invalid or was revoked (password change, consent withdrawn): run `mailbridge auth ACCOUNT` again"),
+    (&["5.7.9"], false, "Google wants an app password or OAuth2 for this account: create an app password \
+     (2-step verification must be on) or use auth = \"oauth2\""),
+    (&["invalid_grant", "expired or revoked"], true, "Google revoked the refresh token: if the app's OAuth consent screen \
+     is in \"Testing\" publishing status its refresh tokens expire after 7 days; publish the app (\"In production\") \
+     and run `mailbridge auth ACCOUNT` again"),
+    (&["invalid_grant"], false, "the refresh token is no longer valid (expired, revoked, or the password changed): run `mailbridge auth ACCOUNT` again"),
+    (&["5.7.8"], false, "wrong credentials: for a password check username and the app password; \
+     for OAuth2 the token was refused (run `mailbridge auth ACCOUNT` again if it keeps failing)"),
+];
+
+/// The hint for a provider's message (an AUTH reply's text, a token
+/// endpoint's error), if it is one users are known to hit. `google`: the
+/// account uses the Google OAuth2 preset.
+pub fn for_provider_text(text: &str, google: bool) -> Option<&'static str> {
+    let lower = text.to_ascii_lowercase();
+    PROVIDER_HINTS
+        .iter()
+        .find(|(words, only_google, _)| {
+            (google || !only_google) && words.iter().all(|w| lower.contains(w))
+        })
+        .map(|(_, _, hint)| *hint)
+}
+
+/// The hint added to a refused AUTH: the provider's message explained if
+/// known, else the general one for a password or a token login.
+pub fn for_auth_reply(reply: &Reply, oauth2: bool, google: bool) -> &'static str {
+    let text = format!("{} {}", reply.enhanced.as_deref().unwrap_or(""), reply.text);
+    let known = for_provider_text(&text, google);
+    // 5.7.8 is "wrong credentials": the general hint of the login kind says more.
+    match known {
+        Some(h) if reply.enhanced.as_deref() != Some("5.7.8") => h,
+        _ if oauth2 => OAUTH2_AUTH_HINT,
+        _ => AUTH_HINT,
+    }
+}
+
 fn of_rustls(e: &rustls::Error) -> Option<Problem> {
     use rustls::CertificateError as C;
     match e {
@@ -154,6 +214,9 @@ pub fn for_transport_text(text: &str) -> Option<&'static str> {
 /// login. For a message that expired, the hint is about its last error.
 pub fn for_stored_text(text: &str) -> Option<&'static str> {
     let text = text.split_once("; last error: ").map_or(text, |(_, e)| e);
+    if let Some(h) = for_provider_text(text, false).filter(|_| !text.contains("5.7.8")) {
+        return Some(h);
+    }
     if let Some(p) = Problem::of_text(text) {
         return Some(p.hint());
     }
@@ -199,5 +262,58 @@ mod tests {
             for_stored_text("expired after 1h in the queue; last error: 451 4.3.0 busy"),
             None
         );
+    }
+
+    #[test]
+    fn provider_messages_get_their_hints() {
+        let h = |t: &str| for_provider_text(t, false).unwrap_or("");
+        assert!(
+            h("535 5.7.139 Authentication unsuccessful, basic authentication is disabled")
+                .contains("Set-CASMailbox -Identity USER -SmtpClientAuthenticationDisabled $false")
+        );
+        assert!(
+            h("550 5.7.30 Basic authentication is not supported for Client Submission")
+                .contains("auth = \"oauth2\"")
+        );
+        assert!(
+            h("invalid_grant: AADSTS65001: The user or administrator has not consented")
+                .contains("consent is missing")
+        );
+        assert!(
+            h("invalid_client: AADSTS7000215: Invalid client secret provided")
+                .contains("client secret is wrong")
+        );
+        assert!(h(
+            "unauthorized_client: AADSTS700016: Application with identifier 'x' was not found"
+        )
+        .contains("tenant"));
+        assert!(h("invalid_grant: AADSTS50076: you must use multi-factor").contains("multi-factor"));
+        assert!(h("invalid_grant: AADSTS50079: must enroll").contains("MFA registration"));
+        assert!(h("invalid_grant: AADSTS70000: the grant was revoked").contains("revoked"));
+        assert!(h("534-5.7.9 Application-specific password required").contains("app password"));
+        assert!(h("535-5.7.8 Username and Password not accepted").contains("wrong credentials"));
+        // Google's expired or revoked refresh token: the 7-day "Testing" limit, for Google only.
+        let g = "invalid_grant: Token has been expired or revoked.";
+        assert!(for_provider_text(g, true).unwrap().contains("7 days"));
+        assert!(!for_provider_text(g, false).unwrap().contains("7 days"));
+        assert!(for_provider_text("400 invalid_grant", false)
+            .unwrap()
+            .contains("mailbridge auth"));
+        assert_eq!(for_provider_text("451 4.3.0 try later", true), None);
+        // A refused token is not a password problem; other replies keep the password hint.
+        let r = Reply::from_parts(535, "5.7.8 Username and Password not accepted");
+        assert_eq!(for_auth_reply(&r, true, true), OAUTH2_AUTH_HINT);
+        assert_eq!(for_auth_reply(&r, false, false), AUTH_HINT);
+        let ms = Reply::from_parts(535, "5.7.139 Authentication unsuccessful");
+        assert!(for_auth_reply(&ms, true, false).contains("SMTP AUTH"));
+        assert_eq!(
+            for_auth_reply(&Reply::from_parts(535, "no"), false, false),
+            AUTH_HINT
+        );
+        assert!(for_stored_text(
+            "AUTH as a at b: 550 5.7.30 Basic authentication is not supported"
+        )
+        .unwrap()
+        .contains("oauth2"));
     }
 }

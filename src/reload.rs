@@ -78,7 +78,7 @@ pub(crate) fn build_context(
         None => auth::LocalAuth::new(&config.users),
     });
     let upstream = Arc::new(
-        delivery::Upstream::new(&config, shared.limits.clone())
+        delivery::Upstream::new(&config, shared.limits.clone(), shared.tokens.clone())
             .map_err(|e| StartError::Upstream(e.to_string()))?,
     );
     let smtp = smtp::SmtpContext {
@@ -128,12 +128,16 @@ pub(crate) fn warn_config(config: &Config) {
     if let Some(w) = config.permission_warning() {
         warn!("{w}");
     }
+    let store = crate::oauth2::store::TokenStore::new(&config.smtp.spool_dir);
     for a in &config.accounts {
         if a.oauth2.is_none() && a.provider.refuses_passwords() {
             warn!(account = %a.name, provider = %a.provider, "this account logs in with a password, but Microsoft refuses basic authentication for IMAP, POP and SMTP (535 5.7.139); set auth = \"oauth2\" with an [accounts.oauth2] table (README)");
         }
         if let Some(problem) = a.password.problem() {
             warn!(account = %a.name, "NO USABLE PASSWORD: {problem}; mail for this account is held in the spool until it is fixed");
+        }
+        if a.oauth2.is_some() && store.stamp(&a.name).is_none() {
+            warn!(account = %a.name, "NO OAUTH2 TOKEN stored for this account yet: run `mailbridge auth {}`; its mail is held in the spool until then", a.name);
         }
     }
 }

@@ -1,14 +1,35 @@
 //! The IMAP login check: connect with the account's TLS mode, log in with
-//! its real credentials and log out, on [`crate::imap::upstream`].
+//! its real credentials (LOGIN, or AUTHENTICATE XOAUTH2 with the OAuth2
+//! access token) and log out, on [`crate::imap::upstream`].
 
 use std::time::Duration;
 
 use crate::config::Account;
 use crate::imap::{responses, upstream};
+use crate::oauth2::Tokens;
+
+use super::probe::Credential;
 
 /// `Ok` is a one-line summary, `Err` a message with a hint. Neither ever
-/// contains the password.
+/// contains the password. (A password login; see [`login_with`].)
 pub async fn login(account: &Account, timeout: Duration) -> Result<String, String> {
+    run(account, None, timeout).await
+}
+
+/// [`login`], and for an `auth = "oauth2"` account with its token from `tokens`.
+pub async fn login_with(
+    account: &Account,
+    tokens: &Tokens,
+    timeout: Duration,
+) -> Result<String, String> {
+    run(account, Some(tokens), timeout).await
+}
+
+async fn run(
+    account: &Account,
+    tokens: Option<&Tokens>,
+    timeout: Duration,
+) -> Result<String, String> {
     let ep = &account.imap;
     let probe = super::ProxyProbe {
         label: "IMAP",
@@ -19,10 +40,16 @@ pub async fn login(account: &Account, timeout: Duration) -> Result<String, Strin
             ep.port
         ),
     };
-    let (password, tls) = probe.prepare(account)?;
+    let (credential, tls) = probe.prepare(account, tokens).await?;
     let run = async {
         let mut conn = upstream::connect(ep, &tls, timeout).await?;
-        let reply = upstream::login(&mut conn, &account.username, password, timeout).await?;
+        let user = &account.username;
+        let reply = match &credential {
+            Credential::Password(p) => upstream::login(&mut conn, user, p, timeout).await?,
+            Credential::Token(t) => {
+                upstream::authenticate_xoauth2(&mut conn, user, t, timeout).await?
+            }
+        };
         upstream::logout(&mut conn).await;
         Ok(reply)
     };

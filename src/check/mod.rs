@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{tls_for_port, Account, Config, Endpoint};
+use crate::oauth2::Tokens;
 
 use probe::ProxyProbe;
 
@@ -97,6 +98,8 @@ pub struct Probe {
 /// Runs every check.
 pub async fn run(config: &Config) -> Report {
     crate::tls::install_crypto_provider();
+    // The daemon's token files: `check` refreshes a token as the daemon would.
+    let tokens = Tokens::new(&config.smtp.spool_dir);
     let mut accounts = Vec::new();
     for account in &config.accounts {
         let password = password_check(account);
@@ -112,9 +115,9 @@ pub async fn run(config: &Config) -> Report {
             }
             for (protocol, endpoint) in endpoints {
                 let result = match protocol {
-                    Protocol::Smtp => smtp::login(account, CHECK_TIMEOUT).await,
-                    Protocol::Imap => imap::login(account, CHECK_TIMEOUT).await,
-                    Protocol::Pop3 => pop3::login(account, CHECK_TIMEOUT).await,
+                    Protocol::Smtp => smtp::login_with(account, &tokens, CHECK_TIMEOUT).await,
+                    Protocol::Imap => imap::login_with(account, &tokens, CHECK_TIMEOUT).await,
+                    Protocol::Pop3 => pop3::login_with(account, &tokens, CHECK_TIMEOUT).await,
                 };
                 probes.push(Probe {
                     protocol,
@@ -141,7 +144,11 @@ pub async fn run(config: &Config) -> Report {
 }
 
 /// Missing or unreadable, or (Gmail) not the 16 letters of an app password.
+/// An `auth = "oauth2"` account needs none (its probes get the token).
 fn password_check(account: &Account) -> PasswordCheck {
+    if account.oauth2.is_some() {
+        return PasswordCheck::Usable;
+    }
     let Some(password) = account.password.secret() else {
         let why = account.password.problem().unwrap_or("no password");
         return PasswordCheck::Unusable(why.to_string());

@@ -1,14 +1,36 @@
 //! The POP3 login check: connect with the account's POP3 TLS mode, log in
-//! with its real credentials and QUIT (which changes nothing), on
+//! with its real credentials (USER/PASS, or AUTH XOAUTH2 with the OAuth2
+//! access token) and QUIT (which changes nothing), on
 //! [`crate::pop3::upstream`].
 
 use std::time::Duration;
 
 use crate::config::Account;
+use crate::oauth2::Tokens;
 use crate::pop3::{responses, upstream};
 
-/// `Ok` is a one-line summary, `Err` a message with a hint; neither has the password.
+use super::probe::Credential;
+
+/// `Ok` is a one-line summary, `Err` a message with a hint; neither has the
+/// password. (A password login; see [`login_with`].)
 pub async fn login(account: &Account, timeout: Duration) -> Result<String, String> {
+    run(account, None, timeout).await
+}
+
+/// [`login`], and for an `auth = "oauth2"` account with its token from `tokens`.
+pub async fn login_with(
+    account: &Account,
+    tokens: &Tokens,
+    timeout: Duration,
+) -> Result<String, String> {
+    run(account, Some(tokens), timeout).await
+}
+
+async fn run(
+    account: &Account,
+    tokens: Option<&Tokens>,
+    timeout: Duration,
+) -> Result<String, String> {
     let Some(ep) = account.pop3.as_ref() else {
         return Err("POP3: this account has no POP3 server".into());
     };
@@ -21,11 +43,16 @@ pub async fn login(account: &Account, timeout: Duration) -> Result<String, Strin
             ep.port
         ),
     };
-    let (password, tls) = probe.prepare(account)?;
+    let (credential, tls) = probe.prepare(account, tokens).await?;
     let user = upstream::upstream_user(&account.username, account.pop3_recent_mode);
     let run = async {
         let mut conn = upstream::connect(ep, &tls, timeout).await?;
-        upstream::login(&mut conn, &user, password, timeout).await?;
+        match &credential {
+            Credential::Password(p) => upstream::login(&mut conn, &user, p, timeout).await?,
+            Credential::Token(t) => {
+                upstream::authenticate_xoauth2(&mut conn, &user, t, timeout).await?
+            }
+        }
         upstream::quit(&mut conn).await;
         Ok(())
     };

@@ -1,5 +1,6 @@
 //! What the IMAP and POP3 login checks share (the same upstream error type,
-//! the same failure kinds): the password and TLS config before connecting,
+//! the same failure kinds): the password (or for `auth = "oauth2"` the
+//! access token from the token manager) and TLS config before connecting,
 //! and the explanation of a failure.
 
 use std::future::Future;
@@ -10,7 +11,34 @@ use rustls::ClientConfig;
 
 use crate::config::{Account, Endpoint};
 use crate::imap::upstream::UpstreamError;
+use crate::oauth2::Tokens;
 use crate::secret::Secret;
+
+/// What a check logs in with.
+pub(super) enum Credential<'a> {
+    Password(&'a Secret),
+    /// `auth = "oauth2"`: the access token (never printed).
+    Token(Secret),
+}
+
+/// The account's access token from its manager (refreshed if due), or why
+/// there is none, with the provider hint; `None` for a password account.
+pub(super) async fn oauth2_token(
+    account: &Account,
+    tokens: &Tokens,
+) -> Result<Option<Secret>, String> {
+    let manager = tokens
+        .manager(account)
+        .map_err(|e| format!("account {:?}: {e}", account.name))?;
+    match manager {
+        None => Ok(None),
+        Some(m) => m.access_token().await.map(Some).map_err(|e| {
+            crate::delivery::token_failure(account, &e)
+                .reason()
+                .to_string()
+        }),
+    }
+}
 
 /// One IMAP or POP3 probe: how its messages are worded.
 pub(super) struct ProxyProbe<'a> {
@@ -24,19 +52,31 @@ pub(super) struct ProxyProbe<'a> {
 }
 
 impl ProxyProbe<'_> {
-    /// The usable password and the upstream TLS config, or why not.
-    pub fn prepare<'p>(
+    /// The usable password (or the OAuth2 access token, with `tokens`) and
+    /// the upstream TLS config, or why not.
+    pub async fn prepare<'p>(
         &self,
         account: &'p Account,
-    ) -> Result<(&'p Secret, Arc<ClientConfig>), String> {
+        tokens: Option<&Tokens>,
+    ) -> Result<(Credential<'p>, Arc<ClientConfig>), String> {
         let (label, ep) = (self.label, self.endpoint);
-        let Some(password) = account.password.secret() else {
-            let why = account.password.problem().unwrap_or("none configured");
-            return Err(format!("{label} {ep}: no usable password: {why}"));
+        let credential = match (tokens, account.password.secret()) {
+            (Some(tokens), _) if account.oauth2.is_some() => {
+                let token = oauth2_token(account, tokens)
+                    .await
+                    .map_err(|e| format!("{label} {ep}: {e}"))?
+                    .ok_or_else(|| format!("{label} {ep}: no OAuth2 settings"))?;
+                Credential::Token(token)
+            }
+            (_, Some(password)) => Credential::Password(password),
+            (_, None) => {
+                let why = account.password.problem().unwrap_or("none configured");
+                return Err(format!("{label} {ep}: no usable password: {why}"));
+            }
         };
         let tls = crate::tls::upstream_client_config(account.ca_file.as_deref())
             .map_err(|e| format!("{label} {ep}: {e}"))?;
-        Ok((password, tls))
+        Ok((credential, tls))
     }
 
     /// Runs `login` under `timeout`; a failure comes back explained.

@@ -1,6 +1,7 @@
-//! The SMTP login check: one real upstream login (TLS, EHLO, AUTH, QUIT) on
-//! the delivery client's own [`crate::delivery::connect`], with a human
-//! explanation and a hint when it fails.
+//! The SMTP login check: one real upstream login (TLS, EHLO, AUTH with the
+//! password or XOAUTH2 with the OAuth2 token, QUIT) on the delivery
+//! client's own [`crate::delivery::connect`], with a human explanation and
+//! a hint when it fails.
 
 use std::time::Duration;
 
@@ -8,19 +9,34 @@ use lettre::transport::smtp::extension::ClientId;
 
 use crate::config::{Account, TlsMode};
 use crate::delivery::{account_tls, connect, no_password};
+use crate::oauth2::Tokens;
 
 /// Connects with the account's TLS mode, authenticates and quits. `Ok` is a
 /// one-line summary; `Err` says what is wrong and how to fix it. Never
 /// contains the password. (The port/TLS mode mismatch is reported once, by
-/// [`super::run`].)
+/// [`super::run`].) A password login; see [`login_with`].
 pub async fn login(account: &Account, timeout: Duration) -> Result<String, String> {
-    let ep = &account.smtp;
     if account.password.secret().is_none() {
+        return Err(no_password(account));
+    }
+    login_with(account, &Tokens::new(std::path::Path::new("")), timeout).await
+}
+
+/// [`login`], and for an `auth = "oauth2"` account XOAUTH2 with its token
+/// from `tokens` (refreshed if due; a refused token is refreshed once).
+pub async fn login_with(
+    account: &Account,
+    tokens: &Tokens,
+    timeout: Duration,
+) -> Result<String, String> {
+    let ep = &account.smtp;
+    if account.oauth2.is_none() && account.password.secret().is_none() {
         return Err(no_password(account));
     }
     let tls = account_tls(account)?;
     let hello = ClientId::Domain("localhost.localdomain".into());
-    match tokio::time::timeout(timeout, connect(account, &tls, &hello, timeout)).await {
+    let connecting = connect(account, &tls, &hello, timeout, tokens);
+    match tokio::time::timeout(timeout, connecting).await {
         Err(_) => {
             let what = match ep.tls {
                 TlsMode::Implicit => "no TLS handshake; if this port expects plaintext first (587, 25) set tls = \"starttls\"",
@@ -32,10 +48,11 @@ pub async fn login(account: &Account, timeout: Duration) -> Result<String, Strin
             ))
         }
         Ok(Err(f)) => Err(f.reason().to_string()),
-        Ok(Ok(mut conn)) => {
+        Ok(Ok((mut conn, token))) => {
             let _ = conn.quit().await;
+            let how = if token.is_some() { " with XOAUTH2" } else { "" };
             Ok(format!(
-                "{ep}: TLS verified, logged in as {}",
+                "{ep}: TLS verified, logged in as {}{how}",
                 account.username
             ))
         }

@@ -20,6 +20,8 @@ pub enum Password {
     Unreadable { why: String },
     /// Given but empty, or still the shipped example.
     Unusable { why: String },
+    /// None given, and none needed: `auth = "oauth2"` logs in with a token.
+    NotNeeded,
 }
 
 impl Password {
@@ -34,7 +36,7 @@ impl Password {
     /// Why there is no usable password (`None` when there is one).
     pub fn problem(&self) -> Option<&str> {
         match self {
-            Password::Set(_) => None,
+            Password::Set(_) | Password::NotNeeded => None,
             Password::Missing { why }
             | Password::Unreadable { why }
             | Password::Unusable { why } => Some(why),
@@ -74,5 +76,8 @@ mod tests {
             .is_some_and(|w| w.contains("example") && w.contains("file p")));
         let empty = Password::from_text(" \n", "file p");
         assert_eq!(empty.problem(), Some("the password in file p is empty"));
+        // auth = "oauth2" needs none: no secret and nothing to warn about.
+        assert!(Password::NotNeeded.secret().is_none());
+        assert_eq!(Password::NotNeeded.problem(), None);
     }
 }

@@ -213,11 +213,7 @@ fn password(src: &Source, i: usize, a: &RawAccount, oauth2: bool) -> Result<Pass
             },
         }
     } else if oauth2 {
-        Password::Missing {
-            why:
-                "auth = \"oauth2\": this version does not yet log in upstream with the OAuth2 token"
-                    .into(),
-        }
+        Password::NotNeeded
     } else {
         Password::Missing {
             why: "no password, password_env or password_file given".into(),

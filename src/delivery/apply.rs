@@ -8,7 +8,7 @@ use tracing::{error, info, warn};
 
 use super::direct::as_text;
 use super::disposition::{join_reasons, Disposition, Next};
-use crate::spool::{Deferral, EntryState, QueueEntry, QueueId};
+use crate::spool::{Deferral, EntryState, HoldReason, QueueEntry, QueueId};
 use crate::text::Printable;
 use crate::Context;
 
@@ -31,6 +31,7 @@ pub(super) async fn apply(
             .unwrap_or_default();
         info!(queue_id = %id, size, rcpts = d.delivered.len(), reply = %Printable(&reply), "delivered");
         ctx.metrics.message_delivered(account);
+        ctx.metrics.reauthorized(account);
         ctx.status.delivered(entry, &d.delivered, &reply);
     }
     if !d.refused.is_empty() {
@@ -120,6 +121,9 @@ pub(super) async fn apply(
         } => {
             if entry.state != EntryState::Held {
                 warn!(queue_id = %id, size, rcpts = entry.remaining.len(), "held: {}", Printable(&reason));
+            }
+            if let HoldReason::NeedsReauthorization { account, reason } = &hold {
+                ctx.metrics.reauthorization_needed(account, reason);
             }
             let d = Deferral {
                 attempts: entry.attempts,

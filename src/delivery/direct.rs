@@ -23,7 +23,7 @@ impl Upstream {
         message: &[u8],
         spool: &Arc<Spool>,
     ) -> DirectReply {
-        if account.password.secret().is_none() {
+        if account.oauth2.is_none() && account.password.secret().is_none() {
             return DirectReply::no_password(&no_password(account));
         }
         let size = message.len();

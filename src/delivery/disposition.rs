@@ -143,6 +143,18 @@ pub fn disposition(
             expired(entry, now, policy, entry.attempts, &entry.remaining, why)
                 .unwrap_or(Next::Unchanged)
         }
+        // Tried, but the OAuth2 grant is gone: held like `NeedsReauthorization`.
+        Attempt::Sent(DeliveryReport {
+            connect_failure: Some(ConnectFailure::NeedsReauthorization(reason)),
+            ..
+        }) => hold(
+            HoldReason::NeedsReauthorization {
+                account: entry.envelope.account.clone(),
+                reason: reason.to_string(),
+            },
+            reason,
+            now + policy.retry_max,
+        ),
         Attempt::Sent(report) => {
             d.delivered = report.delivered();
             d.reply = report

@@ -27,6 +27,7 @@ mod schedule;
 mod starttls;
 mod transport;
 mod upstream;
+mod xoauth2;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -42,6 +43,7 @@ pub use reply::{Cause, Reply, Stage, Status};
 pub(crate) use transport::account_tls;
 pub use upstream::Upstream;
 pub(crate) use upstream::{connect, no_password};
+pub(crate) use xoauth2::failure as token_failure;
 
 use crate::spool::{to_ms, Durable, EntryState, HoldReason, QueueEntry, QueueId, SpoolError};
 use crate::text::Printable;
@@ -240,11 +242,24 @@ async fn rescan(ctx: &Context, sched: &mut Schedule) -> Vec<QueueId> {
     let now = SystemTime::now();
     let policy = Policy::of(&ctx.config.delivery);
     let mut keep = Vec::with_capacity(entries.len());
+    // Accounts held for re-authorization, and whether they have a token now.
+    let mut reauthorized = std::collections::HashMap::new();
     for e in entries {
         let due = match &e.hold {
             Some(HoldReason::Admin) => continue, // `mailbridge queue hold`: waits for `release`
             // A daily-limit hold is released by the limiter, not by its time.
             Some(HoldReason::DailyLimit { .. }) => 0,
+            // Released as soon as `mailbridge auth` has stored a new token.
+            Some(HoldReason::NeedsReauthorization { account, .. }) => {
+                if !reauthorized.contains_key(account) {
+                    let ok = xoauth2::reauthorized(ctx, account).await;
+                    reauthorized.insert(account.clone(), ok);
+                }
+                match reauthorized.get(account) {
+                    Some(true) => 0,
+                    _ => e.next_attempt.map_or(0, to_ms),
+                }
+            }
             _ => e.next_attempt.map_or(0, to_ms),
         };
         let down = sched
@@ -316,7 +331,9 @@ async fn deliver_one(ctx: &Context, id: QueueId, account_name: String) -> Done {
             "no [[accounts]] entry is named {:?}",
             entry.envelope.account
         )),
-        Some(a) if a.password.secret().is_none() => Err(upstream::no_password(a)),
+        Some(a) if a.oauth2.is_none() && a.password.secret().is_none() => {
+            Err(upstream::no_password(a))
+        }
         Some(a) => Ok(a),
     };
     let account = match usable {
@@ -344,9 +361,11 @@ async fn deliver_one(ctx: &Context, id: QueueId, account_name: String) -> Done {
         .deliver(account, &entry.envelope, &entry.remaining, &message)
         .await;
     reservation.commit(report.delivered().len()).await;
+    // A lost OAuth2 grant holds the mail; it does not back the account off.
     done.account_failed = report
         .connect_failure
         .as_ref()
+        .filter(|f| !matches!(f, ConnectFailure::NeedsReauthorization(_)))
         .map(|f| f.reason().to_string());
     done.account_ok = done.account_failed.is_none();
     let last_reply = report.last_reply.as_ref().map(ToString::to_string);

@@ -27,12 +27,17 @@ pub enum ConnectFailure {
     /// The upstream answered AUTH with `reply` (a configuration problem too;
     /// typed, so a token-based login can tell a refused grant from the rest).
     AuthRefused { reply: Reply, reason: String },
+    /// The account's OAuth2 grant is gone (`mailbridge auth ACCOUNT` must be
+    /// run): the mail is held, not retried, until a new token is stored.
+    NeedsReauthorization(String),
 }
 
 impl ConnectFailure {
     pub fn reason(&self) -> &str {
         match self {
-            ConnectFailure::Temporary(s) | ConnectFailure::Config(s) => s,
+            ConnectFailure::Temporary(s)
+            | ConnectFailure::Config(s)
+            | ConnectFailure::NeedsReauthorization(s) => s,
             ConnectFailure::AuthRefused { reason, .. }
             | ConnectFailure::Answered { reason, .. } => reason,
         }
@@ -42,7 +47,9 @@ impl ConnectFailure {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            ConnectFailure::Config(_) | ConnectFailure::AuthRefused { .. }
+            ConnectFailure::Config(_)
+                | ConnectFailure::AuthRefused { .. }
+                | ConnectFailure::NeedsReauthorization(_)
         )
     }
 }

@@ -18,7 +18,11 @@ use super::outcome::{classify, describe, ConnectFailure, DeliveryReport, Verdict
 use super::reply::{Cause, Reply, Stage, Status};
 use super::starttls;
 use super::transport::{self, account_tls, AccountTls};
+use super::xoauth2;
 use crate::config::{Account, Config, TlsMode};
+use crate::oauth2::manager::TokenManager;
+use crate::oauth2::Tokens;
+use crate::secret::Secret;
 use crate::spool::Envelope;
 
 /// An idle connection older than this is closed rather than reused.
@@ -35,13 +39,20 @@ pub struct Upstream {
     max_recipients: usize,
     timeout: Duration,
     pool_size: usize,
-    idle: Mutex<HashMap<String, Vec<(AsyncSmtpConnection, Instant)>>>,
+    /// Idle connections per account, with when they went idle and the
+    /// OAuth2 access token they logged in with (`None`: a password).
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    /// The OAuth2 token managers (`auth = "oauth2"` accounts).
+    tokens: Arc<Tokens>,
     /// Per-account daily send caps (`daily_limit`).
     limits: DailyLimits,
 }
 
-/// A raw SMTP command line (MAIL/RCPT with our own parameters).
-struct Line(String);
+/// An idle authenticated connection: since when, and with which token.
+type Idle = (AsyncSmtpConnection, Instant, Option<Secret>);
+
+/// A raw SMTP command line (MAIL/RCPT with our own parameters, AUTH XOAUTH2).
+pub(super) struct Line(pub(super) String);
 
 impl fmt::Display for Line {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -60,9 +71,42 @@ fn hello_name(hostname: &str) -> ClientId {
     }
 }
 
-/// Opens a connection to `account`'s SMTP server: TLS as configured, EHLO, AUTH.
+/// Opens a connection to `account`'s SMTP server: TLS as configured, EHLO,
+/// AUTH (with the password, or for `auth = "oauth2"` with the access token
+/// from `tokens`; `Some` is the token it logged in with).
 /// Credentials are only ever sent over a verified TLS connection.
 pub(crate) async fn connect(
+    account: &Account,
+    tls: &AccountTls,
+    hello: &ClientId,
+    connect_timeout: Duration,
+    tokens: &Tokens,
+) -> Result<(AsyncSmtpConnection, Option<Secret>), ConnectFailure> {
+    match manager(tokens, account)? {
+        Some(m) => {
+            let token = xoauth2::token(account, &m).await?;
+            xoauth2::connect(account, tls, hello, connect_timeout, &m, token)
+                .await
+                .map(|(c, t)| (c, Some(t)))
+        }
+        None => connect_password(account, tls, hello, connect_timeout)
+            .await
+            .map(|c| (c, None)),
+    }
+}
+
+/// The account's token manager; `None` for a password account.
+fn manager(
+    tokens: &Tokens,
+    account: &Account,
+) -> Result<Option<Arc<TokenManager>>, ConnectFailure> {
+    tokens
+        .manager(account)
+        .map_err(|e| ConnectFailure::Config(format!("account {:?}: {e}", account.name)))
+}
+
+/// TLS as configured and EHLO, not yet logged in.
+pub(super) async fn open(
     account: &Account,
     tls: &AccountTls,
     hello: &ClientId,
@@ -96,9 +140,20 @@ pub(crate) async fn connect(
             )
         }
     };
-    let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello)
+    AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello)
         .await
-        .map_err(|e| connect_error(&e, &stage))?;
+        .map_err(|e| connect_error(&e, &stage))
+}
+
+/// [`open`], then AUTH PLAIN/LOGIN with the account's password.
+async fn connect_password(
+    account: &Account,
+    tls: &AccountTls,
+    hello: &ClientId,
+    connect_timeout: Duration,
+) -> Result<AsyncSmtpConnection, ConnectFailure> {
+    let ep = &account.smtp;
+    let mut conn = open(account, tls, hello, connect_timeout).await?;
     let Some(password) = account.password.secret() else {
         conn.abort().await;
         return Err(ConnectFailure::Config(no_password(account)));
@@ -112,7 +167,10 @@ pub(crate) async fn connect(
         let stage = format!("AUTH as {} at {ep}", account.username);
         return Err(match Reply::from_error(&e) {
             Some(reply) => ConnectFailure::AuthRefused {
-                reason: format!("{stage}: {reply}; {}", crate::hints::AUTH_HINT),
+                reason: format!(
+                    "{stage}: {reply}; {}",
+                    crate::hints::for_auth_reply(&reply, false, false)
+                ),
                 reply,
             },
             None => ConnectFailure::Config(describe(&e, &stage)),
@@ -148,7 +206,11 @@ fn strip_final_crlf(message: &[u8]) -> &[u8] {
 impl Upstream {
     /// Builds the TLS parameters of every account once; the daily caps are
     /// counted on `window` (the one built at start-up, kept across reloads).
-    pub fn new(config: &Config, window: Arc<Window>) -> Result<Upstream, String> {
+    pub fn new(
+        config: &Config,
+        window: Arc<Window>,
+        tokens: Arc<Tokens>,
+    ) -> Result<Upstream, String> {
         let mut tls = HashMap::new();
         for a in &config.accounts {
             tls.insert(a.name.clone(), account_tls(a)?);
@@ -160,6 +222,7 @@ impl Upstream {
             timeout: config.delivery.timeout,
             pool_size: config.delivery.concurrency.max(1),
             idle: Mutex::new(HashMap::new()),
+            tokens,
             limits: DailyLimits::new(window, &config.accounts),
         })
     }
@@ -216,7 +279,7 @@ impl Upstream {
         report: &mut DeliveryReport,
         connected: &mut bool,
     ) {
-        let mut conn = match self.checkout(account).await {
+        let (mut conn, token) = match self.checkout(account).await {
             Ok(c) => c,
             Err(f) => {
                 for r in recipients {
@@ -253,41 +316,64 @@ impl Upstream {
                 }
             }
         }
-        self.checkin(&account.name, conn);
+        self.checkin(&account.name, conn, token);
     }
 
-    /// An authenticated connection: a reused idle one (checked with RSET) or a new one.
-    async fn checkout(&self, account: &Account) -> Result<AsyncSmtpConnection, ConnectFailure> {
+    /// An authenticated connection: a reused idle one (checked with RSET) or a
+    /// new one, with the OAuth2 token it logged in with. An idle connection
+    /// that logged in with another token than the one in force now (expired,
+    /// refreshed or refused since) is closed, not reused.
+    async fn checkout(
+        &self,
+        account: &Account,
+    ) -> Result<(AsyncSmtpConnection, Option<Secret>), ConnectFailure> {
+        let manager = manager(&self.tokens, account)?;
+        let token = match &manager {
+            Some(m) => Some(xoauth2::token(account, m).await?),
+            None => None,
+        };
         loop {
             let idle = self
                 .idle
                 .lock()
                 .ok()
                 .and_then(|mut m| m.get_mut(&account.name).and_then(Vec::pop));
-            let Some((mut conn, since)) = idle else { break };
-            if since.elapsed() < IDLE_MAX {
+            let Some((mut conn, since, used)) = idle else {
+                break;
+            };
+            if since.elapsed() < IDLE_MAX && used == token {
                 let check = tokio::time::timeout(RSET_TIMEOUT, conn.command(Rset)).await;
                 if matches!(check, Ok(Ok(_))) {
-                    return Ok(conn);
+                    return Ok((conn, used));
                 }
             }
-            // Stale or silently dropped: close without waiting for the server.
+            // Stale, silently dropped or logged in with an old token: close
+            // without waiting for the server.
             drop(conn);
         }
         let tls = self.tls.get(&account.name).ok_or_else(|| {
             ConnectFailure::Config(format!("account {:?} is not configured", account.name))
         })?;
-        connect(account, tls, &self.hello, self.timeout).await
+        match (manager, token) {
+            (Some(m), Some(token)) => {
+                xoauth2::connect(account, tls, &self.hello, self.timeout, &m, token)
+                    .await
+                    .map(|(c, t)| (c, Some(t)))
+            }
+            _ => connect_password(account, tls, &self.hello, self.timeout)
+                .await
+                .map(|c| (c, None)),
+        }
     }
 
-    fn checkin(&self, account: &str, conn: AsyncSmtpConnection) {
+    fn checkin(&self, account: &str, conn: AsyncSmtpConnection, token: Option<Secret>) {
         if conn.has_broken() {
             return;
         }
         if let Ok(mut m) = self.idle.lock() {
             let v = m.entry(account.to_string()).or_default();
             if v.len() < self.pool_size {
-                v.push((conn, Instant::now()));
+                v.push((conn, Instant::now(), token));
             }
         }
     }
@@ -299,7 +385,7 @@ impl Upstream {
             .lock()
             .map(|mut m| m.drain().flat_map(|(_, v)| v).collect())
             .unwrap_or_default();
-        for (mut c, _) in all {
+        for (mut c, _, _) in all {
             let _ = tokio::time::timeout(Duration::from_secs(2), c.quit()).await;
         }
     }

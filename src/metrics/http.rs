@@ -206,7 +206,8 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: &Arc<Context>) {
         "/healthz" => {
             // No file I/O here: the spool's state is the last timed probe's.
             let report = health(&ctx.metrics);
-            let status = if report.status == "ok" {
+            // Degraded (an account waits for `mailbridge auth`): a restart would not help.
+            let status = if report.status == "ok" || report.status == "degraded" {
                 "200 OK"
             } else {
                 "503 Service Unavailable"
@@ -308,7 +309,8 @@ async fn respond(
 /// The `/healthz` body.
 #[derive(Serialize)]
 struct Health {
-    /// "ok" or "unavailable".
+    /// "ok", "degraded" (an OAuth2 account needs `mailbridge auth`; its
+    /// mail is held) or "unavailable".
     status: &'static str,
     listeners_up: bool,
     /// From the last spool probe (taken every few seconds, not per request).
@@ -320,6 +322,9 @@ struct Health {
     spool_checked_at: Option<String>,
     /// Last delivery outcome per account (absent until the first attempt).
     upstreams: std::collections::BTreeMap<String, UpstreamStatus>,
+    /// OAuth2 accounts whose mail is held until `mailbridge auth ACCOUNT`, with why.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    reauthorization_needed: std::collections::BTreeMap<String, String>,
 }
 
 fn health(metrics: &Metrics) -> Health {
@@ -328,17 +333,22 @@ fn health(metrics: &Metrics) -> Health {
         Some(r) => (r.error.is_none(), r.error, Some(super::rfc3339(r.at))),
         None => (false, Some("spool not probed yet".into()), None),
     };
+    let reauthorization_needed = metrics.reauthorizations();
     Health {
-        status: if listeners_up && spool_writable {
-            "ok"
-        } else {
-            "unavailable"
+        status: match (
+            listeners_up && spool_writable,
+            reauthorization_needed.is_empty(),
+        ) {
+            (false, _) => "unavailable",
+            (true, false) => "degraded",
+            (true, true) => "ok",
         },
         listeners_up,
         spool_writable,
         spool_error,
         spool_checked_at,
         upstreams: metrics.upstreams(),
+        reauthorization_needed,
     }
 }
 

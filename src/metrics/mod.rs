@@ -74,6 +74,10 @@ pub struct Metrics {
     /// True while the listeners are bound and accepting.
     listening: AtomicBool,
     upstreams: Mutex<BTreeMap<String, UpstreamStatus>>,
+    /// 1 while an OAuth2 account's mail is held for re-authorization.
+    reauthorization: Family<AccountLabel, Gauge>,
+    /// Those accounts and why (for `/healthz`; never a token).
+    reauthorization_reasons: Mutex<BTreeMap<String, String>>,
     /// Last spool writability probe (for `/healthz`).
     spool_probe: probe::SpoolProbe,
 }
@@ -104,6 +108,8 @@ impl Metrics {
             reloads: Family::default(),
             listening: AtomicBool::new(false),
             upstreams: Mutex::new(BTreeMap::new()),
+            reauthorization: Family::default(),
+            reauthorization_reasons: Mutex::new(BTreeMap::new()),
             spool_probe: probe::SpoolProbe::default(),
         };
         let r = &mut m.registry;
@@ -179,7 +185,40 @@ impl Metrics {
             "Configuration reloads (result ok or rejected)",
             m.reloads.clone(),
         );
+        r.register(
+            "oauth2_reauthorization_needed",
+            "1 while the account's OAuth2 grant is lost and its mail is held until `mailbridge auth ACCOUNT`",
+            m.reauthorization.clone(),
+        );
         m
+    }
+
+    /// The account's OAuth2 grant is lost: its mail is held (`reason` has no token).
+    pub fn reauthorization_needed(&self, account: &str, reason: &str) {
+        self.reauthorization.get_or_create(&label(account)).set(1);
+        if let Ok(mut m) = self.reauthorization_reasons.lock() {
+            m.insert(account.to_string(), reason.chars().take(300).collect());
+        }
+    }
+
+    /// The account has a token again (or delivered): no longer held for it.
+    pub fn reauthorized(&self, account: &str) {
+        let was = self
+            .reauthorization_reasons
+            .lock()
+            .map(|mut m| m.remove(account).is_some())
+            .unwrap_or(false);
+        if was {
+            self.reauthorization.get_or_create(&label(account)).set(0);
+        }
+    }
+
+    /// The accounts waiting for `mailbridge auth`, with why.
+    pub fn reauthorizations(&self) -> BTreeMap<String, String> {
+        self.reauthorization_reasons
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
     }
 
     pub fn message_accepted(&self, account: &str) {
@@ -382,5 +421,27 @@ mod tests {
         assert!(text.contains("mailbridge_imap_sessions_active 1"));
         assert!(text.contains("mailbridge_queue_messages 0"));
         assert!(text.trim_end().ends_with("# EOF"));
+    }
+
+    #[test]
+    fn reauthorization_gauge_per_account_set_and_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let m = Metrics::new();
+        m.reauthorization_needed("ms", "invalid_grant");
+        let text = m.render(&spool);
+        assert!(
+            text.contains("mailbridge_oauth2_reauthorization_needed{account=\"ms\"} 1"),
+            "{text}"
+        );
+        assert_eq!(
+            m.reauthorizations().get("ms").map(String::as_str),
+            Some("invalid_grant")
+        );
+        m.reauthorized("ms");
+        assert!(m
+            .render(&spool)
+            .contains("mailbridge_oauth2_reauthorization_needed{account=\"ms\"} 0"));
+        assert!(m.reauthorizations().is_empty());
     }
 }
