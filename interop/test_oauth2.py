@@ -15,6 +15,7 @@ import imaplib
 import json
 import poplib
 import re
+import smtplib
 import ssl
 import subprocess
 import threading
@@ -79,7 +80,7 @@ class Bridge:
     """mailbridge (the real binary) with one OAuth2 account, its CLI and its token file."""
 
     def __init__(self, workdir, name, oauth, dovecot, hashes, flow="device", client=p.PUBLIC_CLIENT,
-                 scopes=p.MS_SCOPES, secret=None):
+                 scopes=p.MS_SCOPES, secret=None, smtp_upstream=None):
         self.oauth = oauth
         self.smtp_port, self.imap_port, self.pop3_port = h.free_port(), h.free_port(), h.free_port()
         d = workdir / f"oauth2-bridge-{name}"
@@ -88,7 +89,8 @@ class Bridge:
         if secret:
             secret_file = d / "client-secret"
             secret_file.write_text(secret + "\n")
-        text = config_text(oauth, dovecot, self.smtp_port, self.imap_port, self.pop3_port, hashes, h.free_port(),
+        smtp_up = smtp_upstream.port if smtp_upstream else h.free_port()
+        text = config_text(oauth, dovecot, self.smtp_port, self.imap_port, self.pop3_port, hashes, smtp_up,
                            flow, client, scopes, secret_file)
         self.mb = h.MailBridge(d, text, self.smtp_port, self.imap_port)
         self.token_file = d / "spool" / "oauth2" / f"{ACCOUNT_NAME}.json"
@@ -162,6 +164,11 @@ class Bridge:
         c.pass_(h.DEVICE_PASSWORD)
         return c
 
+    def send(self, tag, rcpt="friend@example.net"):
+        msg = f"From: {h.ACCOUNT}\r\nTo: {rcpt}\r\nSubject: {tag}\r\n\r\nbody {tag}\r\n"
+        with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30) as s:
+            s.sendmail(h.ACCOUNT, [rcpt], msg)
+
     def stop_and_check_logs(self):
         """Stops the daemon; nothing the server issued and no client secret is in its log."""
         rc = self.mb.stop()
@@ -175,11 +182,11 @@ class Bridge:
 
 
 @pytest.fixture
-def bridges(workdir, oauth_server, oauth_dovecot, hashes):
+def bridges(workdir, oauth_server, oauth_dovecot, oauth_smtp, hashes):
     made = []
 
     def make(name, **kw):
-        b = Bridge(workdir, name, oauth_server, oauth_dovecot, hashes, **kw)
+        b = Bridge(workdir, name, oauth_server, oauth_dovecot, hashes, smtp_upstream=oauth_smtp, **kw)
         made.append(b)
         return b
 
@@ -283,7 +290,7 @@ def test_client_credentials_need_no_person_then_imap_and_pop3(bridges):
 # Tokens at run time
 
 
-def test_expiry_and_refresh_mid_run_without_a_failed_login(bridges, oauth_server):
+def test_expiry_and_refresh_mid_run_without_a_failed_login_or_a_deferred_message(bridges, oauth_server, oauth_smtp):
     b = bridges("short", client=p.SHORT_CLIENT).start()
     b.authorize_device()
     first = b.stored()["access_token"]
@@ -296,9 +303,14 @@ def test_expiry_and_refresh_mid_run_without_a_failed_login(bridges, oauth_server
         c = b.imap()
         assert fetch_all(c)[0] == 5
         c.logout()
+        b.send(f"short-{logins}")
         logins += 1
+    for i in range(logins):
+        oauth_smtp.wait_rcpts(f"short-{i}", ["friend@example.net"])
+    assert h.queue_json(b.mb) == []
     assert b.stored()["access_token"] != first
-    assert "needs re-authorization" not in b.mb.log_text()
+    log = b.mb.log_text()
+    assert "needs re-authorization" not in log and "deferred" not in log.lower()
 
 
 def test_rotated_refresh_token_persisted_across_a_restart(bridges, oauth_server):
@@ -369,3 +381,42 @@ def test_one_token_request_per_expiry_however_many_concurrent_sessions(bridges, 
         th.join(60)
     assert not errors and results == [5] * 8, errors
     assert oauth_server.token_requests() - before == 1
+
+
+# ---------------------------------------------------------------------------
+# SMTP delivery with XOAUTH2 (the aiosmtpd sink introspecting like a provider)
+
+
+def test_mail_delivered_upstream_with_xoauth2(bridges, oauth_smtp):
+    b = bridges("smtp").start()
+    b.authorize_device()
+    b.send("oauth2-smtp-1", "one@example.net")
+    [m] = oauth_smtp.wait_rcpts("oauth2-smtp-1", ["one@example.net"])
+    assert m["mail_from"] == h.ACCOUNT, m
+    assert h.queue_json(b.mb) == []
+
+
+def test_revoked_grant_holds_mail_then_mailbridge_auth_releases_it(bridges, oauth_server, oauth_smtp):
+    b = bridges("smtp-revoked").start()
+    b.authorize_device()
+    b.send("oauth2-smtp-before", "two@example.net")
+    oauth_smtp.wait_rcpts("oauth2-smtp-before", ["two@example.net"])
+    assert oauth_server.revoke_account(h.ACCOUNT) >= 1
+    # A pooled SMTP session stays logged in at the provider; a new one must log in again.
+    b.restart()
+    b.send("oauth2-smtp-held", "three@example.net")
+
+    def held():
+        return [e for e in h.queue_json(b.mb)
+                if (e.get("hold") or {}).get("kind") == "needs-reauthorization"]
+
+    [e] = h.poll(held, 30, "the message held for re-authorization", interval=0.2)
+    assert e["hold"]["account"] == ACCOUNT_NAME, e
+    assert not oauth_smtp.find("oauth2-smtp-held")
+    loud = [line for line in b.mb.log_text().splitlines()
+            if "ERROR" in line and f"mailbridge auth {ACCOUNT_NAME}" in line]
+    assert len(loud) == 1, loud
+    # Re-authorized while the daemon runs: the held message goes, nothing lost.
+    b.authorize_device()
+    oauth_smtp.wait_rcpts("oauth2-smtp-held", ["three@example.net"], timeout=30)
+    h.poll(lambda: h.queue_json(b.mb) == [], 15, "an empty queue")
