@@ -25,7 +25,6 @@ import pytest
 
 import harness as h
 from oauth2 import peers as p
-from oauth2.fixtures import *  # noqa: F401,F403 - the fixtures
 
 ACCOUNT_NAME = "ms"
 
