@@ -28,12 +28,20 @@ pub(super) async fn reauthorized(ctx: &crate::Context, account: &str) -> bool {
     let Ok(Some(m)) = ctx.tokens.manager(a) else {
         return false;
     };
-    let ok = m.access_token().await.is_ok();
-    if ok {
-        ctx.metrics.reauthorized(account);
-        tracing::info!(account = %account, "the account has an OAuth2 token again: delivering its held mail");
+    match m.access_token().await {
+        Ok(_) => {
+            ctx.metrics.reauthorized(account);
+            tracing::info!(account = %account, "the account has an OAuth2 token again: delivering its held mail");
+            true
+        }
+        // Still lost (also after a restart, before the mail is tried again): shown.
+        Err(e) => {
+            if let ConnectFailure::NeedsReauthorization(reason) = failure(a, &e) {
+                ctx.metrics.reauthorization_needed(account, &reason);
+            }
+            false
+        }
     }
-    ok
 }
 
 /// How an `AUTH XOAUTH2` ended, short of success.

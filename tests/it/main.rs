@@ -49,6 +49,7 @@ mod local_tls;
 mod metrics;
 mod notify;
 mod oauth2;
+mod oauth2_delivery;
 mod oauth2_proxy;
 mod packaging;
 mod pop3_logs;

@@ -1,6 +1,8 @@
 //! An in-process upstream SMTP server for tests: implicit TLS or STARTTLS
 //! (real rustls with a cert from the test CA), EHLO advertising AUTH, checked
-//! credentials, every received message recorded (envelope and exact bytes,
+//! credentials (and XOAUTH2 with a set of valid access tokens, a bad token
+//! answered the way Gmail does: a `334` base64 JSON challenge, then `535`
+//! after the client's empty line), every received message recorded (envelope and exact bytes,
 //! dot-stuffing undone), and a script of failures (4xx/5xx, hangs).
 
 use std::collections::HashSet;
@@ -69,6 +71,8 @@ pub const FORGED_AFTER_STARTTLS: &str =
 #[derive(Debug, Clone)]
 pub struct Received {
     pub auth_user: String,
+    /// The password or access token the connection logged in with.
+    pub auth_secret: String,
     pub mail_from: String,
     pub mail_params: String,
     pub rcpts: Vec<String>,
@@ -98,7 +102,13 @@ pub struct Shared {
     pub data_attempts: AtomicUsize,
     /// Largest number of RCPTs seen in one transaction, per transaction.
     pub rcpt_counts: Mutex<Vec<usize>>,
+    /// Access tokens `AUTH XOAUTH2` accepts (for the server's user).
+    pub valid_tokens: Mutex<HashSet<String>>,
 }
+
+/// Gmail's challenge to a refused XOAUTH2 token (base64 of its JSON).
+pub const XOAUTH2_CHALLENGE: &str =
+    r#"{"status":"401","schemes":"Bearer","scope":"https://mail.google.com/"}"#;
 
 pub struct SmtpUpstream {
     pub addr: SocketAddr,
@@ -161,6 +171,15 @@ impl SmtpUpstream {
         self.shared.received.lock().unwrap().clone()
     }
 
+    /// Makes `token` an access token `AUTH XOAUTH2` accepts.
+    pub fn accept_token(&self, token: &str) {
+        self.shared
+            .valid_tokens
+            .lock()
+            .unwrap()
+            .insert(token.to_string());
+    }
+
     pub fn auths(&self) -> Vec<AuthAttempt> {
         self.shared.auths.lock().unwrap().clone()
     }
@@ -203,6 +222,7 @@ async fn session(
     }
     io.write_all(b"220 upstream.test ESMTP ready\r\n").await?;
     let mut authed: Option<String> = None;
+    let mut secret = String::new();
     let mut from: Option<(String, String)> = None;
     let mut rcpts: Vec<String> = Vec::new();
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -295,6 +315,48 @@ async fn session(
                         };
                         (d(&u), d(&p))
                     }
+                    "XOAUTH2" => {
+                        let arg = match parts.get(2) {
+                            Some(a) => a.to_string(),
+                            None => {
+                                io.write_all(b"334 \r\n").await?;
+                                read_line(&mut io).await?.unwrap_or_default()
+                            }
+                        };
+                        let raw =
+                            String::from_utf8_lossy(&b64.decode(arg.trim()).unwrap_or_default())
+                                .into_owned();
+                        let field = |k: &str| {
+                            raw.split('\x01')
+                                .find_map(|f| f.strip_prefix(k))
+                                .unwrap_or_default()
+                                .to_string()
+                        };
+                        let (u, t) = (field("user="), field("auth=Bearer "));
+                        let ok = u == user && sh.valid_tokens.lock().unwrap().contains(&t);
+                        sh.auths.lock().unwrap().push(AuthAttempt {
+                            mechanism: mech,
+                            user: u.clone(),
+                            password: t.clone(),
+                            ok,
+                        });
+                        if ok {
+                            authed = Some(u);
+                            secret = t;
+                            io.write_all(b"235 2.7.0 Accepted\r\n").await?;
+                        } else {
+                            let c = b64.encode(XOAUTH2_CHALLENGE);
+                            io.write_all(format!("334 {c}\r\n").as_bytes()).await?;
+                            // The client's empty line ends the exchange.
+                            let _ = read_line(&mut io).await?;
+                            io.write_all(
+                                b"535-5.7.8 Username and Password not accepted. For more information, go to\r\n\
+                                  535 5.7.8  https://support.google.com/mail/?p=BadCredentials\r\n",
+                            )
+                            .await?;
+                        }
+                        continue;
+                    }
                     _ => {
                         io.write_all(b"504 5.5.4 unknown mechanism\r\n").await?;
                         continue;
@@ -309,6 +371,7 @@ async fn session(
                 });
                 if ok {
                     authed = Some(u);
+                    secret = password.to_string();
                     io.write_all(b"235 2.7.0 accepted\r\n").await?;
                 } else {
                     io.write_all(b"535 5.7.8 Username and Password not accepted\r\n")
@@ -420,6 +483,7 @@ async fn session(
                     Verdict::Accept => {
                         sh.received.lock().unwrap().push(Received {
                             auth_user: authed.clone().unwrap_or_default(),
+                            auth_secret: secret.clone(),
                             mail_from,
                             mail_params,
                             rcpts: rc,
