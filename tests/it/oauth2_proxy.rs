@@ -309,3 +309,19 @@ async fn pop3_lost_grant_is_a_temporary_failure_then_recovered() {
     assert!(c.cmd("STAT").await.starts_with("+OK 3 "));
     let _ = &env.ca;
 }
+
+#[tokio::test]
+async fn a_microsoft_account_with_an_explicit_password_is_warned_about_at_start() {
+    let (logs, _guard) = LogBuf::capture();
+    let toml = "[smtp]\nlisten = [\"127.0.0.1:0\"]\n\n[imap]\nlisten = []\n\n\
+                [[accounts]]\nname = \"hotmail\"\nprovider = \"outlook\"\nusername = \"me@outlook.com\"\n\
+                auth = \"password\"\npassword = \"old-app-password\"\n";
+    let d = daemon::start(toml).await;
+    let text = logs.text();
+    assert!(
+        text.contains("WARN") && text.contains("Microsoft refuses basic authentication"),
+        "{text}"
+    );
+    assert!(!text.contains("old-app-password"), "{text}");
+    d.stop().await;
+}
