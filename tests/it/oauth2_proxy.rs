@@ -116,6 +116,13 @@ fn xoauth2_ir(token: &str) -> String {
         .to_string()
 }
 
+/// The error-level lines telling the administrator to run `mailbridge auth acct`.
+fn loud_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| l.contains("ERROR") && l.contains("mailbridge auth acct"))
+        .collect()
+}
+
 fn assert_no_token(text: &str) {
     for secret in [
         DEVICE_AT,
@@ -229,10 +236,7 @@ async fn imap_lost_grant_is_a_temporary_failure_logged_once_then_recovered_by_a_
         "no upstream connection without a token"
     );
     let text = logs.text();
-    let loud: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("ERROR") && l.contains("mailbridge auth acct"))
-        .collect();
+    let loud = loud_lines(&text);
     assert_eq!(loud.len(), 1, "one loud line per loss: {text}");
     assert!(loud[0].contains("invalid_grant"), "{}", loud[0]);
 
@@ -257,11 +261,7 @@ async fn no_stored_token_is_the_same_temporary_failure_logged_once() {
         assert!(reply.starts_with("-ERR [SYS/TEMP] "), "{reply}");
     }
     let text = logs.text();
-    let loud = text
-        .lines()
-        .filter(|l| l.contains("ERROR") && l.contains("mailbridge auth acct"))
-        .count();
-    assert_eq!(loud, 1, "{text}");
+    assert_eq!(loud_lines(&text).len(), 1, "{text}");
     assert_eq!(env.refreshes(), 0);
 }
 
