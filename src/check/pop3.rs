@@ -14,19 +14,11 @@ use super::probe::Credential;
 /// `Ok` is a one-line summary, `Err` a message with a hint; neither has the
 /// password. (A password login; see [`login_with`].)
 pub async fn login(account: &Account, timeout: Duration) -> Result<String, String> {
-    run(account, None, timeout).await
+    login_with(account, None, timeout).await
 }
 
 /// [`login`], and for an `auth = "oauth2"` account with its token from `tokens`.
 pub async fn login_with(
-    account: &Account,
-    tokens: &Tokens,
-    timeout: Duration,
-) -> Result<String, String> {
-    run(account, Some(tokens), timeout).await
-}
-
-async fn run(
     account: &Account,
     tokens: Option<&Tokens>,
     timeout: Duration,

@@ -16,20 +16,29 @@ use crate::oauth2::Tokens;
 /// contains the password. (The port/TLS mode mismatch is reported once, by
 /// [`super::run`].) A password login; see [`login_with`].
 pub async fn login(account: &Account, timeout: Duration) -> Result<String, String> {
-    if account.password.secret().is_none() {
-        return Err(no_password(account));
-    }
-    login_with(account, &Tokens::new(std::path::Path::new("")), timeout).await
+    login_with(account, None, timeout).await
 }
 
 /// [`login`], and for an `auth = "oauth2"` account XOAUTH2 with its token
 /// from `tokens` (refreshed if due; a refused token is refreshed once).
 pub async fn login_with(
     account: &Account,
-    tokens: &Tokens,
+    tokens: Option<&Tokens>,
     timeout: Duration,
 ) -> Result<String, String> {
     let ep = &account.smtp;
+    // Without the token store only a password login is possible.
+    let no_store = Tokens::new(std::path::Path::new(""));
+    let tokens = match tokens {
+        Some(t) => t,
+        None if account.oauth2.is_some() => {
+            return Err(format!(
+            "account {:?} uses auth = \"oauth2\": run `mailbridge check`, which reads its token",
+            account.name
+        ))
+        }
+        None => &no_store,
+    };
     if account.oauth2.is_none() && account.password.secret().is_none() {
         return Err(no_password(account));
     }

@@ -269,6 +269,26 @@ fn needs_reauthorization_holds_for_the_account() {
 }
 
 #[test]
+fn an_attempt_that_found_the_grant_lost_holds_without_counting_an_attempt() {
+    let report = DeliveryReport {
+        connect_failure: Some(ConnectFailure::NeedsReauthorization(
+            "run: mailbridge auth gmail".into(),
+        )),
+        ..DeliveryReport::default()
+    };
+    let d = decide(&entry(&["a@x"], MIN, 2), Attempt::Sent(&report));
+    assert!(
+        matches!(
+            &d.then,
+            Next::Hold { hold: HoldReason::NeedsReauthorization { account, reason }, .. }
+                if account == "gmail" && reason.contains("mailbridge auth gmail")
+        ),
+        "{d:?}"
+    );
+    assert!(d.delivered.is_empty() && d.refused.is_empty());
+}
+
+#[test]
 fn an_account_that_is_down_expires_its_messages_only_when_they_are_old() {
     let young = entry(&["a@x"], HOUR, 1);
     assert_eq!(

@@ -195,6 +195,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_lost_grant_holds_and_an_unreachable_endpoint_defers_with_the_hint() {
+        let toml = "[[accounts]]\nname = \"g\"\nprovider = \"gmail\"\nusername = \"me@gmail.com\"\nauth = \"oauth2\"\n\
+                    [accounts.oauth2]\nprovider = \"google\"\nclient_id = \"abc\"\nclient_secret = \"s\"\n";
+        let c = crate::config::Config::parse(toml, std::path::Path::new("/x/relay.toml")).unwrap();
+        let a = &c.accounts[0];
+        let lost = TokenError::NeedsReauthorization {
+            account: "g".into(),
+            reason: "invalid_grant: Token has been expired or revoked.".into(),
+        };
+        let ConnectFailure::NeedsReauthorization(why) = failure(a, &lost) else {
+            panic!("not held");
+        };
+        assert!(
+            why.contains("mailbridge auth g") && why.contains("7 days"),
+            "{why}"
+        );
+        let down = TokenError::Temporary {
+            account: "g".into(),
+            reason: "connection refused".into(),
+        };
+        assert!(matches!(failure(a, &down), ConnectFailure::Temporary(_)));
+    }
+
+    #[test]
     fn which_refusals_are_worth_a_new_token() {
         let challenge = |s: &str| XOAuth2Failure {
             status: s.into(),
