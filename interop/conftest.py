@@ -11,6 +11,9 @@ import pytest
 
 import harness as h
 from mailgen import maildir_messages
+# The OAuth 2.0 peers' session fixtures, here so that every module shares one
+# instance (imported into two modules, each would start its own in the same directory).
+from oauth2.fixtures import *  # noqa: E402,F401,F403
 
 
 def pytest_configure(config):

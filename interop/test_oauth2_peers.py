@@ -19,7 +19,6 @@ import pytest
 
 import harness as h
 from oauth2 import peers as p
-from oauth2.fixtures import *  # noqa: F401,F403 - the fixtures
 
 SCOPE = f"offline_access {p.GOOGLE_SCOPE}"
 

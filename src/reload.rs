@@ -130,6 +130,9 @@ pub(crate) fn warn_config(config: &Config) {
     }
     let store = crate::oauth2::store::TokenStore::new(&config.smtp.spool_dir);
     for a in &config.accounts {
+        if a.oauth2.is_none() && a.provider.refuses_passwords() {
+            warn!(account = %a.name, provider = %a.provider, "this account logs in with a password, but Microsoft refuses basic authentication for IMAP, POP and SMTP (535 5.7.139); set auth = \"oauth2\" with an [accounts.oauth2] table (README)");
+        }
         if let Some(problem) = a.password.problem() {
             warn!(account = %a.name, "NO USABLE PASSWORD: {problem}; mail for this account is held in the spool until it is fixed");
         }

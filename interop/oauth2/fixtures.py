@@ -1,6 +1,7 @@
-"""Pytest fixtures for the OAuth 2.0 peers, session-wide like conftest.py's: import them
-into a test module with `from oauth2.fixtures import *` (they use conftest's `workdir`
-and `ca`). Tests that stop or reconfigure a peer start their own instead.
+"""Pytest fixtures for the OAuth 2.0 peers, session-wide like conftest.py's, which
+imports them (once for all modules: imported into two test modules, each would start
+its own peers in the same directory); they use conftest's `workdir` and `ca`. Tests
+that stop or reconfigure a peer start their own instead.
 """
 
 import pytest

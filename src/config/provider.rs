@@ -8,7 +8,10 @@ use super::{Endpoint, TlsMode};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {
     Gmail,
+    /// Personal Microsoft accounts (Outlook.com, Hotmail, Live).
     Outlook,
+    /// Microsoft 365 work or school mailboxes (Exchange Online).
+    Microsoft365,
     Yahoo,
     Icloud,
     Fastmail,
@@ -17,9 +20,10 @@ pub enum Provider {
 }
 
 /// Every provider, in the order error messages list them.
-pub const ALL: [Provider; 6] = [
+pub const ALL: [Provider; 7] = [
     Provider::Gmail,
     Provider::Outlook,
+    Provider::Microsoft365,
     Provider::Yahoo,
     Provider::Icloud,
     Provider::Fastmail,
@@ -32,6 +36,7 @@ impl Provider {
         match self {
             Provider::Gmail => "gmail",
             Provider::Outlook => "outlook",
+            Provider::Microsoft365 => "microsoft365",
             Provider::Yahoo => "yahoo",
             Provider::Icloud => "icloud",
             Provider::Fastmail => "fastmail",
@@ -56,6 +61,10 @@ impl Provider {
                 ep("smtp-mail.outlook.com", 587, Starttls),
                 ep("outlook.office365.com", 993, Implicit),
             ),
+            Provider::Microsoft365 => (
+                ep("smtp.office365.com", 587, Starttls),
+                ep("outlook.office365.com", 993, Implicit),
+            ),
             Provider::Yahoo => (
                 ep("smtp.mail.yahoo.com", 465, Implicit),
                 ep("imap.mail.yahoo.com", 993, Implicit),
@@ -76,7 +85,7 @@ impl Provider {
     pub fn pop3_preset(self) -> Option<Endpoint> {
         let host = match self {
             Provider::Gmail => "pop.gmail.com",
-            Provider::Outlook => "outlook.office365.com",
+            Provider::Outlook | Provider::Microsoft365 => "outlook.office365.com",
             Provider::Yahoo => "pop.mail.yahoo.com",
             Provider::Fastmail => "pop.fastmail.com",
             Provider::Icloud | Provider::Custom => return None,
@@ -92,6 +101,36 @@ impl Provider {
     /// The messages per 24 h the worker sends at most when `daily_limit` is not set.
     pub fn default_daily_limit(self) -> Option<u32> {
         (self == Provider::Gmail).then_some(super::GMAIL_DAILY_LIMIT)
+    }
+
+    /// The Microsoft tenant of the provider's OAuth2 preset (`microsoft`):
+    /// `consumers` for personal accounts, `organizations` (any work or
+    /// school tenant; client credentials need the tenant's own id) for
+    /// Microsoft 365. `None`: the provider still takes passwords.
+    pub fn microsoft_tenant(self) -> Option<&'static str> {
+        match self {
+            Provider::Outlook => Some("consumers"),
+            Provider::Microsoft365 => Some("organizations"),
+            _ => None,
+        }
+    }
+
+    /// Microsoft turned basic authentication (passwords, app passwords)
+    /// off for these: they log in with OAuth2.
+    pub fn refuses_passwords(self) -> bool {
+        self.microsoft_tenant().is_some()
+    }
+
+    /// The `auth` an account of this provider gets when the key is not
+    /// written: `oauth2` for Microsoft, unless the account has only a
+    /// password and no `[accounts.oauth2]` table (a config written before
+    /// OAuth2 existed keeps loading, with a warning).
+    pub fn default_auth(self, has_oauth2_table: bool, has_password: bool) -> &'static str {
+        if self.refuses_passwords() && (has_oauth2_table || !has_password) {
+            "oauth2"
+        } else {
+            "password"
+        }
     }
 
     /// App passwords of this provider are 16 letters (Gmail).
@@ -124,7 +163,8 @@ mod tests {
             assert_eq!(Provider::from_name(p.name()), Some(p));
         }
         assert_eq!(Provider::from_name("Gmail"), None);
-        assert_eq!(Provider::from_name("microsoft365"), None);
+        assert_eq!(Provider::from_name("Microsoft365"), None);
+        assert_eq!(Provider::from_name("office365"), None);
     }
 
     #[test]
@@ -134,5 +174,55 @@ mod tests {
         }
         assert!(Provider::Icloud.pop3_preset().is_none());
         assert_eq!(Provider::Gmail.pop3_preset().unwrap().port, 995);
+    }
+
+    #[test]
+    fn microsoft_presets_have_the_documented_servers() {
+        let (smtp, imap) = Provider::Outlook.preset().unwrap();
+        assert_eq!(
+            (smtp.host.as_str(), smtp.port, smtp.tls),
+            ("smtp-mail.outlook.com", 587, TlsMode::Starttls)
+        );
+        assert_eq!(
+            (imap.host.as_str(), imap.port),
+            ("outlook.office365.com", 993)
+        );
+        let (smtp, imap) = Provider::Microsoft365.preset().unwrap();
+        assert_eq!(
+            (smtp.host.as_str(), smtp.port, smtp.tls),
+            ("smtp.office365.com", 587, TlsMode::Starttls)
+        );
+        assert_eq!(
+            (imap.host.as_str(), imap.port, imap.tls),
+            ("outlook.office365.com", 993, TlsMode::Implicit)
+        );
+        for p in [Provider::Outlook, Provider::Microsoft365] {
+            let pop3 = p.pop3_preset().unwrap();
+            assert_eq!(
+                (pop3.host.as_str(), pop3.port),
+                ("outlook.office365.com", 995)
+            );
+        }
+        assert_eq!(Provider::Outlook.microsoft_tenant(), Some("consumers"));
+        assert_eq!(
+            Provider::Microsoft365.microsoft_tenant(),
+            Some("organizations")
+        );
+    }
+
+    #[test]
+    fn microsoft_defaults_to_oauth2_and_old_password_configs_keep_loading() {
+        for p in [Provider::Outlook, Provider::Microsoft365] {
+            assert_eq!(p.default_auth(true, false), "oauth2");
+            assert_eq!(p.default_auth(false, false), "oauth2");
+            assert_eq!(p.default_auth(true, true), "oauth2");
+            assert_eq!(p.default_auth(false, true), "password");
+            assert!(p.refuses_passwords());
+        }
+        for p in [Provider::Gmail, Provider::Yahoo, Provider::Custom] {
+            assert_eq!(p.default_auth(false, true), "password");
+            assert_eq!(p.default_auth(true, false), "password");
+            assert!(!p.refuses_passwords());
+        }
     }
 }

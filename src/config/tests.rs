@@ -300,3 +300,83 @@ fn message_buffer_budget_defaults_to_24_mib_and_has_a_floor() {
         "{e}"
     );
 }
+
+fn microsoft(provider: &str, extra: &str) -> Result<Config, ConfigError> {
+    parse(&format!(
+        "[[accounts]]\nname = \"ms\"\nprovider = \"{provider}\"\nusername = \"me@example.com\"\n{extra}"
+    ))
+}
+
+#[test]
+fn outlook_and_microsoft365_default_to_oauth2_with_the_microsoft_preset() {
+    use crate::oauth2::config::{Flow, Provider as OAuth2Provider};
+    let table = "[accounts.oauth2]\nclient_id = \"00000000-1111-2222-3333-444444444444\"\n";
+    let c = microsoft("outlook", table).unwrap();
+    let a = &c.accounts[0];
+    let s = a.oauth2.as_ref().expect("oauth2 without auth = \"oauth2\"");
+    assert_eq!(s.provider, OAuth2Provider::Microsoft);
+    assert_eq!(s.tenant.as_deref(), Some("consumers"));
+    assert_eq!(s.flow, Flow::Device);
+    assert_eq!(
+        s.token_url,
+        "https://login.microsoftonline.com/consumers/oauth2/v2.0/token"
+    );
+    assert_eq!(a.smtp.host, "smtp-mail.outlook.com");
+
+    let c = microsoft("microsoft365", table).unwrap();
+    let a = &c.accounts[0];
+    let s = a.oauth2.as_ref().unwrap();
+    assert_eq!(s.tenant.as_deref(), Some("organizations"));
+    assert!(s
+        .scopes
+        .iter()
+        .any(|x| x.ends_with("IMAP.AccessAsUser.All")));
+    assert_eq!(
+        (a.smtp.host.as_str(), a.smtp.port),
+        ("smtp.office365.com", 587)
+    );
+    assert_eq!(a.pop3.as_ref().unwrap().port, 995);
+
+    // A tenant the user wrote wins; client credentials need the tenant's own id.
+    let c = microsoft(
+        "microsoft365",
+        &format!("{table}tenant = \"contoso.onmicrosoft.com\"\nflow = \"client_credentials\"\nclient_secret = \"s\"\n"),
+    )
+    .unwrap();
+    let s = c.accounts[0].oauth2.as_ref().unwrap();
+    assert_eq!(s.tenant.as_deref(), Some("contoso.onmicrosoft.com"));
+    assert_eq!(s.scopes, vec!["https://outlook.office365.com/.default"]);
+    let e = microsoft(
+        "microsoft365",
+        &format!("{table}flow = \"client_credentials\"\nclient_secret = \"s\"\n"),
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "accounts[0].oauth2.tenant");
+    let e = microsoft(
+        "outlook",
+        &format!("{table}flow = \"client_credentials\"\nclient_secret = \"s\"\n"),
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "accounts[0].oauth2.tenant");
+}
+
+#[test]
+fn microsoft_accounts_without_an_oauth2_table_are_told_what_to_add() {
+    let e = microsoft("outlook", "").unwrap_err();
+    assert_eq!(e.key, "accounts[0].oauth2");
+    assert!(e.to_string().contains("client_id"), "{e}");
+    assert!(e.to_string().contains("mailbridge auth ms"), "{e}");
+    // A config written before OAuth2 (password only) keeps loading as a password account.
+    let c = microsoft("outlook", "password = \"old-app-password\"\n").unwrap();
+    assert!(c.accounts[0].oauth2.is_none());
+    assert!(c.accounts[0].password.secret().is_some());
+    // And auth = "password" can be written explicitly.
+    let c = microsoft("microsoft365", "auth = \"password\"\npassword = \"pw\"\n").unwrap();
+    assert!(c.accounts[0].oauth2.is_none());
+    let e = microsoft(
+        "microsoft365",
+        "auth = \"password\"\n[accounts.oauth2]\nclient_id = \"x\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "accounts[0].oauth2");
+}

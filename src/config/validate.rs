@@ -117,7 +117,24 @@ fn account(src: &Source, i: usize, mut a: RawAccount) -> Result<Account, ConfigE
             ),
         ));
     }
-    let oauth2 = crate::oauth2::config::validate(a.auth.as_deref(), a.oauth2.take(), &src.base)
+    let has_password =
+        a.password.is_some() || a.password_env.is_some() || a.password_file.is_some();
+    let auth = a.auth.clone().unwrap_or_else(|| {
+        provider
+            .default_auth(a.oauth2.is_some(), has_password)
+            .into()
+    });
+    let mut raw_oauth2 = a.oauth2.take();
+    if let Some(tenant) = provider.microsoft_tenant() {
+        if auth == "oauth2" && raw_oauth2.is_none() && a.auth.is_none() {
+            return Err(src.err(
+                &key("oauth2"),
+                format!("provider {:?} signs in with OAuth2 (Microsoft turned passwords off): add an [accounts.oauth2] table with the client_id of the app you registered (see the README), then run mailbridge auth {}", a.provider, a.name),
+            ));
+        }
+        raw_oauth2 = raw_oauth2.map(|r| crate::oauth2::config::with_server_preset(r, tenant));
+    }
+    let oauth2 = crate::oauth2::config::validate(Some(&auth), raw_oauth2, &src.base)
         .map_err(|e| src.err(&key(&e.key), e.message))?;
     let password = password(src, i, &a, oauth2.is_some())?;
     if a.username.trim().is_empty() {

@@ -190,6 +190,25 @@ pub fn account_unusable(tag: &str) -> Vec<u8> {
     )
 }
 
+/// An OAuth2 account whose grant is gone: temporary for the device (it
+/// works again once the administrator has run `mailbridge auth`).
+pub fn needs_reauthorization(tag: &str) -> Vec<u8> {
+    tagged(
+        tag,
+        "NO",
+        "[UNAVAILABLE] The account's OAuth2 authorization must be renewed; the administrator should run mailbridge auth (see the mailbridge log)",
+    )
+}
+
+/// The provider refused the account's OAuth2 token, even a fresh one.
+pub fn upstream_token_refused(tag: &str) -> Vec<u8> {
+    tagged(
+        tag,
+        "NO",
+        "[AUTHENTICATIONFAILED] The mail provider refused the account's OAuth2 token; the administrator should run mailbridge check",
+    )
+}
+
 pub fn no_account(tag: &str) -> Vec<u8> {
     tagged(
         tag,

@@ -145,6 +145,19 @@ pub fn check_https(key: &str, url: &str) -> Result<String, OAuth2ConfigError> {
     Ok(parsed.to_string())
 }
 
+/// What a Microsoft server preset (`outlook`, `microsoft365`) implies for
+/// its `[accounts.oauth2]` table: `provider = "microsoft"` and `tenant`
+/// when not written. Keys the user wrote win.
+pub fn with_server_preset(mut raw: RawOAuth2, tenant: &str) -> RawOAuth2 {
+    if raw.provider.is_none() {
+        raw.provider = Some("microsoft".into());
+    }
+    if raw.provider.as_deref() == Some("microsoft") && raw.tenant.is_none() {
+        raw.tenant = Some(tenant.into());
+    }
+    raw
+}
+
 /// Validates the account's `auth` and `oauth2` keys: `None` for a password
 /// account, the settings for `auth = "oauth2"`. `base` resolves a relative
 /// `client_secret_file`.

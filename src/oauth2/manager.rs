@@ -108,7 +108,18 @@ pub struct TokenManager {
 fn refresh_at(token: &StoredToken) -> Option<Instant> {
     let expires = token.expires_at_ms?;
     let left = Duration::from_millis(expires.saturating_sub(now_ms()));
-    Some(Instant::now() + left.saturating_sub(REFRESH_MARGIN))
+    Some(Instant::now() + left.saturating_sub(margin(token)))
+}
+
+/// [`REFRESH_MARGIN`], or half the token's lifetime when that is shorter:
+/// a token living less than the margin would otherwise be refreshed by
+/// every caller, one after the other, instead of once.
+fn margin(token: &StoredToken) -> Duration {
+    let lifetime = token
+        .expires_at_ms
+        .map(|e| Duration::from_millis(e.saturating_sub(token.obtained_at_ms)))
+        .unwrap_or(REFRESH_MARGIN);
+    REFRESH_MARGIN.min(lifetime / 2)
 }
 
 impl TokenManager {
@@ -141,7 +152,11 @@ impl TokenManager {
             return Err(self.reauth(reason.clone()));
         }
         let Some(current) = &inner.current else {
-            return Err(self.reauth("no token stored"));
+            // Logged once, like a lost grant; a new token file clears it.
+            let reason = "no token stored";
+            tracing::error!(account = %self.account, "no OAuth2 token stored; mail and logins for this account wait until `mailbridge auth {}` is run", self.account);
+            inner.lost = Some(reason.into());
+            return Err(self.reauth(reason));
         };
         if current.refresh_at.is_none_or(|at| Instant::now() < at) {
             return Ok(current.token.access_token.clone());

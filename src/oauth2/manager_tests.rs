@@ -22,6 +22,8 @@ struct Fake {
     calls: AtomicUsize,
     fail: StdMutex<Option<RefreshError>>,
     seen_refresh: StdMutex<Vec<String>>,
+    /// Lifetime of the tokens it gives.
+    life: StdMutex<Duration>,
 }
 
 impl Fake {
@@ -30,6 +32,7 @@ impl Fake {
             calls: AtomicUsize::new(0),
             fail: StdMutex::new(None),
             seen_refresh: StdMutex::new(Vec::new()),
+            life: StdMutex::new(HOUR),
         })
     }
     fn calls(&self) -> usize {
@@ -52,7 +55,8 @@ impl TokenSource for Fake {
             if let Some(e) = self.fail.lock().unwrap().clone() {
                 return Err(e);
             }
-            Ok(token(100 + n, HOUR))
+            let life = *self.life.lock().unwrap();
+            Ok(token(100 + n, life))
         })
     }
 }
@@ -60,7 +64,12 @@ impl TokenSource for Fake {
 fn setup(life: Duration) -> (tempfile::TempDir, TokenStore, Arc<Fake>, Arc<TokenManager>) {
     let dir = tempfile::tempdir().unwrap();
     let store = TokenStore::new(dir.path());
-    store.save("acct", &token(1, life)).unwrap();
+    // Obtained long ago: the full margin applies.
+    let old = StoredToken {
+        obtained_at_ms: 0,
+        ..token(1, life)
+    };
+    store.save("acct", &old).unwrap();
     let fake = Fake::new();
     let m = Arc::new(TokenManager::new("acct", store.clone(), fake.clone()));
     (dir, store, fake, m)
@@ -87,7 +96,14 @@ async fn reuses_the_token_until_shortly_before_expiry_then_refreshes_once() {
 
 #[tokio::test(start_paused = true)]
 async fn fifty_concurrent_callers_share_one_refresh() {
-    let (_d, _store, fake, m) = setup(Duration::from_secs(30));
+    let (_d, store, fake, m) = setup(Duration::from_secs(30));
+    // Tokens shorter-lived than the margin: refreshed at half their life.
+    store
+        .save("acct", &token(1, Duration::from_secs(30)))
+        .unwrap();
+    *fake.life.lock().unwrap() = Duration::from_secs(30);
+    assert_eq!(m.access_token().await.unwrap().expose(), "access-1");
+    tokio::time::advance(Duration::from_secs(16)).await;
     let tasks: Vec<_> = (0..50)
         .map(|_| {
             let m = m.clone();
@@ -98,6 +114,24 @@ async fn fifty_concurrent_callers_share_one_refresh() {
         assert_eq!(t.await.unwrap().unwrap().expose(), "access-101");
     }
     assert_eq!(fake.calls(), 1, "single flight");
+    // The new token is used as it is, not refreshed again by each caller.
+    assert_eq!(m.access_token().await.unwrap().expose(), "access-101");
+    assert_eq!(fake.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_living_less_than_the_margin_is_reused_for_half_its_life() {
+    let (_d, store, fake, m) = setup(Duration::from_secs(20));
+    store
+        .save("acct", &token(1, Duration::from_secs(20)))
+        .unwrap();
+    assert_eq!(m.access_token().await.unwrap().expose(), "access-1");
+    tokio::time::advance(Duration::from_secs(9)).await;
+    assert_eq!(m.access_token().await.unwrap().expose(), "access-1");
+    assert_eq!(fake.calls(), 0);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(m.access_token().await.unwrap().expose(), "access-101");
+    assert_eq!(fake.calls(), 1);
 }
 
 #[tokio::test(start_paused = true)]

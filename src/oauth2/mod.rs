@@ -7,6 +7,7 @@ pub mod config;
 pub mod flows;
 pub mod http;
 pub mod manager;
+pub mod retry;
 pub mod sasl;
 pub mod store;
 pub mod tokens;

@@ -1,7 +1,8 @@
 //! One POP3 login attempt: the local check (argon2 store and failure
 //! slowdown, through [`local_check`] only) or passthrough, the per-account
-//! session slot, then connect and USER/PASS upstream. The outcome is either a
-//! ready upstream session or the `-ERR` refusing it.
+//! session slot, then connect and USER/PASS upstream (or AUTH XOAUTH2 with
+//! the account's OAuth2 token). The outcome is either a ready upstream
+//! session or the `-ERR` refusing it.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -14,8 +15,13 @@ use super::upstream::{self, Connection, UpstreamError};
 use super::Pop3Context;
 use crate::auth::Denied;
 use crate::config::Account;
-use crate::imap::login::{UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_LOGIN_TIMEOUT};
-use crate::secret::Secret;
+use crate::config::Endpoint;
+use crate::imap::login::{
+    credential, oauth2_refusal, Credential, OAuth2Refusal, Unusable, UPSTREAM_CONNECT_TIMEOUT,
+    UPSTREAM_LOGIN_TIMEOUT,
+};
+use crate::oauth2::manager::TokenManager;
+use crate::oauth2::retry::{self, LoginError};
 use crate::slots::AccountSlot;
 
 pub struct LoggedIn {
@@ -31,11 +37,32 @@ pub enum Outcome {
     Refused(&'static [u8]),
 }
 
+/// Connects and runs `AUTH XOAUTH2` as `user`, with one refresh and retry.
+async fn xoauth2(
+    endpoint: &Endpoint,
+    user: &str,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+    manager: &TokenManager,
+) -> Result<Connection, LoginError> {
+    retry::login(manager, |token| async move {
+        let mut conn = upstream::connect(endpoint, tls, UPSTREAM_CONNECT_TIMEOUT).await?;
+        match upstream::authenticate_xoauth2(&mut conn, user, &token, UPSTREAM_LOGIN_TIMEOUT).await
+        {
+            Ok(()) => Ok(conn),
+            Err(e) => {
+                upstream::close(&mut conn.stream).await;
+                Err(e)
+            }
+        }
+    })
+    .await
+}
+
 /// Runs the whole login for `req` from `ip`.
 pub async fn attempt(req: LoginRequest, ctx: &Arc<Pop3Context>, ip: IpAddr) -> Outcome {
     let passthrough = ctx.config.pop3.passthrough && !ctx.auth.has_user(&req.user);
     let mut pending = None;
-    let (account, username, password): (&Account, String, &Secret) = if passthrough {
+    let (account, username, credential): (&Account, String, Credential) = if passthrough {
         // The upstream judges the password: the reserved attempt stays open
         // until it has answered.
         match ctx.auth.throttle().admit(ip, &req.user).await {
@@ -46,7 +73,11 @@ pub async fn attempt(req: LoginRequest, ctx: &Arc<Pop3Context>, ip: IpAddr) -> O
             warn!("POP3 passthrough login but no default_account is configured");
             return Outcome::Refused(responses::NO_ACCOUNT);
         };
-        (account, req.user.clone(), &req.password)
+        (
+            account,
+            req.user.clone(),
+            Credential::Password(&req.password),
+        )
     } else {
         let name = match ctx.auth.login(ip, &req.user, &req.password).await {
             Ok(name) => name,
@@ -56,16 +87,13 @@ pub async fn attempt(req: LoginRequest, ctx: &Arc<Pop3Context>, ip: IpAddr) -> O
             warn!(account = %name, "local user points at an unknown account");
             return Outcome::Refused(responses::NO_ACCOUNT);
         };
-        let Some(password) = account.password.secret() else {
-            warn!(
-                account = %account.name,
-                "POP3 login refused: the account has no usable password ({})",
-                account.password.problem().unwrap_or("unknown reason")
-            );
-            return Outcome::Refused(responses::ACCOUNT_UNUSABLE);
+        let credential = match credential(account, &ctx.tokens, "POP3") {
+            Ok(c) => c,
+            Err(Unusable::NoCredential) => return Outcome::Refused(responses::ACCOUNT_UNUSABLE),
+            Err(Unusable::Unavailable) => return Outcome::Refused(responses::UPSTREAM_UNAVAILABLE),
         };
         let user = upstream::upstream_user(&account.username, account.pop3_recent_mode);
-        (account, user, password)
+        (account, user, credential)
     };
     let Some(endpoint) = account.pop3.as_ref() else {
         warn!(account = %account.name, "POP3 login refused: the account has no POP3 server");
@@ -77,6 +105,24 @@ pub async fn attempt(req: LoginRequest, ctx: &Arc<Pop3Context>, ip: IpAddr) -> O
     };
     let Some(tls) = ctx.upstream_tls.get(&account.name) else {
         return Outcome::Refused(responses::UPSTREAM_UNAVAILABLE);
+    };
+    let password = match credential {
+        Credential::Password(p) => p,
+        Credential::OAuth2(manager) => {
+            return match xoauth2(endpoint, &username, &tls, &manager).await {
+                Ok(conn) => Outcome::LoggedIn(Box::new(LoggedIn {
+                    upstream: conn,
+                    slot,
+                    account: account.name.clone(),
+                    passthrough,
+                })),
+                Err(e) => Outcome::Refused(match oauth2_refusal(&e, account, "POP3") {
+                    OAuth2Refusal::NeedsReauthorization => responses::NEEDS_REAUTHORIZATION,
+                    OAuth2Refusal::Unavailable => responses::UPSTREAM_UNAVAILABLE,
+                    OAuth2Refusal::Refused => responses::UPSTREAM_TOKEN_REFUSED,
+                }),
+            }
+        }
     };
     let mut conn = match upstream::connect(endpoint, &tls, UPSTREAM_CONNECT_TIMEOUT).await {
         Ok(c) => c,

@@ -52,6 +52,11 @@ pub const UPSTREAM_UNAVAILABLE: &[u8] =
     b"-ERR [SYS/TEMP] Upstream POP3 server unavailable; try again later\r\n";
 /// The upstream refused the account's own credentials: not the device's fault.
 pub const UPSTREAM_AUTH_FAILED: &[u8] = b"-ERR [SYS/PERM] The upstream server refused the account's credentials; check the app password and that POP is enabled in the provider's settings (run `mailbridge check`)\r\n";
+/// An OAuth2 account whose grant is gone: temporary (it works again once
+/// the administrator has run `mailbridge auth`).
+pub const NEEDS_REAUTHORIZATION: &[u8] = b"-ERR [SYS/TEMP] The account's OAuth2 authorization must be renewed; the administrator should run mailbridge auth (see the mailbridge log)\r\n";
+/// The provider refused the account's OAuth2 token, even a fresh one.
+pub const UPSTREAM_TOKEN_REFUSED: &[u8] = b"-ERR [SYS/PERM] The upstream server refused the account's OAuth2 token; the administrator should run mailbridge check\r\n";
 /// The hint `mailbridge check` prints after an upstream `-ERR` to PASS.
 pub const CHECK_AUTH_HINT: &str = "the server refused the user name or app password; check them, and that POP is enabled in the provider's settings (Gmail: Settings > Forwarding and POP/IMAP)";
 

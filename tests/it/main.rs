@@ -51,6 +51,7 @@ mod metrics;
 mod notify;
 mod oauth2;
 mod oauth2_delivery;
+mod oauth2_proxy;
 mod packaging;
 mod pop3_logs;
 mod pop3_proxy;

@@ -77,7 +77,10 @@ fn token(access: &str, refresh: &str, expires_at_ms: u64) -> StoredToken {
         refresh_token: Some(Secret::new(refresh)),
         expires_at_ms: Some(expires_at_ms),
         scopes: vec!["mail".into(), "offline".into()],
-        obtained_at_ms: now_ms(),
+        // Obtained an hour ago, as a Microsoft or Google token: the full
+        // refresh margin applies (a token living less than the margin is
+        // refreshed at half its life instead).
+        obtained_at_ms: now_ms().saturating_sub(3_600_000),
     }
 }
 
