@@ -115,9 +115,9 @@ pub async fn run(config: &Config) -> Report {
             }
             for (protocol, endpoint) in endpoints {
                 let result = match protocol {
-                    Protocol::Smtp => smtp::login_with(account, Some(&tokens), CHECK_TIMEOUT).await,
-                    Protocol::Imap => imap::login_with(account, Some(&tokens), CHECK_TIMEOUT).await,
-                    Protocol::Pop3 => pop3::login_with(account, Some(&tokens), CHECK_TIMEOUT).await,
+                    Protocol::Smtp => smtp::login(account, Some(&tokens), CHECK_TIMEOUT).await,
+                    Protocol::Imap => imap::login(account, Some(&tokens), CHECK_TIMEOUT).await,
+                    Protocol::Pop3 => pop3::login(account, Some(&tokens), CHECK_TIMEOUT).await,
                 };
                 probes.push(Probe {
                     protocol,

@@ -11,14 +11,10 @@ use crate::pop3::{responses, upstream};
 
 use super::probe::Credential;
 
-/// `Ok` is a one-line summary, `Err` a message with a hint; neither has the
-/// password. (A password login; see [`login_with`].)
-pub async fn login(account: &Account, timeout: Duration) -> Result<String, String> {
-    login_with(account, None, timeout).await
-}
-
-/// [`login`], and for an `auth = "oauth2"` account with its token from `tokens`.
-pub async fn login_with(
+/// One login, with the password or for an `auth = "oauth2"` account XOAUTH2
+/// with its token from `tokens`. `Ok` is a one-line summary, `Err` a message
+/// with a hint; neither ever contains the password or the token.
+pub async fn login(
     account: &Account,
     tokens: Option<&Tokens>,
     timeout: Duration,

@@ -11,17 +11,13 @@ use crate::config::{Account, TlsMode};
 use crate::delivery::{account_tls, connect, no_password};
 use crate::oauth2::Tokens;
 
-/// Connects with the account's TLS mode, authenticates and quits. `Ok` is a
+/// Connects with the account's TLS mode, authenticates and quits: the
+/// password, or for an `auth = "oauth2"` account XOAUTH2 with its token from
+/// `tokens` (refreshed if due; a refused token is refreshed once). `Ok` is a
 /// one-line summary; `Err` says what is wrong and how to fix it. Never
-/// contains the password. (The port/TLS mode mismatch is reported once, by
-/// [`super::run`].) A password login; see [`login_with`].
-pub async fn login(account: &Account, timeout: Duration) -> Result<String, String> {
-    login_with(account, None, timeout).await
-}
-
-/// [`login`], and for an `auth = "oauth2"` account XOAUTH2 with its token
-/// from `tokens` (refreshed if due; a refused token is refreshed once).
-pub async fn login_with(
+/// contains the password or the token. (The port/TLS mode mismatch is
+/// reported once, by [`super::run`].)
+pub async fn login(
     account: &Account,
     tokens: Option<&Tokens>,
     timeout: Duration,

@@ -108,14 +108,14 @@ async fn check_login_ok_and_wrong_password() {
     let ca = TestCa::new();
     let up = SmtpUpstream::start(&ca.server_cert(), Mode::Starttls, USER, PASSWORD).await;
     let o = Opts::new(up.port(), "starttls", &ca.ca_file);
-    let ok = check_login(&account(&o), Duration::from_secs(5))
+    let ok = check_login(&account(&o), None, Duration::from_secs(5))
         .await
         .unwrap();
     assert!(ok.contains("logged in as relay@example.com"), "{ok}");
 
     let mut o = Opts::new(up.port(), "starttls", &ca.ca_file);
     o.password_line = "password = \"wrong secret\"";
-    let err = check_login(&account(&o), Duration::from_secs(5))
+    let err = check_login(&account(&o), None, Duration::from_secs(5))
         .await
         .unwrap_err();
     eprintln!("{err}");
@@ -134,6 +134,7 @@ async fn check_login_explains_tls_mode_and_certificate_problems() {
     let plain = SmtpUpstream::start(&ca.server_cert(), Mode::Starttls, USER, PASSWORD).await;
     let err = check_login(
         &account(&Opts::new(plain.port(), "implicit", &ca.ca_file)),
+        None,
         Duration::from_secs(3),
     )
     .await
@@ -145,6 +146,7 @@ async fn check_login_explains_tls_mode_and_certificate_problems() {
     let tls = SmtpUpstream::start(&ca.server_cert(), Mode::Implicit, USER, PASSWORD).await;
     let err = check_login(
         &account(&Opts::new(tls.port(), "starttls", &ca.ca_file)),
+        None,
         Duration::from_millis(700),
     )
     .await
@@ -156,6 +158,7 @@ async fn check_login_explains_tls_mode_and_certificate_problems() {
     let other = TestCa::named("untrusted CA");
     let err = check_login(
         &account(&Opts::new(tls.port(), "implicit", &other.ca_file)),
+        None,
         Duration::from_secs(3),
     )
     .await
@@ -171,6 +174,7 @@ async fn check_login_explains_wrong_name_and_expired_certificates() {
     let wrong = SmtpUpstream::start(&ca.wrong_name_cert(), Mode::Implicit, USER, PASSWORD).await;
     let err = check_login(
         &account(&Opts::new(wrong.port(), "implicit", &ca.ca_file)),
+        None,
         Duration::from_secs(3),
     )
     .await
@@ -179,6 +183,7 @@ async fn check_login_explains_wrong_name_and_expired_certificates() {
     let expired = SmtpUpstream::start(&ca.expired_cert(), Mode::Starttls, USER, PASSWORD).await;
     let err = check_login(
         &account(&Opts::new(expired.port(), "starttls", &ca.ca_file)),
+        None,
         Duration::from_secs(3),
     )
     .await
@@ -194,6 +199,7 @@ async fn check_login_refuses_replies_injected_after_starttls() {
     up.script().after_starttls = Some(FORGED_AFTER_STARTTLS.into());
     let err = check_login(
         &account(&Opts::new(up.port(), "starttls", &ca.ca_file)),
+        None,
         Duration::from_secs(5),
     )
     .await

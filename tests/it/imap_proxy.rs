@@ -409,14 +409,14 @@ async fn check_login_reports_success_and_failures() {
     let config = env.daemon.daemon.context.config.clone();
     let account = config.account("acct").unwrap().clone();
     let timeout = std::time::Duration::from_secs(5);
-    let ok = mailbridge::check::imap_login(&account, timeout)
+    let ok = mailbridge::check::imap_login(&account, None, timeout)
         .await
         .unwrap();
     assert!(ok.contains("logged in as real@example.com"), "{ok}");
     let mut bad = account.clone();
     bad.password =
         mailbridge::config::Password::Set(mailbridge::secret::Secret::new("wrongpassword"));
-    let e = mailbridge::check::imap_login(&bad, timeout)
+    let e = mailbridge::check::imap_login(&bad, None, timeout)
         .await
         .unwrap_err();
     assert!(
@@ -425,19 +425,19 @@ async fn check_login_reports_success_and_failures() {
     );
     let mut untrusted = account.clone();
     untrusted.ca_file = None;
-    let e = mailbridge::check::imap_login(&untrusted, timeout)
+    let e = mailbridge::check::imap_login(&untrusted, None, timeout)
         .await
         .unwrap_err();
     assert!(e.contains("ca_file"), "{e}");
     let mut wrong_mode = account.clone();
     wrong_mode.imap.tls = mailbridge::config::TlsMode::Starttls;
-    let e = mailbridge::check::imap_login(&wrong_mode, std::time::Duration::from_millis(800))
+    let e = mailbridge::check::imap_login(&wrong_mode, None, std::time::Duration::from_millis(800))
         .await
         .unwrap_err();
     assert!(e.contains("TLS mode"), "{e}");
     let mut unreachable = account.clone();
     unreachable.imap.port = 1;
-    let e = mailbridge::check::imap_login(&unreachable, timeout)
+    let e = mailbridge::check::imap_login(&unreachable, None, timeout)
         .await
         .unwrap_err();
     assert!(e.contains("reachable"), "{e}");

@@ -288,7 +288,7 @@ async fn check_logs_in_to_pop3_and_explains_a_refusal() {
     let config = env.daemon.daemon.current().config.clone();
     let account = config.account("acct").unwrap();
     let timeout = std::time::Duration::from_secs(10);
-    let ok = mailbridge::check::pop3_login(account, timeout)
+    let ok = mailbridge::check::pop3_login(account, None, timeout)
         .await
         .unwrap();
     assert!(ok.contains(&format!("logged in as {REAL_USER}")), "{ok}");
@@ -306,7 +306,7 @@ async fn check_logs_in_to_pop3_and_explains_a_refusal() {
     })
     .await;
     let config = wrong.daemon.daemon.current().config.clone();
-    let e = mailbridge::check::pop3_login(config.account("acct").unwrap(), timeout)
+    let e = mailbridge::check::pop3_login(config.account("acct").unwrap(), None, timeout)
         .await
         .unwrap_err();
     assert!(
