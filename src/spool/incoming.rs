@@ -2,7 +2,7 @@
 //! arrive (behind a placeholder header, see [`super::store`]), and only at
 //! the end is the real header written, the file fsynced and renamed into
 //! `queue/` (the durable point before the SMTP 250), in a group commit with
-//! the messages finishing at the same time ([`store::DirSync`]). Every file operation
+//! the messages finishing at the same time ([`super::commit::DirSync`]). Every file operation
 //! runs in `spawn_blocking`, never on a runtime thread. A message that is not
 //! committed (refused, client gone, disk full, session dropped) leaves no
 //! file behind: the temp file is removed on every failure and on drop.
@@ -20,9 +20,9 @@ pub struct Incoming {
     id: QueueId,
     tmp: PathBuf,
     queue: PathBuf,
-    queue_sync: Arc<store::DirSync>,
+    queue_sync: Arc<super::commit::DirSync>,
     /// Counts this message as coming for the group commit until it is submitted.
-    receiving: Option<store::Receiving>,
+    receiving: Option<super::commit::Receiving>,
     /// The temp file once the first bytes were written, with its path.
     file: Option<File>,
     path: Option<PathBuf>,
@@ -91,7 +91,7 @@ impl Incoming {
 
     /// Writes `last`, the real header (`envelope`, size), then has the file
     /// fsynced, renamed into `queue/` and the directory fsynced (grouped with
-    /// concurrent commits, see [`store::DirSync`]); returns the message size.
+    /// concurrent commits, see [`super::commit::DirSync`]); returns the message size.
     pub async fn commit(
         mut self,
         spool: &Spool,
@@ -119,7 +119,7 @@ impl Incoming {
         let sync = self.queue_sync.clone();
         self.receiving = None;
         // fsync, rename and directory fsync, grouped with the messages
-        // committed at the same time (see `store::DirSync`).
+        // committed at the same time (see `super::commit::DirSync`).
         tokio::task::spawn_blocking(move || sync.commit(file, path, dest))
             .await
             .map_err(|e| SpoolError::Task(e.to_string()))??;

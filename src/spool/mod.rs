@@ -10,6 +10,7 @@
 
 pub mod admin;
 mod changes;
+mod commit;
 mod handoff;
 mod hold;
 mod incoming;
@@ -156,7 +157,7 @@ pub struct Spool {
     /// Tells the worker about every entry made durable by this process.
     handoff: Arc<Handoff>,
     /// Shared fsyncs of `queue/` for concurrent enqueues.
-    queue_sync: Arc<store::DirSync>,
+    queue_sync: Arc<commit::DirSync>,
     /// Bytes of received DATA that may sit in memory at once, across every
     /// connection, before they reach their temp file (`smtp.data_buffer_budget`).
     data_budget: Arc<Semaphore>,
@@ -229,7 +230,7 @@ impl Spool {
             corrupt: dir.join("corrupt"),
             tmp: dir.join("tmp"),
             handoff: Arc::new(Handoff::default()),
-            queue_sync: Arc::new(store::DirSync::new(&dir.join("queue"))),
+            queue_sync: Arc::new(commit::DirSync::new(&dir.join("queue"))),
             data_budget: Arc::new(Semaphore::new(crate::config::DEFAULT_DATA_BUFFER_BUDGET)),
             memory: Arc::new(MemoryBudget::new(
                 crate::config::DEFAULT_MESSAGE_BUFFER_BUDGET,
