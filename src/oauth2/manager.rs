@@ -147,7 +147,7 @@ impl TokenManager {
     /// caller waiting at the time (the lock is held across the refresh).
     pub async fn access_token(&self) -> Result<Secret, TokenError> {
         let mut inner = self.inner.lock().await;
-        self.reload_if_changed(&mut inner)?;
+        self.reload_if_changed(&mut inner).await?;
         if let Some(reason) = &inner.lost {
             return Err(self.reauth(reason.clone()));
         }
@@ -165,10 +165,16 @@ impl TokenManager {
         match self.source.refresh(&old).await {
             Ok(new) => {
                 // Saved before it is used: a rotated refresh token must survive a crash.
-                if let Err(e) = self.store.save(&self.account, &new) {
+                let saved = new.clone();
+                let (result, stamp) = self
+                    .with_store(move |store, account| {
+                        (store.save(account, &saved), store.stamp(account))
+                    })
+                    .await?;
+                if let Err(e) = result {
                     tracing::warn!(account = %self.account, "cannot save the refreshed OAuth2 token: {e}");
                 }
-                inner.stamp = self.store.stamp(&self.account);
+                inner.stamp = stamp;
                 let token = new.access_token.clone();
                 inner.current = Some(Current {
                     refresh_at: refresh_at(&new),
@@ -200,17 +206,34 @@ impl TokenManager {
         }
     }
 
+    /// Runs `work` on the token store off the runtime threads (it stats,
+    /// reads and fsyncs files), as the spool does its file work.
+    async fn with_store<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&TokenStore, &str) -> T + Send + 'static,
+    ) -> Result<T, TokenError> {
+        let (store, account) = (self.store.clone(), self.account.clone());
+        tokio::task::spawn_blocking(move || work(&store, &account))
+            .await
+            .map_err(|e| TokenError::Temporary {
+                account: self.account.clone(),
+                reason: format!("token store: {e}"),
+            })
+    }
+
     /// Re-reads the store when its file changed (a new `mailbridge auth`, a `--forget`).
-    fn reload_if_changed(&self, inner: &mut Inner) -> Result<(), TokenError> {
-        let stamp = self.store.stamp(&self.account);
+    async fn reload_if_changed(&self, inner: &mut Inner) -> Result<(), TokenError> {
+        let stamp = self
+            .with_store(|store, account| store.stamp(account))
+            .await?;
         if stamp == inner.stamp
             && (inner.current.is_some() || inner.lost.is_some() || stamp.is_none())
         {
             return Ok(());
         }
         let loaded = self
-            .store
-            .load(&self.account)
+            .with_store(|store, account| store.load(account))
+            .await?
             .map_err(|e| self.reauth(e.to_string()))?;
         inner.stamp = stamp;
         inner.lost = None;
