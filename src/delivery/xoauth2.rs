@@ -2,7 +2,8 @@
 //! account's [`TokenManager`], `AUTH XOAUTH2` with the initial response
 //! (our own exchange: on the provider's `334` JSON challenge we answer the
 //! empty line and keep its final reply), and on a refused token one
-//! invalidation, one refresh and one retry on a new connection.
+//! invalidation, one refresh and one retry on a new connection
+//! ([`crate::oauth2::retry`], shared with IMAP and POP3).
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use super::transport::AccountTls;
 use super::upstream::{open, Line};
 use crate::config::Account;
 use crate::oauth2::manager::{TokenError, TokenManager};
+use crate::oauth2::retry::{self, LoginError};
 use crate::oauth2::sasl::{self, XOAuth2Failure};
 use crate::secret::Secret;
 
@@ -86,7 +88,8 @@ pub(crate) fn failure(account: &Account, e: &TokenError) -> ConnectFailure {
 }
 
 /// Opens a connection and logs in with `token`; a refused token is
-/// invalidated, refreshed once and tried once more on a new connection.
+/// invalidated, refreshed once and tried once more on a new connection
+/// ([`retry::with_refresh`], as the IMAP and POP3 logins do).
 /// Returns the connection and the token it logged in with.
 pub(crate) async fn connect(
     account: &Account,
@@ -96,41 +99,37 @@ pub(crate) async fn connect(
     manager: &TokenManager,
     token: Secret,
 ) -> Result<(AsyncSmtpConnection, Secret), ConnectFailure> {
-    let refused = match attempt(account, tls, hello, timeout, &token).await? {
-        Ok(conn) => return Ok((conn, token)),
-        Err(r) => r,
-    };
-    let retry = match &refused {
+    let refused = |r: &Refusal| match r {
         Refusal::Answered { reply, challenge } => token_rejected(reply, challenge.as_ref()),
         Refusal::Failed(_) => false,
     };
-    if !retry {
-        return Err(refusal(account, refused));
-    }
-    tracing::info!(account = %account.name, "the upstream refused the OAuth2 access token; refreshing it and trying once more");
-    manager.invalidate(&token).await;
-    let token = self::token(account, manager).await?;
-    match attempt(account, tls, hello, timeout, &token).await? {
-        Ok(conn) => Ok((conn, token)),
-        Err(r) => Err(refusal(account, r)),
-    }
+    retry::with_refresh(manager, token, refused, |token| async move {
+        attempt(account, tls, hello, timeout, &token).await
+    })
+    .await
+    .map_err(|e| match e {
+        LoginError::Token(e) => failure(account, &e),
+        LoginError::Upstream(r) => refusal(account, r),
+    })
 }
 
-/// One connection and one `AUTH XOAUTH2`: the outer error is a connection
-/// that could not be opened, the inner one what the AUTH came to.
+/// One connection and one `AUTH XOAUTH2`; a connection that could not be
+/// opened is [`Refusal::Failed`].
 async fn attempt(
     account: &Account,
     tls: &AccountTls,
     hello: &ClientId,
     timeout: Duration,
     token: &Secret,
-) -> Result<Result<AsyncSmtpConnection, Refusal>, ConnectFailure> {
-    let mut conn = open(account, tls, hello, timeout).await?;
+) -> Result<AsyncSmtpConnection, Refusal> {
+    let mut conn = open(account, tls, hello, timeout)
+        .await
+        .map_err(Refusal::Failed)?;
     match auth(&mut conn, &account.username, token).await {
-        Ok(()) => Ok(Ok(conn)),
+        Ok(()) => Ok(conn),
         Err(r) => {
             conn.abort().await;
-            Ok(Err(r))
+            Err(r)
         }
     }
 }

@@ -143,6 +143,11 @@ impl TokenManager {
         }
     }
 
+    /// The account this manager keeps tokens for.
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
     /// A valid access token: the cached one, or one refresh shared by every
     /// caller waiting at the time (the lock is held across the refresh).
     pub async fn access_token(&self) -> Result<Secret, TokenError> {
