@@ -36,7 +36,8 @@ impl Shared {
         let spool = Arc::new(
             spool::Spool::open(&config.smtp.spool_dir)?
                 .with_data_budget(config.smtp.data_buffer_budget)
-                .with_memory_budget(config.delivery.message_buffer_budget),
+                .with_memory_budget(config.delivery.message_buffer_budget)
+                .with_spares(spool::SPARE_FILES),
         );
         Ok(Shared {
             wake_delivery: spool.handoff(),

@@ -68,6 +68,9 @@ pub struct Metrics {
     imap_sessions: Gauge,
     pop3_sessions: Gauge,
     pop3_logins: Counter,
+    /// The spool's group commit: flushes issued and messages made durable.
+    spool_flushes: Counter,
+    spool_commits: Counter,
     auth_failures: Family<ProtocolLabel, Counter>,
     tls_errors: Family<ProtocolLabel, Counter>,
     reloads: Family<ProtocolLabel, Counter>,
@@ -103,6 +106,8 @@ impl Metrics {
             imap_sessions: Gauge::default(),
             pop3_sessions: Gauge::default(),
             pop3_logins: Counter::default(),
+            spool_flushes: Counter::default(),
+            spool_commits: Counter::default(),
             auth_failures: Family::default(),
             tls_errors: Family::default(),
             reloads: Family::default(),
@@ -169,6 +174,16 @@ impl Metrics {
             "pop3_logins",
             "POP3 logins that reached the upstream mailbox",
             m.pop3_logins.clone(),
+        );
+        r.register(
+            "spool_flushes",
+            "Flushes (fsync, syncfs) issued to make received messages durable; shared by the messages committed together",
+            m.spool_flushes.clone(),
+        );
+        r.register(
+            "spool_commits",
+            "Received messages made durable (the flushes per message is spool_flushes_total / spool_commits_total)",
+            m.spool_commits.clone(),
         );
         r.register(
             "auth_failures",
@@ -362,6 +377,11 @@ impl Metrics {
     }
 
     fn refresh_queue(&self, spool: &Spool) {
+        let (flushes, commits) = spool.commit_counts();
+        self.spool_flushes
+            .inc_by(flushes.saturating_sub(self.spool_flushes.get()));
+        self.spool_commits
+            .inc_by(commits.saturating_sub(self.spool_commits.get()));
         if let Ok(queued) = spool.list_queued() {
             self.queue_size.set(queued.len() as i64);
             let oldest = queued

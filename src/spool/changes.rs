@@ -20,7 +20,8 @@ impl Spool {
     pub fn complete(&self, id: &QueueId) -> Result<(), SpoolError> {
         checked(id)?;
         let p = msg_path(&self.queue, &id.0);
-        match fs::remove_file(&p) {
+        // Kept for the next message received, or unlinked (see `super::spares`).
+        match self.spares.retire(&p, &self.tmp) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(&p)(e)),
@@ -189,7 +190,8 @@ impl Spool {
         }
     }
 
-    /// Start-up clean-up: stale temp files and state files without a message;
+    /// Start-up clean-up (before this run keeps any spare file): stale temp
+    /// files, an earlier run's spare files, state files without a message;
     /// files others could read (written by an older version) made private.
     pub fn recover(&self) {
         for dir in [&self.queue, &self.failed, &self.corrupt, &self.tmp] {
@@ -210,7 +212,9 @@ impl Spool {
         };
         if let Ok(rd) = fs::read_dir(&self.tmp) {
             for e in rd.flatten() {
-                if old(&e.path()) {
+                // An earlier run's spare files: empty, and known to no pool.
+                let spare = super::spares::is_spare(&e.file_name().to_string_lossy());
+                if spare || old(&e.path()) {
                     let _ = fs::remove_file(e.path());
                 }
             }

@@ -1,106 +1,113 @@
-//! Group commit of the spool's durable point ([`DirSync`]): messages that
-//! finish together share their flushes (one `syncfs` for their data, one
-//! `fsync` of the directory for their renames), and nobody is answered
-//! before both covered its message.
+//! Group commit of the spool's durable point ([`DirSync`]): one thread, the
+//! committer, finishes, flushes and renames the messages that complete
+//! together (one `syncfs` for their data, one `fsync` of the directory for
+//! their renames), and nobody is answered before both covered its message.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
 
 use super::store::io_err;
 use super::SpoolError;
 
-/// Group commit of the spool's durable point: every caller returns only once
-/// its message data, its inode and its directory entry are on disk, but
-/// callers that arrive together share the flushes.
+/// Group commit of the spool's durable point: every caller is answered only
+/// once its message data, its inode and its directory entry are on disk,
+/// but callers that arrive together share the flushes.
 ///
-/// A committer hands over its written temp file ([`DirSync::commit`]); the
-/// first caller that finds no batch in progress becomes the leader and, for
-/// everything queued so far:
+/// A committer submits its temp file with the step that finishes writing
+/// it ([`DirSync::commit`]); one thread (started on first use, ended when
+/// the spool is dropped) takes everything submitted so far as a batch and:
 ///
-/// 1. makes the files' data and inodes durable: with one file, `fsync` of
-///    that file (as before); with several, on Linux, one `syncfs` of the
-///    spool's file system, which writes back and flushes every dirty page
-///    and inode on it, so it covers all of the batch's files (and, since
-///    Linux 5.8, reports their write-back errors); elsewhere one `fsync` per
-///    file;
-/// 2. renames each file into the directory (the data is already durable, so
+/// 1. runs each message's finishing step (its last bytes and its real
+///    header, at most one buffer's worth), so a message costs no trip of
+///    its own to the blocking pool;
+/// 2. makes the files' data and inodes durable: with one file, `fsync` of
+///    that file; with several, on Linux, one `syncfs` of the spool's file
+///    system, which writes back and flushes every dirty page and inode on
+///    it, so it covers all of the batch's files (and, since Linux 5.8,
+///    reports their write-back errors); elsewhere one `fsync` per file;
+/// 3. renames each file into the directory (the data is already durable, so
 ///    a crash never leaves a name pointing at missing data, exactly as with
 ///    a per-file `fsync`);
-/// 3. `fsync`s the directory once, through a handle kept open, which makes
-///    every rename of the batch durable.
+/// 4. `fsync`s the directory once, through a handle kept open, which makes
+///    every rename of the batch durable, and answers each caller.
 ///
 /// So a batch costs two flushes however many messages it holds, and
 /// messages that arrive while one batch is being flushed form the next one.
-/// Under load (the last batch held more than one message) a leader first
-/// waits up to [`GATHER`] for others to join ([`gather_more`]): the
-/// accepting sessions keep the CPU busy meanwhile, and fewer, larger
-/// batches leave it more time; a lone message never waits.
-/// Nobody is answered before step 3 covered its rename: the guarantee is the
-/// one of "fsync the file, rename, fsync the directory" per message. The
-/// price of `syncfs` is that it also writes back other dirty data on the
-/// same file system (a spool on its own file system pays nothing for it).
-/// Callers that renamed a file themselves ([`DirSync::after_rename`]) join
-/// the same batches for step 3 only.
+/// Under load (the last batch held more than one message, or messages are
+/// being received) the committer first waits up to [`GATHER`] for others to
+/// join ([`gather_more`]); a lone message never waits. Nobody is answered
+/// before step 4 covered its rename: the guarantee is the one of "fsync the
+/// file, rename, fsync the directory" per message. The price of `syncfs` is
+/// that it also writes back other dirty data on the same file system (a
+/// spool on its own file system pays nothing for it). Callers that renamed
+/// a file themselves ([`DirSync::after_rename`]) join the same batches for
+/// step 4 only. Callers wait on a oneshot channel, not on a lock: a batch's
+/// end wakes exactly its own callers.
 pub(crate) struct DirSync {
     dir: PathBuf,
-    /// The directory, opened once and kept for its fsyncs.
-    handle: std::sync::OnceLock<File>,
-    state: Mutex<SyncState>,
-    done: Condvar,
-    /// Signalled when a message joins the queue (a gathering leader waits on it).
-    arrived: Condvar,
-    /// Flushes (fsync, syncfs) issued and messages committed, for the tests
-    /// and the benchmark's "flushes per message".
-    flushes: std::sync::atomic::AtomicU64,
-    committed: std::sync::atomic::AtomicU64,
+    /// To the committer thread; `None` until the first submission.
+    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    shared: Arc<Shared>,
+}
+
+/// What the callers and the committer thread both see.
+#[derive(Default)]
+struct Shared {
+    /// Flushes (fsync, syncfs) issued and messages committed, for the
+    /// metrics' "flushes per message" and the tests.
+    flushes: AtomicU64,
+    committed: AtomicU64,
     /// Messages being received now ([`DirSync::receiving`]): commits to come.
-    receiving: std::sync::atomic::AtomicUsize,
+    receiving: AtomicUsize,
 }
 
 /// A message being received: counted in [`DirSync`] until dropped (it is
 /// dropped just before the message's commit is submitted).
-pub(crate) struct Receiving(std::sync::Arc<DirSync>);
+pub(crate) struct Receiving(Arc<Shared>);
 
 impl Drop for Receiving {
     fn drop(&mut self) {
-        self.0
-            .receiving
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.receiving.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-/// A temp file whose content is final, to be made durable and renamed.
+/// Writes what is left of a temp file and hands it back open.
+pub(crate) type Finish = Box<dyn FnOnce() -> std::io::Result<File> + Send>;
+
+/// One submission.
 struct Job {
-    file: File,
-    from: PathBuf,
-    to: PathBuf,
+    work: Work,
+    done: oneshot::Sender<Result<(), SpoolError>>,
 }
 
-#[derive(Default)]
-struct SyncState {
-    next_ticket: u64,
-    /// Waiting for the next batch; `None`: already renamed, directory only.
-    queued: Vec<(u64, Option<Job>)>,
-    /// Outcomes of finished batches not yet picked up by their callers.
-    results: std::collections::HashMap<u64, Result<(), SpoolError>>,
-    /// A leader is gathering or flushing a batch.
-    busy: bool,
-    /// Size of the last batch flushed.
-    last_batch: usize,
+enum Work {
+    /// A temp file at `from`, finished by `finish`, to be made durable and
+    /// renamed to `to` (in the directory).
+    File {
+        finish: Finish,
+        from: PathBuf,
+        to: PathBuf,
+    },
+    /// Already renamed by the caller: the directory fsync only.
+    Renamed,
 }
 
-/// Longest a leader waits for more messages to join its batch.
-const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
+/// Longest the committer waits for more messages to join its batch.
+const GATHER: Duration = Duration::from_millis(1);
 /// A batch this large is flushed without waiting for more.
 const FULL_BATCH: usize = 16;
 
-/// Whether a leader holding `queued` messages waits (up to [`GATHER`]) for
-/// more to join: only under load, i.e. when other messages are being
-/// received right now (`coming`, they commit soon) or the previous batch had
-/// company (`last_batch` > 1), as PostgreSQL's `commit_delay` with
-/// `commit_siblings`. A message arriving alone is flushed at once, so one
-/// client never waits.
+/// Whether the committer, holding `queued` messages, waits (up to
+/// [`GATHER`]) for more to join: only under load, i.e. when other messages
+/// are being received right now (`coming`, they commit soon) or the
+/// previous batch had company (`last_batch` > 1), as PostgreSQL's
+/// `commit_delay` with `commit_siblings`. A message arriving alone is
+/// flushed at once, so one client never waits.
 fn gather_more(queued: usize, last_batch: usize, coming: usize) -> bool {
     (coming > 0 || last_batch > 1) && queued < FULL_BATCH
 }
@@ -109,101 +116,134 @@ impl DirSync {
     pub fn new(dir: &Path) -> DirSync {
         DirSync {
             dir: dir.to_path_buf(),
-            handle: std::sync::OnceLock::new(),
-            state: Mutex::new(SyncState::default()),
-            done: Condvar::new(),
-            arrived: Condvar::new(),
-            flushes: Default::default(),
-            committed: Default::default(),
-            receiving: Default::default(),
+            sender: Mutex::new(None),
+            shared: Arc::default(),
         }
     }
 
     /// Counts a message whose DATA is arriving, until the guard is dropped.
-    pub fn receiving(self: &std::sync::Arc<Self>) -> Receiving {
-        self.receiving
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Receiving(self.clone())
+    pub fn receiving(&self) -> Receiving {
+        self.shared.receiving.fetch_add(1, Ordering::SeqCst);
+        Receiving(self.shared.clone())
     }
 
-    /// Call after a rename into the directory; returns once it is durable.
+    /// Call (off the runtime threads) after a rename into the directory;
+    /// returns once it is durable.
     pub fn after_rename(&self) -> Result<(), SpoolError> {
-        self.submit(None)
+        self.submit(Work::Renamed)?
+            .blocking_recv()
+            .map_err(|_| gone())?
     }
 
-    /// Makes `file` (written in full at `from`) durable, renames it to `to`
-    /// (in this directory) and makes the rename durable; on an error the
-    /// temp file is removed (unless the rename happened: then the entry
-    /// stays, as a queued message whose answer was lost).
-    pub fn commit(&self, file: File, from: PathBuf, to: PathBuf) -> Result<(), SpoolError> {
-        self.submit(Some(Job { file, from, to }))
+    /// Finishes the temp file at `from` with `finish`, makes it durable,
+    /// renames it to `to` (in this directory) and makes the rename durable.
+    /// On an error the temp file is removed (unless the rename happened:
+    /// then the entry stays, as a queued message whose answer was lost).
+    /// The work goes on if the caller stops waiting.
+    pub async fn commit(
+        &self,
+        from: PathBuf,
+        to: PathBuf,
+        finish: Finish,
+    ) -> Result<(), SpoolError> {
+        self.submit(Work::File { finish, from, to })?
+            .await
+            .map_err(|_| gone())?
     }
 
     /// (flushes issued, messages committed) so far.
-    #[cfg(test)]
     pub fn counts(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (self.flushes.load(Relaxed), self.committed.load(Relaxed))
+        (
+            self.shared.flushes.load(Ordering::Relaxed),
+            self.shared.committed.load(Ordering::Relaxed),
+        )
     }
 
-    fn submit(&self, job: Option<Job>) -> Result<(), SpoolError> {
-        let poisoned = |_| SpoolError::Task("spool sync lock poisoned".into());
-        let mut s = self.state.lock().map_err(poisoned)?;
-        let ticket = s.next_ticket;
-        s.next_ticket += 1;
-        s.queued.push((ticket, job));
-        self.arrived.notify_one();
-        loop {
-            if let Some(result) = s.results.remove(&ticket) {
-                return result;
+    fn submit(&self, work: Work) -> Result<oneshot::Receiver<Result<(), SpoolError>>, SpoolError> {
+        let (done, answer) = oneshot::channel();
+        let mut sender = self
+            .sender
+            .lock()
+            .map_err(|_| SpoolError::Task("spool commit lock poisoned".into()))?;
+        if sender.is_none() {
+            let (tx, rx) = mpsc::channel();
+            let mut committer = Committer {
+                dir: self.dir.clone(),
+                handle: None,
+                shared: self.shared.clone(),
+            };
+            std::thread::Builder::new()
+                .name("spool-commit".into())
+                .spawn(move || committer.run(rx))
+                .map_err(|e| SpoolError::Task(format!("cannot start the spool committer: {e}")))?;
+            *sender = Some(tx);
+        }
+        match sender.as_ref().map(|tx| tx.send(Job { work, done })) {
+            Some(Ok(())) => Ok(answer),
+            _ => {
+                // The thread is gone (it only ends with the spool): start anew next time.
+                *sender = None;
+                Err(gone())
             }
-            if s.busy {
-                s = self.done.wait(s).map_err(poisoned)?;
-                continue;
-            }
-            s.busy = true;
-            let coming = || self.receiving.load(std::sync::atomic::Ordering::SeqCst);
-            if gather_more(s.queued.len(), s.last_batch, coming()) {
-                let deadline = std::time::Instant::now() + GATHER;
-                while gather_more(s.queued.len(), s.last_batch, coming()) {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
-                    if left.is_zero() {
-                        break;
+        }
+    }
+}
+
+fn gone() -> SpoolError {
+    SpoolError::Task("the spool committer stopped".into())
+}
+
+/// The committer thread's side.
+struct Committer {
+    dir: PathBuf,
+    /// The directory, opened once and kept for its fsyncs.
+    handle: Option<File>,
+    shared: Arc<Shared>,
+}
+
+impl Committer {
+    /// Takes batches until every sender is gone.
+    fn run(&mut self, rx: mpsc::Receiver<Job>) {
+        let mut last_batch = 0;
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter());
+            let coming = || self.shared.receiving.load(Ordering::SeqCst);
+            let deadline = Instant::now() + GATHER;
+            while gather_more(batch.len(), last_batch, coming()) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(job) => {
+                        batch.push(job);
+                        batch.extend(rx.try_iter());
                     }
-                    s = match self.arrived.wait_timeout(s, left) {
-                        Ok((s, _)) => s,
-                        Err(_) => return Err(SpoolError::Task("spool sync lock poisoned".into())),
-                    };
+                    Err(_) => break,
                 }
             }
-            let batch = std::mem::take(&mut s.queued);
-            s.last_batch = batch.len();
-            drop(s);
-            let outcomes = self.run_batch(batch);
-            s = self.state.lock().map_err(poisoned)?;
-            s.busy = false;
-            s.results.extend(outcomes);
-            self.done.notify_all();
+            last_batch = batch.len();
+            self.run_batch(batch);
         }
     }
 
-    /// Steps 1-3 of the type's description for one batch.
-    fn run_batch(&self, batch: Vec<(u64, Option<Job>)>) -> Vec<(u64, Result<(), SpoolError>)> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let files: Vec<&File> = batch
-            .iter()
-            .filter_map(|(_, j)| j.as_ref())
-            .map(|j| &j.file)
-            .collect();
-        let data = self.sync_files(&files);
-        let mut outcomes = Vec::with_capacity(batch.len());
+    /// Steps 1-4 of [`DirSync`]'s description for one batch; answers every job.
+    fn run_batch(&mut self, batch: Vec<Job>) {
+        let mut files = Vec::with_capacity(batch.len());
         let mut renamed = Vec::with_capacity(batch.len());
-        for (ticket, job) in batch {
-            let Some(job) = job else {
-                renamed.push(ticket);
-                continue;
-            };
-            let Job { file, from, to } = job;
+        for Job { work, done } in batch {
+            match work {
+                Work::Renamed => renamed.push(done),
+                Work::File { finish, from, to } => match finish() {
+                    Ok(file) => files.push((file, from, to, done)),
+                    Err(e) => {
+                        let _ = fs::remove_file(&from);
+                        let _ = done.send(Err(io_err(&from)(e)));
+                    }
+                },
+            }
+        }
+        let open: Vec<&File> = files.iter().map(|(f, ..)| f).collect();
+        let data = self.sync_files(&open);
+        for (file, from, to, done) in files {
             drop(file);
             let step = match &data {
                 Err(e) => Err(SpoolError::Io {
@@ -214,20 +254,20 @@ impl DirSync {
             };
             match step {
                 Ok(()) => {
-                    self.committed.fetch_add(1, Relaxed);
-                    renamed.push(ticket);
+                    self.shared.committed.fetch_add(1, Ordering::Relaxed);
+                    renamed.push(done);
                 }
                 Err(e) => {
                     let _ = fs::remove_file(&from);
-                    outcomes.push((ticket, Err(e)));
+                    let _ = done.send(Err(e));
                 }
             }
         }
         if renamed.is_empty() {
-            return outcomes;
+            return;
         }
         let dir = self.sync_dir();
-        for ticket in renamed {
+        for done in renamed {
             let result = match &dir {
                 Ok(()) => Ok(()),
                 Err(e) => Err(SpoolError::Io {
@@ -235,45 +275,43 @@ impl DirSync {
                     source: same_error(e),
                 }),
             };
-            outcomes.push((ticket, result));
+            // A caller that stopped waiting: its message is committed all the same.
+            let _ = done.send(result);
         }
-        outcomes
     }
 
     /// Data and inodes of `files` on disk, in as few flushes as the platform allows.
     fn sync_files(&self, files: &[&File]) -> std::io::Result<()> {
-        use std::sync::atomic::Ordering::Relaxed;
+        let count = || self.shared.flushes.fetch_add(1, Ordering::Relaxed);
         match files {
             [] => Ok(()),
             [one] => {
-                self.flushes.fetch_add(1, Relaxed);
+                count();
                 one.sync_all()
             }
             #[cfg(target_os = "linux")]
             [first, ..] => {
-                self.flushes.fetch_add(1, Relaxed);
+                count();
                 rustix::fs::syncfs(first).map_err(std::io::Error::from)
             }
             #[cfg(not(target_os = "linux"))]
             many => many.iter().try_for_each(|f| {
-                self.flushes.fetch_add(1, Relaxed);
+                count();
                 f.sync_all()
             }),
         }
     }
 
     /// fsync of the directory through the kept handle (opened on first use).
-    fn sync_dir(&self) -> std::io::Result<()> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let handle = match self.handle.get() {
-            Some(h) => h,
-            None => {
-                let opened = File::open(&self.dir)?;
-                self.handle.get_or_init(|| opened)
-            }
-        };
-        self.flushes.fetch_add(1, Relaxed);
-        handle.sync_all()
+    fn sync_dir(&mut self) -> std::io::Result<()> {
+        if self.handle.is_none() {
+            self.handle = Some(File::open(&self.dir)?);
+        }
+        self.shared.flushes.fetch_add(1, Ordering::Relaxed);
+        match &self.handle {
+            Some(h) => h.sync_all(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -300,19 +338,35 @@ mod tests {
         (root, tmp, queue)
     }
 
-    fn job(tmp: &Path, queue: &Path, i: usize) -> Job {
+    /// A temp file whose finishing step writes "message {i}".
+    fn file_job(tmp: &Path, queue: &Path, i: usize) -> (PathBuf, PathBuf, Finish) {
         let from = tmp.join(format!("{i}.tmp"));
-        let mut file = create_private(&from).unwrap();
-        file.write_all(format!("message {i}").as_bytes()).unwrap();
-        Job {
-            file,
-            from,
-            to: queue.join(format!("{i}.msg")),
-        }
+        let file = create_private(&from).unwrap();
+        let finish: Finish = Box::new(move || {
+            let mut file = file;
+            file.write_all(format!("message {i}").as_bytes())?;
+            Ok(file)
+        });
+        (from, queue.join(format!("{i}.msg")), finish)
+    }
+
+    fn committer(queue: &Path) -> (Committer, Arc<Shared>) {
+        let shared = Arc::new(Shared::default());
+        let c = Committer {
+            dir: queue.to_path_buf(),
+            handle: None,
+            shared: shared.clone(),
+        };
+        (c, shared)
+    }
+
+    fn job(work: Work) -> (Job, oneshot::Receiver<Result<(), SpoolError>>) {
+        let (done, answer) = oneshot::channel();
+        (Job { work, done }, answer)
     }
 
     #[test]
-    fn a_leader_waits_for_company_only_under_load() {
+    fn the_committer_waits_for_company_only_under_load() {
         assert!(!gather_more(1, 0, 0), "first message ever: flushed at once");
         assert!(
             !gather_more(1, 1, 0),
@@ -327,15 +381,23 @@ mod tests {
     #[test]
     fn a_batch_of_ten_messages_costs_two_flushes() {
         let (root, tmp, queue) = dirs();
-        let sync = DirSync::new(&queue);
-        let batch = (0..10)
-            .map(|i| (i as u64, Some(job(&tmp, &queue, i))))
-            .collect();
-        let outcomes = sync.run_batch(batch);
-        assert_eq!(outcomes.len(), 10);
-        assert!(outcomes.iter().all(|(_, r)| r.is_ok()));
+        let (mut c, shared) = committer(&queue);
+        let (batch, answers): (Vec<_>, Vec<_>) = (0..10)
+            .map(|i| {
+                let (from, to, finish) = file_job(&tmp, &queue, i);
+                job(Work::File { finish, from, to })
+            })
+            .unzip();
+        c.run_batch(batch);
+        for mut a in answers {
+            assert!(matches!(a.try_recv(), Ok(Ok(()))));
+        }
         let expected_flushes = if cfg!(target_os = "linux") { 2 } else { 11 };
-        assert_eq!(sync.counts(), (expected_flushes, 10));
+        let counts = (
+            shared.flushes.load(Ordering::Relaxed),
+            shared.committed.load(Ordering::Relaxed),
+        );
+        assert_eq!(counts, (expected_flushes, 10));
         for i in 0..10 {
             assert_eq!(
                 fs::read(queue.join(format!("{i}.msg"))).unwrap(),
@@ -346,31 +408,36 @@ mod tests {
         fs::remove_dir_all(root).unwrap();
     }
 
-    #[test]
-    fn concurrent_commits_all_land_and_share_flushes() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commits_all_land_and_share_flushes() {
         let (root, tmp, queue) = dirs();
-        let sync = std::sync::Arc::new(DirSync::new(&queue));
+        let sync = Arc::new(DirSync::new(&queue));
         let n = 20;
-        let start = std::sync::Arc::new(std::sync::Barrier::new(n));
-        let threads: Vec<_> = (0..n)
+        let start = Arc::new(tokio::sync::Barrier::new(n));
+        let tasks: Vec<_> = (0..n)
             .map(|i| {
                 let (sync, start) = (sync.clone(), start.clone());
-                let j = job(&tmp, &queue, i);
-                std::thread::spawn(move || {
-                    start.wait();
+                let (from, to, finish) = file_job(&tmp, &queue, i);
+                tokio::spawn(async move {
+                    start.wait().await;
                     if i % 5 == 0 {
                         // A caller that renamed its file itself joins for the directory fsync.
-                        j.file.sync_all().unwrap();
-                        fs::rename(&j.from, &j.to).unwrap();
-                        sync.after_rename()
+                        tokio::task::spawn_blocking(move || {
+                            finish()?.sync_all()?;
+                            fs::rename(&from, &to)?;
+                            sync.after_rename().map_err(std::io::Error::other)
+                        })
+                        .await
+                        .unwrap()
+                        .map_err(|e| SpoolError::Task(e.to_string()))
                     } else {
-                        sync.commit(j.file, j.from, j.to)
+                        sync.commit(from, to, finish).await
                     }
                 })
             })
             .collect();
-        for t in threads {
-            t.join().unwrap().unwrap();
+        for t in tasks {
+            t.await.unwrap().unwrap();
         }
         assert_eq!(fs::read_dir(&queue).unwrap().count(), n);
         assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
@@ -381,22 +448,58 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_rename_fails_only_its_own_message_and_removes_its_file() {
+    fn a_failed_rename_or_write_fails_only_its_own_message_and_removes_its_file() {
         let (root, tmp, queue) = dirs();
-        let sync = DirSync::new(&queue);
-        let good = job(&tmp, &queue, 1);
-        let mut bad = job(&tmp, &queue, 2);
-        bad.to = root.join("no-such-dir").join("2.msg");
-        let outcomes = sync.run_batch(vec![(1, Some(good)), (2, Some(bad))]);
-        let result = |t: u64| {
-            outcomes
-                .iter()
-                .find(|(k, _)| *k == t)
-                .map(|(_, r)| r.is_ok())
-        };
-        assert_eq!((result(1), result(2)), (Some(true), Some(false)));
+        let (mut c, _) = committer(&queue);
+        let (from, to, finish) = file_job(&tmp, &queue, 1);
+        let (good, mut good_answer) = job(Work::File { finish, from, to });
+        let (from, _, finish) = file_job(&tmp, &queue, 2);
+        let to = root.join("no-such-dir").join("2.msg");
+        let (bad, mut bad_answer) = job(Work::File { finish, from, to });
+        let from = tmp.join("3.tmp");
+        fs::write(&from, b"partial").unwrap();
+        let failing: Finish = Box::new(|| Err(std::io::Error::other("disk full")));
+        let to = queue.join("3.msg");
+        let (unwritten, mut unwritten_answer) = job(Work::File {
+            finish: failing,
+            from,
+            to,
+        });
+        c.run_batch(vec![good, bad, unwritten]);
+        assert!(matches!(good_answer.try_recv(), Ok(Ok(()))));
+        assert!(matches!(bad_answer.try_recv(), Ok(Err(_))));
+        assert!(matches!(unwritten_answer.try_recv(), Ok(Err(_))));
         assert!(queue.join("1.msg").exists());
+        assert!(!queue.join("3.msg").exists());
         assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
         fs::remove_dir_all(root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_stops_waiting_still_gets_its_message_committed() {
+        let (root, tmp, queue) = dirs();
+        let sync = DirSync::new(&queue);
+        let (from, to, finish) = file_job(&tmp, &queue, 7);
+        // Dropped at its first poll: submitted, never awaited to the end.
+        let mut commit = Box::pin(sync.commit(from, to.clone(), finish));
+        let _ = futures_poll_once(commit.as_mut()).await;
+        drop(commit);
+        // A later submission is answered only after the earlier one's batch.
+        let (from, to8, finish) = file_job(&tmp, &queue, 8);
+        sync.commit(from, to8.clone(), finish).await.unwrap();
+        assert!(to.exists() && to8.exists());
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    /// Polls `f` once.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Output> {
+        let mut f = f;
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut f).poll(cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
     }
 }

@@ -3,7 +3,9 @@
 //! the end is the real header written, the file fsynced and renamed into
 //! `queue/` (the durable point before the SMTP 250), in a group commit with
 //! the messages finishing at the same time ([`super::commit::DirSync`]). Every file operation
-//! runs in `spawn_blocking`, never on a runtime thread. A message that is not
+//! runs in `spawn_blocking` or on the committer thread, never on a runtime
+//! thread. The file is a spare one when there is one ([`super::spares`]).
+//! A message that is not
 //! committed (refused, client gone, disk full, session dropped) leaves no
 //! file behind: the temp file is removed on every failure and on drop.
 
@@ -21,11 +23,16 @@ pub struct Incoming {
     tmp: PathBuf,
     queue: PathBuf,
     queue_sync: Arc<super::commit::DirSync>,
+    /// Where a spent file to write into comes from ([`super::spares`]).
+    spares: Arc<super::spares::Spares>,
     /// Counts this message as coming for the group commit until it is submitted.
     receiving: Option<super::commit::Receiving>,
-    /// The temp file once the first bytes were written, with its path.
+    /// The temp file once the first bytes were written, with its path
+    /// (a spare file's, or a new one's).
     file: Option<File>,
     path: Option<PathBuf>,
+    /// `path` is a spare file to reuse (not yet opened).
+    spare: bool,
     /// Width of the placeholder header line (without its `\n`).
     width: usize,
     /// The placeholder header line.
@@ -55,9 +62,11 @@ impl Spool {
             tmp: self.tmp.clone(),
             queue: self.queue.clone(),
             queue_sync: self.queue_sync.clone(),
+            spares: self.spares.clone(),
             receiving: Some(self.queue_sync.receiving()),
             file: None,
             path: None,
+            spare: false,
             width: placeholder.len() - 1,
             placeholder,
             written: 0,
@@ -108,21 +117,27 @@ impl Incoming {
         };
         let line = header_line(&header, Some(self.width), &self.tmp)?;
         let dest = msg_path(&self.queue, &self.id.0);
-        let (file, _) = self
-            .blocking(last, move |f, b| {
-                f.write_all(b)?;
-                f.seek(SeekFrom::Start(0))?;
-                f.write_all(&line)
-            })
-            .await?;
-        let path = self.path.take().unwrap_or_default();
+        let (path, spare) = self.temp_path();
+        let file = self.file.take();
+        let placeholder = std::mem::take(&mut self.placeholder);
         let sync = self.queue_sync.clone();
+        // From here the committer owns the temp file (it removes it on a
+        // failure), and the message counts as submitted.
+        self.path = None;
         self.receiving = None;
-        // fsync, rename and directory fsync, grouped with the messages
-        // committed at the same time (see `super::commit::DirSync`).
-        tokio::task::spawn_blocking(move || sync.commit(file, path, dest))
-            .await
-            .map_err(|e| SpoolError::Task(e.to_string()))??;
+        // The last bytes and the real header are written by the committer
+        // thread, which then fsyncs, renames and fsyncs the directory,
+        // grouped with the messages committed at the same time (see
+        // `super::commit::DirSync`).
+        let at = path.clone();
+        let finish: super::commit::Finish = Box::new(move || {
+            let mut f = open_temp(file, &at, spare, &placeholder)?;
+            f.write_all(&last)?;
+            f.seek(SeekFrom::Start(0))?;
+            f.write_all(&line)?;
+            Ok(f)
+        });
+        sync.commit(path, dest, finish).await?;
         spool
             .handoff
             .durable(self.id.clone(), envelope.account.clone());
@@ -163,21 +178,31 @@ impl Incoming {
         }
     }
 
-    /// Runs `op` on the temp file (created with the placeholder header if
-    /// needed) in `spawn_blocking`; on an error removes the file.
+    /// The temp file's path, chosen once: a spare file if the pool has one
+    /// (then true), else a new name in `tmp/`.
+    fn temp_path(&mut self) -> (PathBuf, bool) {
+        if let Some(p) = &self.path {
+            return (p.clone(), self.spare);
+        }
+        let (p, spare) = match self.spares.take() {
+            Some(p) => (p, true),
+            None => {
+                let name = format!("{}.{MSG_EXT}.{}.tmp", self.id, unique_suffix());
+                (self.tmp.join(name), false)
+            }
+        };
+        self.path = Some(p.clone());
+        self.spare = spare;
+        (p, spare)
+    }
+
+    /// Runs `op` on the temp file (opened or created with the placeholder
+    /// header if needed) in `spawn_blocking`; on an error removes the file.
     async fn blocking<F>(&mut self, bytes: Vec<u8>, op: F) -> Step
     where
         F: FnOnce(&mut File, &mut Vec<u8>) -> std::io::Result<()> + Send + 'static,
     {
-        let path = match &self.path {
-            Some(p) => p.clone(),
-            None => {
-                let name = format!("{}.{MSG_EXT}.{}.tmp", self.id, unique_suffix());
-                let p = self.tmp.join(name);
-                self.path = Some(p.clone());
-                p
-            }
-        };
+        let (path, spare) = self.temp_path();
         let file = self.file.take();
         let placeholder = self.placeholder.clone();
         let task_path = path.clone();
@@ -185,14 +210,7 @@ impl Incoming {
             let path = task_path;
             let mut bytes = bytes;
             let run = |file: Option<File>, bytes: &mut Vec<u8>| -> std::io::Result<File> {
-                let mut f = match file {
-                    Some(f) => f,
-                    None => {
-                        let mut f = create_private(&path)?;
-                        f.write_all(&placeholder)?;
-                        f
-                    }
-                };
+                let mut f = open_temp(file, &path, spare, &placeholder)?;
                 op(&mut f, bytes)?;
                 Ok(f)
             };
@@ -214,6 +232,30 @@ impl Incoming {
             Err(e) => Err(SpoolError::Task(e.to_string())),
         }
     }
+}
+
+/// The temp file: `file` if it is open already, else the spare at `path`
+/// (when `spare`) or a new file there, with the placeholder header written.
+fn open_temp(
+    file: Option<File>,
+    path: &std::path::Path,
+    spare: bool,
+    placeholder: &[u8],
+) -> std::io::Result<File> {
+    if let Some(f) = file {
+        return Ok(f);
+    }
+    let reused = if spare {
+        super::spares::Spares::open(path)
+    } else {
+        None
+    };
+    let mut f = match reused {
+        Some(f) => f,
+        None => create_private(path)?,
+    };
+    f.write_all(placeholder)?;
+    Ok(f)
 }
 
 impl Drop for Incoming {

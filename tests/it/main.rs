@@ -65,3 +65,4 @@ mod smtp_legacy_logs;
 mod smtp_limits;
 mod smtp_secrets;
 mod smtp_streaming;
+mod spool_reuse;

@@ -127,6 +127,15 @@ async fn counters_move_after_a_message_and_health_reports_upstream() {
         Some(&1.0)
     );
     assert_eq!(after.get("mailbridge_queue_messages"), Some(&0.0));
+    // The group commit: one message made durable, with two flushes at most
+    // (its file's fsync and the directory's).
+    assert_eq!(before.get("mailbridge_spool_commits_total"), Some(&0.0));
+    assert_eq!(after.get("mailbridge_spool_commits_total"), Some(&1.0));
+    let flushes = after.get("mailbridge_spool_flushes_total").copied();
+    assert!(
+        flushes.is_some_and(|f| (1.0..=2.0).contains(&f)),
+        "{flushes:?}"
+    );
 
     // An IMAP client connection shows in the sessions gauge while open.
     let imap = TcpStream::connect(d.imap_addr()).await.unwrap();
