@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import signal
 import threading
 import time
 from pathlib import Path
@@ -120,31 +119,6 @@ def vm_kib(pid, key):
         if line.startswith(key + ":"):
             return int(line.split()[1])
     return 0
-
-
-class Flushes:
-    """`strace -c` on a running process for the fsync-class calls (fsync, fdatasync, syncfs):
-    with Flushes(pid) as f: ...; then f.calls = {name: count}. Slows the process: count only."""
-
-    def __init__(self, pid):
-        self.pid, self.calls = pid, {}
-        self.out = WORK / f"strace-{pid}-{time.monotonic_ns()}.txt"
-
-    def __enter__(self):
-        self.proc = subprocess.Popen(["strace", "-f", "-c", "-e", "trace=fsync,fdatasync,syncfs",
-                                      "-o", str(self.out), "-p", str(self.pid)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(1)  # strace attaches to every thread before the run starts
-        return self
-
-    def __exit__(self, *a):
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(30)
-        for line in self.out.read_text().splitlines():
-            f = line.split()
-            if len(f) >= 5 and f[-1] in ("fsync", "fdatasync", "syncfs"):
-                self.calls[f[-1]] = int(f[3])
-        return False
 
 
 def tree(pid):
@@ -278,6 +252,7 @@ class MailBridge(Tracked, kit.MailBridge):
         binary = d / "mailbridge"
         shutil.copy2(BINARY, binary)
         smtp_port, local_imap_port = free_port(), free_port()
+        self.metrics_port = free_port()
         self.pop3_port = free_port() if pop3_port else None
         account = {"name": "bench", "username": SINK_USER, "password": SINK_PASS, "ca": ca.ca,
                    "smtp": (sink_port, "implicit"), "imap": (imap_port, "implicit")}
@@ -289,6 +264,7 @@ class MailBridge(Tracked, kit.MailBridge):
             delivery["concurrency"] = delivery_concurrency
         text = kit.relay_toml(
             smtp_port, local_imap_port, [account], [user], hostname="mailbridge.bench", delivery=delivery,
+            extra_top=f'[metrics]\nlisten = "127.0.0.1:{self.metrics_port}"',
             extra_smtp='mode = "spool"\nmax_connections = 5000\nmax_message_size = 31457280',
             extra_imap="max_connections = 5000\nmax_connections_per_account = 5000",
             pop3=f'listen = ["127.0.0.1:{self.pop3_port}"]\nmax_connections_per_account = 100' if pop3_port else "")
@@ -297,6 +273,21 @@ class MailBridge(Tracked, kit.MailBridge):
 
     def stop(self):
         return super().stop(timeout=20)
+
+    def metric(self, name):
+        """One unlabelled value from /metrics (e.g. mailbridge_spool_flushes_total); None if absent."""
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                f = line.split()
+                if len(f) == 2 and f[0] == name:
+                    return float(f[1])
+        return None
+
+    def commit_counts(self):
+        """(flushes, commits) of the spool's group commit so far, from /metrics."""
+        return (self.metric("mailbridge_spool_flushes_total") or 0,
+                self.metric("mailbridge_spool_commits_total") or 0)
 
 
 # ---------------------------------------------------------------------------

@@ -134,8 +134,10 @@ def goals15():
         for mode, r in a.items():
             if "flushes" in r:
                 f = r["flushes"]["per_msg"]
+                where = (f"{r['flushes']['calls']}" if "calls" in r["flushes"]
+                         else f"({r['flushes']['min']:.2f}-{r['flushes']['max']:.2f}), daemon counters")
                 out.append(f"| <= 0.5 flushes (fsync+fdatasync+syncfs) per message at 20 clients ({mode}) | "
-                           f"{f:.2f} {r['flushes']['calls']} | {verdict(f <= 0.5)} |")
+                           f"{f:.2f} {where} | {verdict(f <= 0.5)} |")
             if "mb_over_sink_per_round" in r:
                 v = r["mb_over_sink_per_round"]
                 m = v[len(v) // 2]

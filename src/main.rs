@@ -43,14 +43,20 @@ fn init_logging(format: LogFormat) {
 /// blocking thread, the daemon kept about one message per arena although
 /// `delivery.message_buffer_budget` bounds the bytes in use (10 x 20 MB
 /// peaked at 164 MiB instead of about 30 MiB, docs/BENCHMARKS.md section 7).
+///
+/// It also caps glibc's arenas at two (one per tokio worker on a small
+/// machine; glibc's default is eight per core): every short-lived blocking
+/// thread otherwise gets an arena of its own, which keeps its freed memory.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn large_buffers_back_to_the_system() {
     const THRESHOLD: libc::c_int = 1024 * 1024;
+    const ARENAS: libc::c_int = 2;
     // SAFETY: mallopt only sets a parameter of glibc's allocator (it takes
     // the allocator's own lock); it is called once, before any other thread.
     #[allow(unsafe_code)]
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD);
+        libc::mallopt(libc::M_ARENA_MAX, ARENAS);
     }
 }
 
