@@ -18,6 +18,7 @@ pub mod memory;
 mod spares;
 pub(crate) mod store;
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -420,38 +421,78 @@ impl Spool {
     /// A queued entry and its bytes, for delivery. Damaged entries are moved aside
     /// (and reported as `Corrupt`).
     pub fn load_queued(&self, id: &QueueId) -> Result<(QueueEntry, Vec<u8>), SpoolError> {
+        let (entry, mut opened) = self.open_queued(id)?;
+        let bytes = self.read_opened(&mut opened)?;
+        Ok((entry, bytes))
+    }
+
+    /// A queued entry (header and state) and its file, still open, for
+    /// [`Spool::read_opened`]: one open of the message file per delivery.
+    fn open_queued(&self, id: &QueueId) -> Result<(QueueEntry, Opened), SpoolError> {
         checked(id)?;
-        match store::read_message(&msg_path(&self.queue, &id.0)) {
-            Ok((h, msg)) => Ok((
-                make_entry(h, store::read_state(&self.queue, &id.0), false),
-                msg,
-            )),
-            Err(SpoolError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                Err(SpoolError::NotFound(id.0.clone()))
+        let path = msg_path(&self.queue, &id.0);
+        let read = File::open(&path)
+            .map_err(store::io_err(&path))
+            .and_then(|f| store::read_header_of(&f, &path).map(|h| (f, h)));
+        match read {
+            Ok((file, (header, offset))) => {
+                let state = store::read_state(&self.queue, &id.0);
+                let entry = make_entry(header.clone(), state, false);
+                let opened = Opened {
+                    path,
+                    file,
+                    header,
+                    offset,
+                };
+                Ok((entry, opened))
             }
-            Err(e @ SpoolError::Corrupt { .. }) => {
+            Err(e) => Err(self.load_failed(id, e)),
+        }
+    }
+
+    /// The bytes of a message opened by [`Spool::open_queued`].
+    fn read_opened(&self, o: &mut Opened) -> Result<Vec<u8>, SpoolError> {
+        store::read_message_body(&mut o.file, &o.path, o.offset, o.header.size)
+            .map_err(|e| self.load_failed(&QueueId(o.header.id.clone()), e))
+    }
+
+    /// A read for delivery that failed: a missing file is `NotFound`, a
+    /// damaged entry is moved aside.
+    fn load_failed(&self, id: &QueueId, e: SpoolError) -> SpoolError {
+        match e {
+            SpoolError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                SpoolError::NotFound(id.0.clone())
+            }
+            e @ SpoolError::Corrupt { .. } => {
                 self.quarantine(&self.queue, &id.0, &e.to_string());
-                Err(e)
+                e
             }
-            Err(e) => Err(e),
+            e => e,
         }
     }
 
     /// A queued entry and its bytes, for delivery: the bytes are claimed
     /// from the memory budget before they are read (waiting for room), and
     /// not read at all (`None`) for an entry on hold (`mailbridge queue hold`).
+    /// The file is opened once; its state is read again after the claim.
     pub async fn load_for_delivery(
         self: &Arc<Self>,
         id: &QueueId,
     ) -> Result<(QueueEntry, Option<InMemory>), SpoolError> {
         let qid = id.clone();
-        let head = self.blocking(move |s| s.entry(&qid)).await?;
+        let (head, opened) = self.blocking(move |s| s.open_queued(&qid)).await?;
         if head.state == EntryState::OnHold {
             return Ok((head, None));
         }
         let claim = self.memory.claim(head.size).await;
-        let qid = id.clone();
-        let (entry, bytes) = self.blocking(move |s| s.load_queued(&qid)).await?;
+        let (entry, bytes) = self
+            .blocking(move |s| {
+                let mut opened = opened;
+                let bytes = s.read_opened(&mut opened)?;
+                let state = store::read_state(&s.queue, &opened.header.id);
+                Ok((make_entry(opened.header, state, false), bytes))
+            })
+            .await?;
         if entry.state == EntryState::OnHold {
             return Ok((entry, None)); // put on hold while waiting for room
         }
@@ -469,6 +510,15 @@ impl Spool {
         }
         Err(SpoolError::NotFound(id.0.clone()))
     }
+}
+
+/// A queued message's file, open after its header was read.
+struct Opened {
+    path: PathBuf,
+    file: File,
+    header: Header,
+    /// Where the message bytes start.
+    offset: u64,
 }
 
 fn make_entry(h: Header, s: State, failed: bool) -> QueueEntry {

@@ -242,6 +242,11 @@ pub(crate) fn write_state(
 /// Reads and checks the header of a `.msg` file; returns it and the offset of the message.
 pub(crate) fn read_header(path: &Path) -> Result<(Header, u64), SpoolError> {
     let f = File::open(path).map_err(io_err(path))?;
+    read_header_of(&f, path)
+}
+
+/// [`read_header`] of `f`, open at `path` (its position is left anywhere).
+pub(crate) fn read_header_of(f: &File, path: &Path) -> Result<(Header, u64), SpoolError> {
     let file_len = f.metadata().map_err(io_err(path))?.len();
     let mut r = BufReader::new(f.take(MAX_HEADER));
     let mut line = Vec::new();
@@ -278,9 +283,21 @@ pub(crate) fn read_header(path: &Path) -> Result<(Header, u64), SpoolError> {
 /// Reads the message bytes of a `.msg` file (after checking its header)
 /// into one buffer of exactly the message's size (no other copy).
 pub(crate) fn read_message(path: &Path) -> Result<(Header, Vec<u8>), SpoolError> {
-    let (header, offset) = read_header(path)?;
     let mut f = File::open(path).map_err(io_err(path))?;
-    let msg = read_body(&mut f, offset, header.size, 0).map_err(|e| match e.kind() {
+    let (header, offset) = read_header_of(&f, path)?;
+    let msg = read_message_body(&mut f, path, offset, header.size)?;
+    Ok((header, msg))
+}
+
+/// The message bytes of the `.msg` file `f` (open at `path`) whose header
+/// [`read_header_of`] found `size` bytes from `offset`.
+pub(crate) fn read_message_body(
+    f: &mut File,
+    path: &Path,
+    offset: u64,
+    size: u64,
+) -> Result<Vec<u8>, SpoolError> {
+    read_body(f, offset, size, 0).map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData => {
             SpoolError::Corrupt {
                 path: path.to_path_buf(),
@@ -288,8 +305,7 @@ pub(crate) fn read_message(path: &Path) -> Result<(Header, Vec<u8>), SpoolError>
             }
         }
         _ => io_err(path)(e),
-    })?;
-    Ok((header, msg))
+    })
 }
 
 /// `size` bytes from `offset` of `f`, and nothing after them, in a buffer
