@@ -30,7 +30,8 @@ struct Mailbox {
 
 /// The same message as bench/benchlib.py's `bench_messages`.
 fn message(i: usize, size: usize, to: &str) -> Vec<u8> {
-    let line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n";
+    let line =
+        b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n";
     let mut m = format!(
         "From: sender{i}@example.org\r\nTo: {to}\r\nSubject: message {i}\r\n\
          Message-ID: <{i}@bench>\r\nDate: Thu, 26 Nov 2026 05:00:00 +0000\r\n\r\n"
@@ -62,7 +63,8 @@ impl Mailbox {
         for i in 1..=count {
             let m = message(i, size, &user);
             octets += m.len();
-            fetch_all.extend_from_slice(format!("* {i} FETCH (BODY[] {{{}}}\r\n", m.len()).as_bytes());
+            fetch_all
+                .extend_from_slice(format!("* {i} FETCH (BODY[] {{{}}}\r\n", m.len()).as_bytes());
             fetch_all.extend_from_slice(&m);
             fetch_all.extend_from_slice(b")\r\n");
             let mut r = format!("+OK {} octets\r\n", m.len()).into_bytes();
@@ -70,7 +72,14 @@ impl Mailbox {
             r.extend_from_slice(b".\r\n");
             retr.push(r);
         }
-        Mailbox { user, pass, count, fetch_all, retr, octets }
+        Mailbox {
+            user,
+            pass,
+            count,
+            fetch_all,
+            retr,
+            octets,
+        }
     }
 }
 
@@ -109,7 +118,11 @@ async fn serve(l: TcpListener, tls: tokio_rustls::TlsAcceptor, mb: Arc<Mailbox>,
         tokio::spawn(async move {
             if let Ok(s) = tls.accept(s).await {
                 let mut s = BufReader::with_capacity(16 * 1024, s);
-                let _ = if pop3 { pop3_session(&mut s, &mb).await } else { imap_session(&mut s, &mb).await };
+                let _ = if pop3 {
+                    pop3_session(&mut s, &mb).await
+                } else {
+                    imap_session(&mut s, &mb).await
+                };
                 let _ = s.get_mut().shutdown().await;
             }
         });
@@ -118,13 +131,19 @@ async fn serve(l: TcpListener, tls: tokio_rustls::TlsAcceptor, mb: Arc<Mailbox>,
 
 type Io<S> = BufReader<S>;
 
-async fn read_line<S: AsyncRead + Unpin>(s: &mut Io<S>, line: &mut Vec<u8>) -> std::io::Result<bool> {
+async fn read_line<S: AsyncRead + Unpin>(
+    s: &mut Io<S>,
+    line: &mut Vec<u8>,
+) -> std::io::Result<bool> {
     line.clear();
     Ok(s.read_until(b'\n', line).await? > 0)
 }
 
 /// Writes `out` and flushes once no pipelined command is waiting.
-async fn answer<S: AsyncRead + AsyncWrite + Unpin>(s: &mut Io<S>, out: &[u8]) -> std::io::Result<()> {
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut Io<S>,
+    out: &[u8],
+) -> std::io::Result<()> {
     s.get_mut().write_all(out).await?;
     if s.buffer().is_empty() {
         s.get_mut().flush().await?;
@@ -155,8 +174,15 @@ fn astring(i: &str) -> (String, &str) {
     }
 }
 
-async fn imap_session<S: AsyncRead + AsyncWrite + Unpin>(s: &mut Io<S>, mb: &Mailbox) -> std::io::Result<()> {
-    answer(s, b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] mailserve ready\r\n").await?;
+async fn imap_session<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut Io<S>,
+    mb: &Mailbox,
+) -> std::io::Result<()> {
+    answer(
+        s,
+        b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] mailserve ready\r\n",
+    )
+    .await?;
     let mut line = Vec::new();
     let mut logged_in = false;
     while read_line(s, &mut line).await? {
@@ -196,7 +222,10 @@ async fn imap_session<S: AsyncRead + AsyncWrite + Unpin>(s: &mut Io<S>, mb: &Mai
     Ok(())
 }
 
-async fn pop3_session<S: AsyncRead + AsyncWrite + Unpin>(s: &mut Io<S>, mb: &Mailbox) -> std::io::Result<()> {
+async fn pop3_session<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut Io<S>,
+    mb: &Mailbox,
+) -> std::io::Result<()> {
     answer(s, b"+OK mailserve ready\r\n").await?;
     let mut line = Vec::new();
     let (mut user, mut logged_in) = (String::new(), false);
@@ -205,7 +234,11 @@ async fn pop3_session<S: AsyncRead + AsyncWrite + Unpin>(s: &mut Io<S>, mb: &Mai
         let (cmd, arg) = text.split_once(' ').unwrap_or((&text, ""));
         let cmd = cmd.to_ascii_uppercase();
         if logged_in && cmd == "RETR" {
-            match arg.parse::<usize>().ok().and_then(|n| mb.retr.get(n.wrapping_sub(1))) {
+            match arg
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| mb.retr.get(n.wrapping_sub(1)))
+            {
                 Some(r) => answer(s, r).await?,
                 None => answer(s, b"-ERR no such message\r\n").await?,
             }
@@ -219,7 +252,12 @@ async fn pop3_session<S: AsyncRead + AsyncWrite + Unpin>(s: &mut Io<S>, mb: &Mai
             }
             "PASS" => {
                 logged_in = user == mb.user && arg == mb.pass;
-                if logged_in { "+OK Logged in.\r\n" } else { "-ERR [AUTH] Authentication failed.\r\n" }.to_string()
+                if logged_in {
+                    "+OK Logged in.\r\n"
+                } else {
+                    "-ERR [AUTH] Authentication failed.\r\n"
+                }
+                .to_string()
             }
             "STAT" if logged_in => format!("+OK {} {}\r\n", mb.count, mb.octets),
             "LIST" if logged_in => {
