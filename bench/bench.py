@@ -282,6 +282,17 @@ def ceiling_rows(data, runs, what, peer="stunnel"):
     return rows
 
 
+def base_and_ceiling_rows(data, base, ceiling, runs, what):
+    """The old build's rows (Dovecot upstream, if BENCH_BASE_BIN was measured), then the own-ceiling rows;
+    the ceiling's results go into `data` too."""
+    rows = []
+    if base:
+        rows += ceiling_rows({n: data[n] for n in ("mailbridge (base)", "direct TLS", "stunnel")}, runs,
+                             "MB/s (Dovecot upstream)")
+    data["own ceiling"] = ceiling
+    return rows + ceiling_rows(ceiling, runs, what)
+
+
 def bench_imap_ceiling(env, runs, repeat, mailbox):
     """The same download against bench/tools mailserve (not the bottleneck): the proxies' own ceiling."""
     fs = MailServe(WORK / "mailserve", env.ca, mailbox)
@@ -347,12 +358,8 @@ def bench_imap(env, runs=7, repeat=4, login_secs=5, mailbox=1000):
              f"{s['logins_per_s']:.0f}", ratio(m["logins_per_s"], d["logins_per_s"]),
              ratio(m["logins_per_s"], s["logins_per_s"])],
             cpu_row(m, s, runs)]
-    if base:
-        rows += ceiling_rows({"mailbridge (base)": data["mailbridge (base)"], "direct TLS": d, "stunnel": s}, runs,
-                             "MB/s (Dovecot upstream)")
-    ceiling = bench_imap_ceiling(env, runs, repeat, mailbox)
-    data["own ceiling"] = ceiling
-    rows += ceiling_rows(ceiling, runs, f"MB/s against mailserve (own ceiling), {repeat} downloads per session")
+    rows += base_and_ceiling_rows(data, base, bench_imap_ceiling(env, runs, repeat, mailbox), runs,
+                                  f"MB/s against mailserve (own ceiling), {repeat} downloads per session")
     save("imap", data, f"IMAP: Dovecot mailbox of {int(m['msgs'])} messages, {size / 1e6:.1f} MB; "
          "client bench/tools imapbench (FETCH 1:* BODY.PEEK[]). Own-ceiling rows: the same mailbox from "
          "bench/tools mailserve (in-memory, pre-encoded answers) instead of Dovecot\n\n"
@@ -499,12 +506,8 @@ def bench_pop3(env, runs=7, login_secs=3, mailbox=1000, repeat=4):
              f"{d['logins_per_s']:.0f}", f"{s['logins_per_s']:.0f}", ratio(m["logins_per_s"], d["logins_per_s"]),
              ratio(m["logins_per_s"], s["logins_per_s"])],
             cpu_row(m, s, runs)]
-    if base:
-        rows += ceiling_rows({"mailbridge (base)": data["mailbridge (base)"], "direct TLS": d, "stunnel": s}, runs,
-                             "MB/s (Dovecot upstream)")
-    ceiling = bench_pop3_ceiling(env, runs, mailbox, repeat)
-    data["own ceiling"] = ceiling
-    rows += ceiling_rows(ceiling, runs, f"MB/s against mailserve (own ceiling), {repeat} sessions each RETR of every message")
+    rows += base_and_ceiling_rows(data, base, bench_pop3_ceiling(env, runs, mailbox, repeat), runs,
+                                  f"MB/s against mailserve (own ceiling), {repeat} sessions each RETR of every message")
     save("pop3", data, f"POP3: Dovecot (dovecot-pop3d, pop3s) mailbox of {mailbox} messages, {size / 1e6:.1f} MB; "
          "client: bench.py's pipelined RETR reader. Own-ceiling rows: the same mailbox from bench/tools mailserve "
          "(in-memory, pre-encoded answers) instead of Dovecot\n\n"

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use mailbridge_bench_tools::{server_config, Args};
+use mailbridge_bench_tools::{acceptor, Args};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
@@ -86,10 +86,7 @@ impl Mailbox {
 #[tokio::main]
 async fn main() {
     let a = Args::parse();
-    let tls = tokio_rustls::TlsAcceptor::from(server_config(
-        a.str("cert", "").as_ref(),
-        a.str("key", "").as_ref(),
-    ));
+    let tls = acceptor(&a);
     let mb = Arc::new(Mailbox::new(
         a.str("user", "user"),
         a.str("pass", "pass"),
