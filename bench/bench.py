@@ -31,9 +31,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 from benchlib import (CA, IMAP_PASS, IMAP_USER, LOCAL_PASS, LOCAL_USER, TOOLS, WORK, Dovecot,  # noqa: E402
-                      Flushes, MailBridge, MailServe, MemSampler, Postfix, Procs, Sink, SmtpSink, Stunnel, cpu_secs, kv,
+                      Flushes, MailBridge, MemSampler, Postfix, Procs, Sink, SmtpSink, Stunnel, cpu_secs, kv,
                       md_table,
                       percentile_ms, raise_nofile, run, save, tool, vm_kib)
+from benchlib import MailServe  # noqa: E402
 
 MIB = 1024.0  # smaps values are KiB
 
