@@ -34,6 +34,7 @@ from benchlib import (CA, IMAP_PASS, IMAP_USER, LOCAL_PASS, LOCAL_USER, TOOLS, W
                       MailBridge, MemSampler, Postfix, Procs, Sink, SmtpSink, Stunnel, cpu_secs, kv,
                       md_table,
                       percentile_ms, raise_nofile, run, save, tool, vm_kib)
+from benchlib import MailServe  # noqa: E402
 
 MIB = 1024.0  # smaps values are KiB
 
@@ -245,26 +246,105 @@ def imap_paths(env, mb, st):
     }
 
 
+def imap_rounds(paths, proxies, size, runs, repeat):
+    """`runs` rounds of one imapbench session (`repeat` full downloads) per path, round robin, so a
+    busy moment on the shared machine hits all; per path MB/s and proxy CPU ms per MB."""
+    mbps, msgs = {n: [] for n in paths}, {}
+    cpu = {n: [] for n in proxies}
+    for _ in range(runs):
+        for name, args in paths.items():
+            c0 = cpu_secs(proxies[name]()) if name in proxies else 0
+            run_ = kv(tool("imapbench", "download", "--runs", "1", "--repeat", str(repeat), *args,
+                           timeout=300).strip().splitlines()[-1])
+            if name in proxies:  # proxy CPU ms per MB downloaded
+                cpu[name].append((cpu_secs(proxies[name]()) - c0) * 1000 / (size * repeat / 1e6))
+            mbps[name].append(run_["mbps"])
+            msgs[name] = run_["msgs"]
+    return {name: {"mbps_median": statistics.median(mbps[name]), "mbps_runs": sorted(mbps[name]),
+                   "msgs": msgs[name], "cpu_ms_per_mb": statistics.median(cpu[name]) if name in cpu else None,
+                   "cpu_runs": sorted(cpu.get(name, []))} for name in paths}
+
+
+BASE_BIN = os.environ.get("BENCH_BASE_BIN")  # another mailbridge build, measured in the same rounds
+
+
+def base_bridge(env, upstream_port, pop3=False):
+    """The BENCH_BASE_BIN build of mailbridge in front of `upstream_port`, or None."""
+    if not BASE_BIN:
+        return None
+    if pop3:
+        return MailBridge(WORK / "mailbridge-base", env.sink.port, upstream_port, env.ca, pop3_port=upstream_port,
+                          source=BASE_BIN).start()
+    return MailBridge(WORK / "mailbridge-base", env.sink.port, upstream_port, env.ca, source=BASE_BIN).start()
+
+
+def ceiling_rows(data, runs, what, peer="stunnel"):
+    """Rows for the own-ceiling runs: MB/s and CPU per MB of every mailbridge build vs direct TLS and `peer`."""
+    d, s = data["direct TLS"], data[peer]
+    rng = lambda r: f"{r['mbps_median']:.0f} ({r['mbps_runs'][0]:.0f}-{r['mbps_runs'][-1]:.0f})"  # noqa: E731
+    c = lambda r: f"{r['cpu_ms_per_mb']:.2f} ({r['cpu_runs'][0]:.2f}-{r['cpu_runs'][-1]:.2f})"  # noqa: E731
+    rows = []
+    for name in [n for n in data if n.startswith("mailbridge")]:
+        m = data[name]
+        rows.append([f"{name}: {what}; median of {runs}, round robin (min-max)", rng(m), rng(d), rng(s),
+                     ratio(m["mbps_median"], d["mbps_median"]), ratio(m["mbps_median"], s["mbps_median"])])
+        rows.append([f"{name}: proxy CPU ms per MB downloaded; median of {runs}", c(m), "-", c(s), "",
+                     ratio(m["cpu_ms_per_mb"], s["cpu_ms_per_mb"])])
+    return rows
+
+
+def base_and_ceiling_rows(data, base, ceiling, runs, what):
+    """The old build's rows (Dovecot upstream, if BENCH_BASE_BIN was measured), then the own-ceiling rows;
+    the ceiling's results go into `data` too."""
+    rows = []
+    if base:
+        rows += ceiling_rows({n: data[n] for n in ("mailbridge (base)", "direct TLS", "stunnel")}, runs,
+                             "MB/s (Dovecot upstream)")
+    data["own ceiling"] = ceiling
+    return rows + ceiling_rows(ceiling, runs, what)
+
+
+def bench_imap_ceiling(env, runs, repeat, mailbox):
+    """The same download against bench/tools mailserve (not the bottleneck): the proxies' own ceiling."""
+    fs = MailServe(WORK / "mailserve", env.ca, mailbox)
+    mb = MailBridge(WORK / "mailbridge-ceiling", env.sink.port, fs.port, env.ca).start()
+    base = base_bridge(env, fs.port)
+    st = Stunnel(WORK / "stunnel-ceiling", fs.port, env.ca).start()
+    try:
+        ca = str(env.ca.ca)
+        paths = {"mailbridge": ["--addr", f"127.0.0.1:{mb.imap_port}", "--user", LOCAL_USER, "--pass", LOCAL_PASS]}
+        proxies = {"mailbridge": mb.pids, "stunnel": st.pids}
+        if base:
+            paths["mailbridge (base)"] = ["--addr", f"127.0.0.1:{base.imap_port}", "--user", LOCAL_USER,
+                                          "--pass", LOCAL_PASS]
+            proxies["mailbridge (base)"] = base.pids
+        paths["direct TLS"] = ["--addr", f"127.0.0.1:{fs.port}", "--tls", "--ca", ca, "--user", IMAP_USER,
+                               "--pass", IMAP_PASS]
+        paths["stunnel"] = ["--addr", f"127.0.0.1:{st.port}", "--user", IMAP_USER, "--pass", IMAP_PASS]
+        return imap_rounds(paths, proxies, fs.size, runs, repeat)
+    finally:
+        for x in (mb, base, st, fs):
+            if x:
+                x.stop()
+
+
 def bench_imap(env, runs=7, repeat=4, login_secs=5, mailbox=1000):
     size = env.start_dovecot(populate=True, messages=mailbox)
     mb = env.mailbridge(imap_port=env.dovecot.port)
+    base = base_bridge(env, env.dovecot.port)
     st = Stunnel(WORK / "stunnel", env.dovecot.port, env.ca).start()
     data = {}
     try:
         paths = imap_paths(env, mb, st)
-        tool("imapbench", "download", "--runs", "1", *paths["direct TLS"])  # build Dovecot's index
-        mbps, msgs = {n: [] for n in paths}, {}
         proxies = {"mailbridge": mb.pids, "stunnel": st.pids}
-        cpu = {n: [] for n in proxies}
-        for _ in range(runs):  # round robin, so a busy moment on the shared machine hits all three
-            for name, args in paths.items():
-                c0 = cpu_secs(proxies[name]()) if name in proxies else 0
-                run_ = kv(tool("imapbench", "download", "--runs", "1", "--repeat", str(repeat), *args,
-                               timeout=300).strip().splitlines()[-1])
-                if name in proxies:  # proxy CPU ms per MB downloaded
-                    cpu[name].append((cpu_secs(proxies[name]()) - c0) * 1000 / (size * repeat / 1e6))
-                mbps[name].append(run_["mbps"])
-                msgs[name] = run_["msgs"]
+        if base:
+            paths = {"mailbridge": paths["mailbridge"],
+                     "mailbridge (base)": ["--addr", f"127.0.0.1:{base.imap_port}", "--user", LOCAL_USER,
+                                           "--pass", LOCAL_PASS],
+                     "direct TLS": paths["direct TLS"], "stunnel": paths["stunnel"]}
+            proxies["mailbridge (base)"] = base.pids
+        tool("imapbench", "download", "--runs", "1", *paths["direct TLS"])  # build Dovecot's index
+        data = imap_rounds(paths, proxies, size, runs, repeat)
         logins = {n: [] for n in paths}
         for _ in range(2):
             for name, args in paths.items():
@@ -272,14 +352,13 @@ def bench_imap(env, runs=7, repeat=4, login_secs=5, mailbox=1000):
                              timeout=120).strip().splitlines()[-1])
                 logins[name].append(lg)
         for name in paths:
-            data[name] = {"mbps_median": statistics.median(mbps[name]), "mbps_runs": sorted(mbps[name]),
-                          "msgs": msgs[name], "logins_per_s": statistics.mean(x["rate"] for x in logins[name]),
-                          "logins_runs": [x["rate"] for x in logins[name]],
-                          "login_errors": sum(x["errors"] for x in logins[name]),
-                          "cpu_ms_per_mb": statistics.median(cpu[name]) if name in cpu else None,
-                          "cpu_runs": sorted(cpu.get(name, []))}
+            data[name].update({"logins_per_s": statistics.mean(x["rate"] for x in logins[name]),
+                               "logins_runs": [x["rate"] for x in logins[name]],
+                               "login_errors": sum(x["errors"] for x in logins[name])})
     finally:
         mb.stop()
+        if base:
+            base.stop()
         st.stop()
         env.dovecot.stop()
     m, d, s = data["mailbridge"], data["direct TLS"], data["stunnel"]
@@ -290,8 +369,11 @@ def bench_imap(env, runs=7, repeat=4, login_secs=5, mailbox=1000):
              f"{s['logins_per_s']:.0f}", ratio(m["logins_per_s"], d["logins_per_s"]),
              ratio(m["logins_per_s"], s["logins_per_s"])],
             cpu_row(m, s, runs)]
+    rows += base_and_ceiling_rows(data, base, bench_imap_ceiling(env, runs, repeat, mailbox), runs,
+                                  f"MB/s against mailserve (own ceiling), {repeat} downloads per session")
     save("imap", data, f"IMAP: Dovecot mailbox of {int(m['msgs'])} messages, {size / 1e6:.1f} MB; "
-         "client bench/tools imapbench (FETCH 1:* BODY.PEEK[])\n\n"
+         "client bench/tools imapbench (FETCH 1:* BODY.PEEK[]). Own-ceiling rows: the same mailbox from "
+         "bench/tools mailserve (in-memory, pre-encoded answers) instead of Dovecot\n\n"
          + md_table(["metric", "mailbridge", "direct TLS", "stunnel", "mb/direct", "mb/stunnel"], rows))
 
 
@@ -353,33 +435,64 @@ def pop3_session(port, user, password, ca=None, download=True):
     return total
 
 
-def bench_pop3(env, runs=7, login_secs=3, mailbox=1000):
+def pop3_rounds(paths, proxies, runs, repeat=1):
+    """`runs` rounds of `repeat` pop3_sessions per path, round robin; per path MB/s and proxy CPU ms per MB
+    (CPU time comes in 10 ms ticks: 4 sessions of 25 MB make the step 0.1 ms/MB)."""
+    mbps = {n: [] for n in paths}
+    cpu = {n: [] for n in proxies}
+    nbytes = 0
+    for _ in range(runs):  # round robin, so a busy moment on the shared machine hits all
+        for name, p in paths.items():
+            c0 = cpu_secs(proxies[name]()) if name in proxies else 0
+            t0 = time.monotonic()
+            nbytes = sum(pop3_session(*p) for _ in range(repeat))
+            mbps[name].append(nbytes / 1e6 / (time.monotonic() - t0))
+            if name in proxies:
+                cpu[name].append((cpu_secs(proxies[name]()) - c0) * 1000 / (nbytes / 1e6))
+    return {name: {"mbps_median": statistics.median(mbps[name]), "mbps_runs": sorted(mbps[name]), "bytes": nbytes,
+                   "cpu_ms_per_mb": statistics.median(cpu[name]) if name in cpu else None,
+                   "cpu_runs": sorted(cpu.get(name, []))} for name in paths}
+
+
+def pop3_paths(mb, base, direct_port, st, ca):
+    paths = {"mailbridge": (mb.pop3_port, LOCAL_USER, LOCAL_PASS, None)}
+    proxies = {"mailbridge": mb.pids, "stunnel": st.pids}
+    if base:
+        paths["mailbridge (base)"] = (base.pop3_port, LOCAL_USER, LOCAL_PASS, None)
+        proxies["mailbridge (base)"] = base.pids
+    paths["direct TLS"] = (direct_port, IMAP_USER, IMAP_PASS, ca)
+    paths["stunnel"] = (st.port, IMAP_USER, IMAP_PASS, None)
+    return paths, proxies
+
+
+def bench_pop3_ceiling(env, runs, mailbox, repeat=4):
+    """The same RETR download against bench/tools mailserve (not the bottleneck): the proxies' own ceiling."""
+    fs = MailServe(WORK / "mailserve", env.ca, mailbox)
+    mb = MailBridge(WORK / "mailbridge-ceiling", env.sink.port, fs.port, env.ca, pop3_port=fs.pop3_port).start()
+    base = base_bridge(env, fs.pop3_port, pop3=True)
+    st = Stunnel(WORK / "stunnel-ceiling", fs.pop3_port, env.ca, service="pop3").start()
+    try:
+        paths, proxies = pop3_paths(mb, base, fs.pop3_port, st, env.ca.ca)
+        return pop3_rounds(paths, proxies, runs, repeat)
+    finally:
+        for x in (mb, base, st, fs):
+            if x:
+                x.stop()
+
+
+def bench_pop3(env, runs=7, login_secs=3, mailbox=1000, repeat=4):
     env.dovecot = Dovecot(WORK / "dovecot", env.ca, pop3=True)
     size = env.dovecot.populate(mailbox)
     env.dovecot.start()
     mb = MailBridge(WORK / "mailbridge", env.sink.port, env.dovecot.port, env.ca,
                     pop3_port=env.dovecot.pop3_port).start()
+    base = base_bridge(env, env.dovecot.pop3_port, pop3=True)
     st = Stunnel(WORK / "stunnel", env.dovecot.pop3_port, env.ca, service="pop3").start()
-    paths = {
-        "mailbridge": (mb.pop3_port, LOCAL_USER, LOCAL_PASS, None),
-        "direct TLS": (env.dovecot.pop3_port, IMAP_USER, IMAP_PASS, env.ca.ca),
-        "stunnel": (st.port, IMAP_USER, IMAP_PASS, None),
-    }
+    paths, proxies = pop3_paths(mb, base, env.dovecot.pop3_port, st, env.ca.ca)
     data = {}
     try:
         pop3_session(*paths["direct TLS"])  # warm Dovecot's index and the page cache
-        mbps = {n: [] for n in paths}
-        proxies = {"mailbridge": mb.pids, "stunnel": st.pids}
-        cpu = {n: [] for n in proxies}
-        nbytes = 0
-        for _ in range(runs):  # round robin, so a busy moment on the shared machine hits all three
-            for name, p in paths.items():
-                c0 = cpu_secs(proxies[name]()) if name in proxies else 0
-                t0 = time.monotonic()
-                nbytes = pop3_session(*p)
-                mbps[name].append(nbytes / 1e6 / (time.monotonic() - t0))
-                if name in proxies:
-                    cpu[name].append((cpu_secs(proxies[name]()) - c0) * 1000 / (nbytes / 1e6))
+        data = pop3_rounds(paths, proxies, runs, repeat)
         logins = {n: [] for n in paths}
         for _ in range(2):
             for name, p in paths.items():
@@ -389,25 +502,26 @@ def bench_pop3(env, runs=7, login_secs=3, mailbox=1000):
                     n += 1
                 logins[name].append(n / (time.monotonic() - t0))
         for name in paths:
-            data[name] = {"mbps_median": statistics.median(mbps[name]), "mbps_runs": sorted(mbps[name]),
-                          "bytes": nbytes, "logins_per_s": statistics.mean(logins[name]),
-                          "logins_runs": logins[name],
-                          "cpu_ms_per_mb": statistics.median(cpu[name]) if name in cpu else None,
-                          "cpu_runs": sorted(cpu.get(name, []))}
+            data[name].update({"logins_per_s": statistics.mean(logins[name]), "logins_runs": logins[name]})
     finally:
         mb.stop()
+        if base:
+            base.stop()
         st.stop()
         env.dovecot.stop()
     m, d, s = data["mailbridge"], data["direct TLS"], data["stunnel"]
     rng = lambda r: f"{r['mbps_median']:.0f} ({r['mbps_runs'][0]:.0f}-{r['mbps_runs'][-1]:.0f})"  # noqa: E731
-    rows = [[f"MB/s, RETR of every message in one session; median of {runs}, round robin (min-max)", rng(m), rng(d),
+    rows = [[f"MB/s, {repeat} sessions each RETR of every message; median of {runs}, round robin (min-max)", rng(m), rng(d),
              rng(s), ratio(m["mbps_median"], d["mbps_median"]), ratio(m["mbps_median"], s["mbps_median"])],
             [f"logins/s (one client, connect+USER/PASS+QUIT, mean of 2 x {login_secs} s)", f"{m['logins_per_s']:.0f}",
              f"{d['logins_per_s']:.0f}", f"{s['logins_per_s']:.0f}", ratio(m["logins_per_s"], d["logins_per_s"]),
              ratio(m["logins_per_s"], s["logins_per_s"])],
             cpu_row(m, s, runs)]
+    rows += base_and_ceiling_rows(data, base, bench_pop3_ceiling(env, runs, mailbox, repeat), runs,
+                                  f"MB/s against mailserve (own ceiling), {repeat} sessions each RETR of every message")
     save("pop3", data, f"POP3: Dovecot (dovecot-pop3d, pop3s) mailbox of {mailbox} messages, {size / 1e6:.1f} MB; "
-         "client: bench.py's pipelined RETR reader\n\n"
+         "client: bench.py's pipelined RETR reader. Own-ceiling rows: the same mailbox from bench/tools mailserve "
+         "(in-memory, pre-encoded answers) instead of Dovecot\n\n"
          + md_table(["metric", "mailbridge", "direct TLS", "stunnel", "mb/direct", "mb/stunnel"], rows))
 
 
@@ -707,7 +821,7 @@ BENCHES = {"accept": bench_accept, "e2e": bench_e2e, "imap": bench_imap, "idle":
 QUICK = {"accept": dict(msgs=20, repeats=1, warm=5), "e2e": dict(msgs=20, repeats=1, warm=5),
          "imap": dict(runs=1, repeat=1, login_secs=1, mailbox=20), "idle": dict(conns=20),
          "growth": dict(sessions_msgs=((1, 5), (10, 20)), sizes_msgs=((1024, 10), (1048576, 2)), warm=5),
-         "load": dict(smtp_conns=10, imap_conns=10, per_conn=2), "pop3": dict(runs=1, login_secs=1, mailbox=20),
+         "load": dict(smtp_conns=10, imap_conns=10, per_conn=2), "pop3": dict(runs=1, login_secs=1, mailbox=20, repeat=1),
          "lifetime": dict(logins_secs=1, msgs=20, repeats=1), "limits": dict(rounds=1)}
 
 

@@ -246,11 +246,13 @@ class Tracked:
 class MailBridge(Tracked, kit.MailBridge):
     """A copy of the binary with a relay.toml for one account (the sink, and Dovecot on imap_port)."""
 
-    def __init__(self, d, sink_port, imap_port, ca, delivery_concurrency=None, extra_env=None, pop3_port=None):
+    def __init__(self, d, sink_port, imap_port, ca, delivery_concurrency=None, extra_env=None, pop3_port=None,
+                 source=None):
         d.mkdir(parents=True, exist_ok=True)
-        # A copy, since others may rebuild target/ meanwhile; MAILBRIDGE_BIN picks another build.
+        # A copy, since others may rebuild target/ meanwhile; MAILBRIDGE_BIN picks another build,
+        # `source` another binary for this one instance (BENCH_BASE_BIN: the build to compare with).
         binary = d / "mailbridge"
-        shutil.copy2(BINARY, binary)
+        shutil.copy2(source or BINARY, binary)
         smtp_port, local_imap_port = free_port(), free_port()
         self.metrics_port = free_port()
         self.pop3_port = free_port() if pop3_port else None
@@ -433,6 +435,24 @@ class SmtpSink(Child):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, 20, what="smtp-sink")
         return self
+
+
+class MailServe(Child):
+    """bench/tools mailserve: a fast IMAPS and POP3S upstream (one user, `messages` x 25 KB in memory,
+    every answer pre-encoded), so that the proxy in front of it is the bottleneck: its own ceiling."""
+
+    def __init__(self, d, ca, messages=1000, size=25000):
+        d.mkdir(parents=True, exist_ok=True)
+        self.log = open(d / "mailserve.log", "wb")
+        self.proc = Procs.popen([TOOLS / "mailserve", "--cert", ca.cert, "--key", ca.key, "--user", IMAP_USER,
+                                 "--pass", IMAP_PASS, "--messages", messages, "--size", size],
+                                stdout=subprocess.PIPE, stderr=self.log)
+        m = re.match(r"READY (\d+) (\d+)", read_line(self.proc, 30))
+        if not m:
+            raise RuntimeError("mailserve did not start")
+        self.port, self.pop3_port = int(m.group(1)), int(m.group(2))
+        # The same messages as Dovecot's mailbox (bench_messages).
+        self.size = sum(len(x) for x in bench_messages(messages, size))
 
 
 class Stunnel(Child):

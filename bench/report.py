@@ -156,8 +156,21 @@ def goals15():
         out.append(f"| {name}: download >= 1.0x direct TLS (Dovecot upstream) | {m['mbps_median']:.0f} vs "
                    f"{dt['mbps_median']:.0f} MB/s = {r:.2f}x | {verdict(r >= 1.0)} |")
         r = m["mbps_median"] / st["mbps_median"]
-        out.append(f"| {name}: >= 1.2x stunnel (issue: at the proxy's own ceiling; here with Dovecot upstream) | "
-                   f"{r:.2f}x | {verdict(r >= 1.2)} |")
+        ceiling = res.get("own ceiling")
+        if not ceiling:
+            out.append(f"| {name}: >= 1.2x stunnel (issue: at the proxy's own ceiling; here with Dovecot upstream) | "
+                       f"{r:.2f}x | {verdict(r >= 1.2)} |")
+            continue
+        out.append(f"| {name}: with Dovecot upstream, vs stunnel (not a goal) | {r:.2f}x | |")
+        cm, cd, cs = ceiling["mailbridge"], ceiling["direct TLS"], ceiling["stunnel"]
+        r = cm["mbps_median"] / cs["mbps_median"]
+        v = cm["mbps_runs"]
+        out.append(f"| {name}: >= 1.2x stunnel at the proxy's own ceiling (bench/tools mailserve upstream) | "
+                   f"{cm['mbps_median']:.0f} ({v[0]:.0f}-{v[-1]:.0f}) vs {cs['mbps_median']:.0f} MB/s = {r:.2f}x; "
+                   f"direct TLS {cd['mbps_median']:.0f} | {verdict(r >= 1.2)} |")
+        out.append(f"| {name}: proxy CPU <= 1.5 ms per MB at its own ceiling | {cm['cpu_ms_per_mb']:.2f} ms "
+                   f"({cm['cpu_runs'][0]:.2f}-{cm['cpu_runs'][-1]:.2f}); stunnel {cs['cpu_ms_per_mb']:.2f} | "
+                   f"{verdict(cm['cpu_ms_per_mb'] <= 1.5)} |")
     if d:
         k = d["mailbridge"]["per_conn_kib"]
         out.append(f"| idle cost per connection not above 33 KiB | {k:.1f} KiB (stunnel "

@@ -312,6 +312,44 @@ async fn large_fetch_is_byte_exact_and_idle_passes() {
     assert_eq!(c.line().await, "i OK IDLE terminated");
 }
 
+/// The upstream's answer to `FETCH set RFC822` for the messages `set`.
+fn fetch_answer(tag: &str, set: &[usize]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for &n in set {
+        let body = message(n);
+        v.extend_from_slice(
+            format!("* {n} FETCH (UID {n} RFC822 {{{}}}\r\n", body.len()).as_bytes(),
+        );
+        v.extend_from_slice(&body);
+        v.extend_from_slice(b")\r\n");
+    }
+    v.extend_from_slice(format!("{tag} OK FETCH completed\r\n").as_bytes());
+    v
+}
+
+/// 15 MB of pipelined FETCH answers from the TLS upstream to a client that
+/// reads slowly: the pump's writes keep coming back short or pending, and
+/// what they did not take must be sent later, in order, none lost.
+#[tokio::test]
+async fn slow_client_gets_pipelined_big_fetches_byte_exact() {
+    let env = setup(Setup::default()).await;
+    let tcp = crate::support::wait::slow_client(env.addr()).await;
+    let (mut c, greeting) = Client::from_stream(tcp, READ_TIMEOUT).await;
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    assert!(c.login_dev().await.last().unwrap().starts_with("a OK"));
+    c.send(b"f1 FETCH 3 RFC822\r\nf2 FETCH 1:3 RFC822\r\nf3 FETCH 3 RFC822\r\n")
+        .await;
+    let expected = [
+        fetch_answer("f1", &[3]),
+        fetch_answer("f2", &[1, 2, 3]),
+        fetch_answer("f3", &[3]),
+    ]
+    .concat();
+    crate::support::wait::read_slowly_and_compare(&mut c.s, &expected, READ_TIMEOUT).await;
+    c.send(b"n NOOP\r\n").await;
+    assert!(c.line().await.starts_with("n OK"));
+}
+
 #[tokio::test]
 async fn starttls_upstream_and_untagged_capabilities() {
     let env = setup(Setup {

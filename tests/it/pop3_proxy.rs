@@ -245,6 +245,41 @@ async fn stls_then_login_and_pop3s() {
     assert_eq!(env.upstream.logins().len(), 4);
 }
 
+/// Pipelined RETRs of the 5 MB message from the TLS upstream to a client
+/// that reads slowly, in plaintext and over local TLS (pop3s): every byte
+/// arrives, in order, although the pump's writes keep coming back short.
+#[tokio::test]
+async fn slow_client_gets_pipelined_big_retrs_byte_exact() {
+    let env = setup(Setup {
+        local_tls: true,
+        ..Setup::default()
+    })
+    .await;
+    let pipelined = b"RETR 3\r\nRETR 2\r\nRETR 3\r\nRETR 1\r\n";
+    let expected = [3, 2, 3, 1].map(retr_response).concat();
+    use crate::support::wait::{read_slowly_and_compare as compare, slow_client as slow};
+
+    let mut c = Client::new(slow(env.addr()).await);
+    assert!(c.line().await.starts_with("+OK"));
+    c.login(DEV, DEV_PW).await;
+    c.send(pipelined).await;
+    compare(&mut c.s, &expected, READ_TIMEOUT).await;
+    assert_eq!(c.cmd("NOOP").await, "+OK");
+
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = env
+        .connector()
+        .connect(name, slow(env.pop3s_addr()).await)
+        .await
+        .unwrap();
+    let mut c = Client::new(tls);
+    assert_eq!(c.line().await, "+OK mailbridge POP3 ready");
+    c.login(DEV, DEV_PW).await;
+    c.send(pipelined).await;
+    compare(&mut c.s, &expected, READ_TIMEOUT).await;
+    assert_eq!(c.cmd("QUIT").await, "+OK Logging out.");
+}
+
 #[tokio::test]
 async fn upstream_stls_mode() {
     let env = setup(Setup {

@@ -65,6 +65,14 @@ pub fn server_config(cert: &Path, key: &Path) -> Arc<rustls::ServerConfig> {
     Arc::new(cfg)
 }
 
+/// The TLS acceptor of a server tool: `--cert` and `--key` (PEM files).
+pub fn acceptor(a: &Args) -> tokio_rustls::TlsAcceptor {
+    tokio_rustls::TlsAcceptor::from(server_config(
+        a.str("cert", "").as_ref(),
+        a.str("key", "").as_ref(),
+    ))
+}
+
 pub fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();

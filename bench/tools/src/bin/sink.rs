@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
-use mailbridge_bench_tools::{now_us, server_config, Args};
+use mailbridge_bench_tools::{acceptor, now_us, Args};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpListener;
 
@@ -27,10 +27,7 @@ struct State {
 #[tokio::main]
 async fn main() {
     let a = Args::parse();
-    let tls = tokio_rustls::TlsAcceptor::from(server_config(
-        a.str("cert", "").as_ref(),
-        a.str("key", "").as_ref(),
-    ));
+    let tls = acceptor(&a);
     let st = Arc::new(State {
         user: a.str("user", "user"),
         pass: a.str("pass", "pass"),

@@ -9,7 +9,9 @@
 //! of the connection (exactly that size, freed once written). An idle
 //! connection holds no pump buffer at all, and a busy one moves up to
 //! 64 KiB per read and per write (one syscall and one wake-up per 64 KiB,
-//! not per 4 KiB).
+//! not per 4 KiB). A TLS side is read many records at a time
+//! ([`tls_read`]): one `recv` of up to 64 KiB of ciphertext, decrypted into
+//! the scratch buffer, then one write to the other side.
 
 use std::io;
 use std::pin::Pin;
@@ -17,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -25,8 +27,12 @@ use tokio_util::sync::CancellationToken;
 use crate::disconnect::{log_close, CloseReason};
 use crate::slots::AccountSlot;
 
-/// Most bytes moved per read (the per-thread scratch buffer's size).
-const BUFFER: usize = 64 * 1024;
+mod tls_read;
+pub use tls_read::BulkRead;
+
+/// Most bytes moved per read (the per-thread scratch buffer's size): room
+/// for a full [`tls_read::READ_AHEAD`] of ciphertext once decrypted.
+const BUFFER: usize = tls_read::READ_AHEAD + tls_read::MAX_RECORD;
 /// Once one side has closed, how long the other may take to follow.
 pub const LINGER: Duration = Duration::from_secs(30);
 /// Writes right after login get this long.
@@ -97,23 +103,20 @@ impl<S> Tracked<'_, S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.read.fetch_add(n as u64, Ordering::Relaxed);
-            self.touch();
-        } else if matches!(r, Poll::Ready(Ok(()))) && buf.remaining() > 0 {
-            self.held = None;
-            self.saw_eof();
-        } else if matches!(r, Poll::Ready(Err(_))) {
-            self.held = None;
+impl<S: BulkRead> BulkRead for Tracked<'_, S> {
+    fn poll_read_bulk(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let r = self.inner.poll_read_bulk(cx, buf);
+        match r {
+            Poll::Ready(Ok(0)) => {
+                self.held = None;
+                self.saw_eof();
+            }
+            Poll::Ready(Ok(n)) => {
+                self.read.fetch_add(n as u64, Ordering::Relaxed);
+                self.touch();
+            }
+            Poll::Ready(Err(_)) => self.held = None,
+            Poll::Pending => {}
         }
         r
     }
@@ -166,11 +169,11 @@ impl Direction {
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
-        mut reader: Pin<&mut R>,
+        reader: &mut R,
         mut writer: Pin<&mut W>,
     ) -> Poll<io::Result<()>>
     where
-        R: AsyncRead + ?Sized,
+        R: BulkRead + ?Sized,
         W: AsyncWrite + ?Sized,
     {
         loop {
@@ -200,16 +203,15 @@ impl Direction {
                 if scratch.len() < BUFFER {
                     scratch.resize(BUFFER, 0);
                 }
-                let mut rb = ReadBuf::new(&mut scratch[..]);
-                match reader.as_mut().poll_read(cx, &mut rb) {
+                match reader.poll_read_bulk(cx, &mut scratch[..]) {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                    Poll::Ready(Ok(0)) => {
                         self.read_done = true;
                         Poll::Ready(Ok(()))
                     }
-                    Poll::Ready(Ok(())) => {
-                        let filled = rb.filled();
+                    Poll::Ready(Ok(n)) => {
+                        let filled = &scratch[..n];
                         let mut at = 0;
                         while at < filled.len() {
                             match writer.as_mut().poll_write(cx, &filled[at..]) {
@@ -251,14 +253,14 @@ impl Direction {
 /// shutdown of the other side's writer) or either side fails.
 async fn copy_both<A, B>(a: &mut A, b: &mut B) -> io::Result<()>
 where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    A: BulkRead + AsyncWrite + Unpin + ?Sized,
+    B: BulkRead + AsyncWrite + Unpin + ?Sized,
 {
     let mut a_to_b = Direction::default();
     let mut b_to_a = Direction::default();
     std::future::poll_fn(|cx| {
-        let ab = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))?;
-        let ba = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))?;
+        let ab = a_to_b.poll_copy(cx, &mut *a, Pin::new(&mut *b))?;
+        let ba = b_to_a.poll_copy(cx, &mut *b, Pin::new(&mut *a))?;
         if ab.is_ready() && ba.is_ready() {
             Poll::Ready(Ok(()))
         } else {
@@ -329,8 +331,8 @@ pub async fn run<C, U>(
     slot: &mut Option<AccountSlot>,
 ) -> PumpStats
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    C: BulkRead + AsyncWrite + Unpin,
+    U: BulkRead + AsyncWrite + Unpin,
 {
     let from_client = AtomicU64::new(0);
     let from_upstream = AtomicU64::new(0);
