@@ -337,15 +337,19 @@ impl Listeners<'_> {
                         } else {
                             stream::ClientStream::Plain(s)
                         };
+                        // Each protocol's session in its own allocation: this
+                        // future is one type for every listener, and inline it
+                        // would be as large as the largest session (SMTP's), so
+                        // every idle IMAP connection would pay for an SMTP one.
                         match proto {
                             Proto::Smtp | Proto::Smtps => {
-                                smtp::handle_connection(s, p, ctx.smtp.clone(), sd).await
+                                Box::pin(smtp::handle_connection(s, p, ctx.smtp.clone(), sd)).await
                             }
                             Proto::Imap | Proto::Imaps => {
-                                imap::handle_connection(s, p, ctx.imap.clone(), sd).await
+                                Box::pin(imap::handle_connection(s, p, ctx.imap.clone(), sd)).await
                             }
                             Proto::Pop3 | Proto::Pop3s => {
-                                pop3::handle_connection(s, p, ctx.pop3.clone(), sd).await
+                                Box::pin(pop3::handle_connection(s, p, ctx.pop3.clone(), sd)).await
                             }
                         }
                     }
