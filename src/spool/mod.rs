@@ -474,7 +474,8 @@ impl Spool {
     /// A queued entry and its bytes, for delivery: the bytes are claimed
     /// from the memory budget before they are read (waiting for room), and
     /// not read at all (`None`) for an entry on hold (`mailbridge queue hold`).
-    /// The file is opened once; its state is read again after the claim.
+    /// The file is opened once; after the claim its state is read again and
+    /// its name checked (a `queue hold` or `queue delete` meanwhile is seen).
     pub async fn load_for_delivery(
         self: &Arc<Self>,
         id: &QueueId,
@@ -488,6 +489,10 @@ impl Spool {
         let (entry, bytes) = self
             .blocking(move |s| {
                 let mut opened = opened;
+                // `queue delete` while this waited for room: not sent.
+                if !opened.path.exists() {
+                    return Err(SpoolError::NotFound(opened.header.id));
+                }
                 let bytes = s.read_opened(&mut opened)?;
                 let state = store::read_state(&s.queue, &opened.header.id);
                 Ok((make_entry(opened.header, state, false), bytes))

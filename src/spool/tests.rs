@@ -346,3 +346,39 @@ async fn typed_holds_are_persisted() {
     }
     fs::remove_dir_all(dir).unwrap();
 }
+
+/// A message waiting for room in the memory budget is read from the file
+/// opened before the wait: a `queue delete` or `queue hold` meanwhile must
+/// still keep it from being sent.
+#[tokio::test]
+async fn delete_or_hold_while_waiting_for_room_is_seen() {
+    let dir = tempdir();
+    let s = Arc::new(Spool::open(&dir).unwrap().with_memory_budget(1024));
+    let body = vec![b'x'; 600];
+    for change in ["delete", "hold"] {
+        let id = s.enqueue(&env(&["a@example.org"]), &body).await.unwrap();
+        let room = s.memory().claim(1024).await;
+        let load = tokio::spawn({
+            let (s, id) = (s.clone(), id.clone());
+            async move { s.load_for_delivery(&id).await }
+        });
+        // Wait until the load is queued for room, then change the entry.
+        while s.memory().waiting() == 0 && !load.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        match change {
+            "delete" => s.delete(&id).unwrap(),
+            _ => s.hold(&id).unwrap(),
+        }
+        drop(room);
+        let got = load.await.unwrap();
+        match change {
+            "delete" => assert!(matches!(got, Err(SpoolError::NotFound(_))), "{change}"),
+            _ => assert!(
+                matches!(&got, Ok((e, None)) if e.state == EntryState::OnHold),
+                "{change}"
+            ),
+        }
+    }
+    fs::remove_dir_all(dir).unwrap();
+}
