@@ -129,6 +129,26 @@ impl MemoryBudget {
     }
 }
 
+impl MemoryBudget {
+    /// [`MemoryBudget::claim`] when `size` fits right now (and no earlier
+    /// claim waits for the room: the semaphore hands released bytes to the
+    /// waiting claims first); `None` otherwise. Callable off the runtime.
+    pub fn try_claim(&self, size: u64) -> Option<Claim> {
+        let bytes = claim_for(size, self.total);
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_many_owned(bytes as u32)
+            .ok()?;
+        self.counts.in_use.fetch_add(bytes, Ordering::SeqCst);
+        Some(Claim {
+            bytes,
+            counts: self.counts.clone(),
+            _permit: Some(permit),
+        })
+    }
+}
+
 /// Counts one claim as waiting until dropped (also when the claim is
 /// abandoned, e.g. its session ends while it waits).
 struct Waiting<'a>(&'a Counts);
@@ -199,5 +219,27 @@ mod tests {
         assert_eq!((&*m, b.in_use()), (&b"hello"[..], 5));
         drop(m);
         assert_eq!(b.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_try_claim_never_jumps_ahead_of_a_waiting_claim() {
+        let budget = Arc::new(MemoryBudget::new(100));
+        let small = budget.try_claim(60).expect("fits");
+        assert_eq!(budget.in_use(), 60);
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.claim(80).await }
+        });
+        while budget.waiting() == 0 && !waiting.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        // 40 bytes are free, but the claim of 80 came first.
+        assert!(budget.try_claim(30).is_none());
+        drop(small);
+        let large = waiting.await.unwrap();
+        assert_eq!(large.bytes(), 80);
+        let rest = budget.try_claim(20);
+        assert!(rest.is_some());
+        assert!(budget.try_claim(1).is_none(), "the budget is full");
     }
 }

@@ -474,17 +474,36 @@ impl Spool {
     /// A queued entry and its bytes, for delivery: the bytes are claimed
     /// from the memory budget before they are read (waiting for room), and
     /// not read at all (`None`) for an entry on hold (`mailbridge queue hold`).
-    /// The file is opened once; after the claim its state is read again and
-    /// its name checked (a `queue hold` or `queue delete` meanwhile is seen).
+    /// The file is opened once; when the claim had to wait, its state is
+    /// read again after it and its name checked (a `queue hold` or `queue
+    /// delete` meanwhile is seen).
     pub async fn load_for_delivery(
         self: &Arc<Self>,
         id: &QueueId,
     ) -> Result<(QueueEntry, Option<InMemory>), SpoolError> {
         let qid = id.clone();
-        let (head, opened) = self.blocking(move |s| s.open_queued(&qid)).await?;
-        if head.state == EntryState::OnHold {
-            return Ok((head, None));
-        }
+        // One trip when the bytes fit in the budget right away (the usual
+        // case); a message that must wait for room is read after the wait.
+        let first = self
+            .blocking(move |s| {
+                let (head, mut opened) = s.open_queued(&qid)?;
+                if head.state == EntryState::OnHold {
+                    return Ok(Loaded::Held(head));
+                }
+                match s.memory.try_claim(head.size) {
+                    Some(claim) => {
+                        let bytes = s.read_opened(&mut opened)?;
+                        Ok(Loaded::Read(head, InMemory::new(bytes, claim)))
+                    }
+                    None => Ok(Loaded::Opened(head, opened)),
+                }
+            })
+            .await?;
+        let (head, opened) = match first {
+            Loaded::Held(head) => return Ok((head, None)),
+            Loaded::Read(entry, bytes) => return Ok((entry, Some(bytes))),
+            Loaded::Opened(head, opened) => (head, opened),
+        };
         let claim = self.memory.claim(head.size).await;
         let (entry, bytes) = self
             .blocking(move |s| {
@@ -515,6 +534,16 @@ impl Spool {
         }
         Err(SpoolError::NotFound(id.0.clone()))
     }
+}
+
+/// What the first step of [`Spool::load_for_delivery`] came to.
+enum Loaded {
+    /// On hold: not read.
+    Held(QueueEntry),
+    /// Read, its bytes claimed from the budget.
+    Read(QueueEntry, InMemory),
+    /// Waits for room in the budget, file open.
+    Opened(QueueEntry, Opened),
 }
 
 /// A queued message's file, open after its header was read.
