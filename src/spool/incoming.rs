@@ -300,14 +300,7 @@ mod tests {
         (d, s)
     }
 
-    fn files(dir: &std::path::Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
+    use crate::spool::tests::file_names as files;
 
     #[test]
     fn file_in_the_format_before_streaming_still_loads() {

@@ -116,14 +116,7 @@ mod tests {
         (d, queue, tmp)
     }
 
-    fn names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
+    use crate::spool::tests::file_names as names;
 
     #[test]
     fn a_retired_file_leaves_the_queue_empty_and_is_reused_as_the_same_inode() {

@@ -382,3 +382,13 @@ async fn delete_or_hold_while_waiting_for_room_is_seen() {
     }
     fs::remove_dir_all(dir).unwrap();
 }
+
+/// The names of the files in `dir`, sorted (for the spool's unit tests).
+pub(super) fn file_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
