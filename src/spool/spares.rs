@@ -16,7 +16,11 @@
 //! that the start-up clean-up removes). A spare never holds mail: the file
 //! is renamed out of `queue/` first (so a crash cannot leave an emptied
 //! message in the queue) and then truncated; a spare that cannot be emptied
-//! is removed.
+//! is removed. (On a file system that keeps no order between metadata
+//! changes, ext4 without a journal, a power loss right after a retire can
+//! persist the truncation and not the rename: the delivered message's empty
+//! file then loads as damaged and is moved to `corrupt/` with a warning. No
+//! mail is lost; with a journal the rename is always on disk first.)
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
