@@ -153,11 +153,11 @@ async fn connect_password(
     connect_timeout: Duration,
 ) -> Result<AsyncSmtpConnection, ConnectFailure> {
     let ep = &account.smtp;
-    let mut conn = open(account, tls, hello, connect_timeout).await?;
+    // No connection for an account that cannot log in.
     let Some(password) = account.password.secret() else {
-        conn.abort().await;
         return Err(ConnectFailure::Config(no_password(account)));
     };
+    let mut conn = open(account, tls, hello, connect_timeout).await?;
     let creds = Credentials::new(account.username.clone(), password.expose().to_string());
     if let Err(e) = conn
         .auth(&[Mechanism::Plain, Mechanism::Login], &creds)

@@ -304,14 +304,14 @@ impl Committer {
 
     /// fsync of the directory through the kept handle (opened on first use).
     fn sync_dir(&mut self) -> std::io::Result<()> {
-        if self.handle.is_none() {
-            self.handle = Some(File::open(&self.dir)?);
-        }
+        let handle = match self.handle.take() {
+            Some(h) => h,
+            None => File::open(&self.dir)?,
+        };
         self.shared.flushes.fetch_add(1, Ordering::Relaxed);
-        match &self.handle {
-            Some(h) => h.sync_all(),
-            None => Ok(()),
-        }
+        let synced = handle.sync_all();
+        self.handle = Some(handle);
+        synced
     }
 }
 

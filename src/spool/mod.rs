@@ -418,8 +418,10 @@ impl Spool {
         Ok(store::read_message(&msg_path(dir, &id.0))?.1)
     }
 
-    /// A queued entry and its bytes, for delivery. Damaged entries are moved aside
-    /// (and reported as `Corrupt`).
+    /// A queued entry and its bytes in one call (the tests' shortcut for
+    /// [`Spool::load_for_delivery`]). Damaged entries are moved aside (and
+    /// reported as `Corrupt`).
+    #[cfg(test)]
     pub fn load_queued(&self, id: &QueueId) -> Result<(QueueEntry, Vec<u8>), SpoolError> {
         let (entry, mut opened) = self.open_queued(id)?;
         let bytes = self.read_opened(&mut opened)?;
